@@ -1,0 +1,5 @@
+import sys
+
+from bnsweep.cli import main
+
+sys.exit(main())

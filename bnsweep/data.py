@@ -1,0 +1,382 @@
+"""Data sets as whole tensors on the device, plus GPU-side augmentation and a seeded batch sampler.
+
+No DataLoader: every data set here fits in memory, so a batch is just `x[idx]` (the airbench way).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bnsweep.errors import BnsweepError
+
+DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear")
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+FMNIST_MEAN = (0.2860,)  # statistics of the unpadded 28x28 images; good enough for the padded ones
+FMNIST_STD = (0.3530,)
+
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = "test_batch"
+FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+GAUSSIAN_DIM, GAUSSIAN_N = 10, 1000
+
+# (name, dir, file stamps) -> (train_x, train_y, test_x, test_y, checksum) as raw uint8 numpy arrays.
+# The stamps (mtime, size) make a rewritten file miss the cache instead of returning stale data.
+_RAW_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] = {}
+
+
+@dataclass
+class Dataset:
+    name: str
+    task: str  # "classification" or "regression"
+    train_x: torch.Tensor = field(repr=False)
+    train_y: torch.Tensor = field(repr=False)
+    test_x: torch.Tensor = field(repr=False)
+    test_y: torch.Tensor = field(repr=False)
+    num_outputs: int
+    checksum: str  # sha256[:16] of the raw bytes (train then test), before normalization
+    source: str
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path | None:
+    """explicit, else $BNSWEEP_DATA, else None."""
+    if explicit is not None and str(explicit) != "":
+        return Path(explicit).expanduser()
+    env = os.environ.get("BNSWEEP_DATA")
+    return Path(env).expanduser() if env else None
+
+
+def _default_root() -> Path:
+    return Path("~/.cache/bnsweep/data").expanduser()
+
+
+def _checksum(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()[:16]
+
+
+def _stamp(paths: list[Path]) -> tuple:
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise BnsweepError(f"bad device {device!r}: use e.g. 'cpu' or 'cuda' ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BnsweepError(f"device {device!r} requested but CUDA is not available: use device 'cpu'")
+    return dev
+
+
+@contextmanager
+def _download_lock(root: Path) -> Iterator[None]:
+    """Serialize downloads across processes (parallel trials) so the data is fetched once."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BnsweepError(f"cannot create data directory {root} ({e}): "
+                           "set --data-root / BNSWEEP_DATA to a writable place") from None
+    lock_path = root / ".bnsweep-download.lock"
+    try:
+        from filelock import FileLock
+    except ImportError:  # filelock normally comes with ray; fcntl is enough on Linux/macOS
+        import fcntl
+
+        with open(lock_path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    with FileLock(str(lock_path)):
+        yield
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    # Arrays parsed with np.frombuffer are read-only; torch warns about those, so copy them.
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def _normalize(x_u8: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], dev: torch.device,
+               pad: int = 0) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 on dev, zero-padded by `pad` raw pixels, scaled to [0,1], normalized."""
+    x = _tensor(x_u8).to(dev)  # move as uint8: 4x less traffic than float32
+    if pad:
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    x = x.float().div_(255)
+    m = torch.tensor(mean, device=dev).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=dev).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def _labels(y_u8: np.ndarray, dev: torch.device) -> torch.Tensor:
+    return _tensor(y_u8).to(dev).long()  # .long() copies, so the cache is never aliased
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except Exception as e:  # truncated file, wrong format, missing keys
+        raise BnsweepError(f"cannot read CIFAR-10 batch {path} ({type(e).__name__}: {e}): "
+                           "replace it with torchvision's cifar-10-batches-py") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise BnsweepError(f"CIFAR-10 batch {path} has data {data.shape} and {len(labels)} labels, "
+                           "expected (N, 3072) and N: replace it with torchvision's cifar-10-batches-py")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise BnsweepError(f"CIFAR-10 batch {path} has labels outside 0..9: replace the file")
+    return data, labels.astype(np.uint8)
+
+
+def _load_cifar(root: Path | None, download: bool, dev: torch.device) -> Dataset:
+    base = root if root is not None else _default_root()
+    d = base / CIFAR_DIR
+    files = [d / n for n in (*CIFAR_TRAIN, CIFAR_TEST)]
+    if not all(p.is_file() for p in files):
+        how = "put torchvision's cifar-10-batches-py there, or set --data-root / BNSWEEP_DATA"
+        if not download:
+            raise BnsweepError(f"CIFAR-10 not found under {d} (download disabled): {how}")
+        with _download_lock(base):
+            if not all(p.is_file() for p in files):  # another process may have finished meanwhile
+                try:
+                    import torchvision
+
+                    torchvision.datasets.CIFAR10(str(base), train=True, download=True)
+                except Exception:
+                    raise BnsweepError(f"CIFAR-10 not found under {d} and could not be downloaded "
+                                       f"(offline?): {how}") from None
+        if not all(p.is_file() for p in files):
+            raise BnsweepError(f"CIFAR-10 download into {base} did not produce {d}: {how}")
+
+    key = ("cifar10", str(d.resolve()), _stamp(files))
+    if key not in _RAW_CACHE:
+        parts = [_read_cifar_batch(p) for p in files]
+        train_x = np.concatenate([x for x, _ in parts[:5]])
+        train_y = np.concatenate([y for _, y in parts[:5]])
+        test_x, test_y = parts[5]
+        _RAW_CACHE[key] = (train_x, train_y, test_x, test_y, _checksum(train_x, train_y, test_x, test_y))
+    train_x, train_y, test_x, test_y, checksum = _RAW_CACHE[key]
+    return Dataset(
+        name="cifar10", task="classification",
+        # data rows are CHW row-major, so a plain reshape gives (N, 3, 32, 32)
+        train_x=_normalize(train_x.reshape(-1, 3, 32, 32), CIFAR_MEAN, CIFAR_STD, dev),
+        train_y=_labels(train_y, dev),
+        test_x=_normalize(test_x.reshape(-1, 3, 32, 32), CIFAR_MEAN, CIFAR_STD, dev),
+        test_y=_labels(test_y, dev),
+        num_outputs=10, checksum=checksum, source=str(d),
+    )
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+
+def _fmnist_files(d: Path) -> list[Path] | None:
+    """The four idx files in d (each gzipped or plain), or None if any is missing."""
+    found = []
+    for stem in FMNIST_FILES:
+        p = next((q for q in (d / (stem + ".gz"), d / stem) if q.is_file()), None)
+        if p is None:
+            return None
+        found.append(p)
+    return found
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse an idx file (gzip detected by its header, not the name); checks the magic number."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+        raise BnsweepError(f"cannot read {path} ({e}): replace it (apt-get install --reinstall "
+                           "dataset-fashion-mnist)") from None
+    ndim = magic & 0xFF  # 2051 -> 3 dims (images), 2049 -> 1 dim (labels)
+    header = 4 + 4 * ndim
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
+        got = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+        raise BnsweepError(f"{path} is not an idx file with magic {magic} (got {got}): replace it")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) - header != int(np.prod(shape)):
+        raise BnsweepError(f"{path} is truncated or padded: header says {shape}, "
+                           f"got {len(raw) - header} bytes; replace it")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _read_fmnist(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    tr_x, tr_y, te_x, te_y = (_read_idx(p, m) for p, m in zip(files, (2051, 2049, 2051, 2049), strict=True))
+    for x, y, px, py in ((tr_x, tr_y, files[0], files[1]), (te_x, te_y, files[2], files[3])):
+        if x.shape[1:] != (28, 28) or len(x) != len(y):
+            raise BnsweepError(f"{px} ({x.shape}) and {py} ({len(y)} labels) do not match "
+                               "Fashion-MNIST's N x 28 x 28 + N labels: replace them")
+        if y.size and y.max() > 9:
+            raise BnsweepError(f"{py} has labels outside 0..9: replace it")
+    return tr_x, tr_y, te_x, te_y, _checksum(tr_x, tr_y, te_x, te_y)
+
+
+def _load_fmnist(root: Path | None, download: bool, dev: torch.device) -> Dataset:
+    base = root if root is not None else _default_root()
+    local = [base, base / "FashionMNIST" / "raw"]  # flat dir, or torchvision's layout
+    # An explicit root wins; otherwise the Debian package, then an earlier download into the default cache.
+    candidates = local + [DEBIAN_FASHION_MNIST] if root is not None else [DEBIAN_FASHION_MNIST] + local
+    files = next((f for f in map(_fmnist_files, candidates) if f is not None), None)
+
+    if files is None:
+        looked = ", ".join(str(c) for c in candidates)
+        how = "apt-get install dataset-fashion-mnist, or set --data-root / BNSWEEP_DATA"
+        if not download:
+            raise BnsweepError(f"Fashion-MNIST not found (looked in {looked}; download disabled): {how}")
+        raw_dir = base / "FashionMNIST" / "raw"
+        with _download_lock(base):
+            if _fmnist_files(raw_dir) is None:
+                try:
+                    import torchvision
+
+                    torchvision.datasets.FashionMNIST(str(base), train=True, download=True)
+                except Exception:
+                    raise BnsweepError(f"Fashion-MNIST not found (looked in {looked}) and could not be "
+                                       f"downloaded into {base} (offline?): {how}") from None
+        files = _fmnist_files(raw_dir)
+        if files is None:
+            raise BnsweepError(f"Fashion-MNIST download into {base} did not produce {raw_dir}: {how}")
+
+    key = ("fashion-mnist", str(files[0].parent.resolve()), _stamp(files))
+    if key not in _RAW_CACHE:  # gunzip + parse once per process; tests and sweeps load it repeatedly
+        _RAW_CACHE[key] = _read_fmnist(files)
+    tr_x, tr_y, te_x, te_y, checksum = _RAW_CACHE[key]
+    return Dataset(
+        name="fashion-mnist", task="classification",
+        # 28x28 -> 32x32 with a 2-pixel border of raw 0 (background), so VGG layouts match CIFAR
+        train_x=_normalize(tr_x[:, None], FMNIST_MEAN, FMNIST_STD, dev, pad=2), train_y=_labels(tr_y, dev),
+        test_x=_normalize(te_x[:, None], FMNIST_MEAN, FMNIST_STD, dev, pad=2), test_y=_labels(te_y, dev),
+        num_outputs=10, checksum=checksum, source=str(files[0].parent),
+    )
+
+
+# ---------------------------------------------------------------- gaussian-linear
+
+
+def _gaussian_linear(data_seed: int, dev: torch.device) -> Dataset:
+    """The paper's deep-linear-network task: y = A x, A ~ N(0,1)^{10x10}, x ~ N(0, I)."""
+    g = torch.Generator().manual_seed(data_seed)  # CPU generator: identical data on every device
+    a = torch.randn(GAUSSIAN_DIM, GAUSSIAN_DIM, generator=g)
+    train_x = torch.randn(GAUSSIAN_N, GAUSSIAN_DIM, generator=g)
+    test_x = torch.randn(GAUSSIAN_N, GAUSSIAN_DIM, generator=g)
+    train_y, test_y = train_x @ a.T, test_x @ a.T
+    checksum = _checksum(*(t.numpy() for t in (train_x, train_y, test_x, test_y)))
+    return Dataset(
+        name="gaussian-linear", task="regression",
+        train_x=train_x.to(dev), train_y=train_y.to(dev), test_x=test_x.to(dev), test_y=test_y.to(dev),
+        num_outputs=GAUSSIAN_DIM, checksum=checksum, source=f"generated (data_seed={data_seed})",
+    )
+
+
+def load_dataset(name: str, *, root: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 data_seed: int = 0, download: bool = True) -> Dataset:
+    """Load a whole data set as tensors on `device`. `data_seed` only matters for generated data."""
+    if name not in DATASETS:
+        raise BnsweepError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if isinstance(data_seed, bool) or not isinstance(data_seed, (int, np.integer)) or data_seed < 0:
+        raise BnsweepError(f"bad data_seed {data_seed!r}: use a non-negative integer")
+    dev = _device(device)
+    if name == "gaussian-linear":
+        return _gaussian_linear(int(data_seed), dev)
+    r = data_root(root)
+    return _load_cifar(r, download, dev) if name == "cifar10" else _load_fmnist(r, download, dev)
+
+
+# ---------------------------------------------------------------- augmentation and batching
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding 4) + random horizontal flip, per image, done on x's device with the given
+    generator (same device as x). Pure function: returns a new tensor."""
+    if x.ndim != 4:
+        raise BnsweepError(f"augment expects images (N, C, H, W), got shape {tuple(x.shape)}")
+    if generator.device.type != x.device.type:
+        raise BnsweepError(f"augment: generator on {generator.device} but images on {x.device}: "
+                           "create the generator on the images' device")
+    n, c, h, w = x.shape
+    pad = 4
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    flip = torch.randint(0, 2, (n,), generator=generator, device=x.device).bool()
+    # One gather does crop and flip together: a flipped image reads its crop window right to left.
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (n, h)
+    ar = torch.arange(w, device=x.device)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar, ar)  # (n, w)
+    i_n = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    i_c = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[i_n, i_c, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+class BatchSampler:
+    """Index batches drawn from a generator of its own: a fresh permutation each epoch (on CPU, moved to
+    device once per epoch), consecutive slices of batch_size, incomplete last slice dropped. If
+    batch_size >= n: always all indices (full batch, no randomness)."""
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, device: str | torch.device = "cpu"):
+        if n < 1 or batch_size < 1:
+            raise BnsweepError(f"BatchSampler needs n >= 1 and batch_size >= 1, got n={n}, "
+                               f"batch_size={batch_size}: use a non-empty data set and a positive batch size")
+        self.n, self.batch_size = n, batch_size
+        self.device = _device(device)
+        self.full_batch = batch_size >= n
+        self._gen = torch.Generator().manual_seed(seed)  # CPU: same order on every device
+        self._perm: torch.Tensor | None = None  # None until the first batch of the first epoch
+        self._pos = 0
+        self._all = torch.arange(n, device=self.device) if self.full_batch else None
+
+    def next(self) -> torch.Tensor:
+        """LongTensor of batch_size indices on the sampler's device."""
+        if self._all is not None:
+            return self._all
+        if self._perm is None or self._pos + self.batch_size > self.n:
+            self._perm = torch.randperm(self.n, generator=self._gen).to(self.device)
+            self._pos = 0
+        batch = self._perm[self._pos: self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {
+            "n": self.n, "batch_size": self.batch_size, "generator": self._gen.get_state(),
+            "perm": None if self._perm is None else self._perm.cpu(), "pos": self._pos,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state.get("n"), state.get("batch_size")) != (self.n, self.batch_size):
+            raise BnsweepError(f"sampler checkpoint is for n={state.get('n')}, "
+                               f"batch_size={state.get('batch_size')} but this run has n={self.n}, "
+                               f"batch_size={self.batch_size}: resume with the same data set and batch size")
+        self._gen.set_state(state["generator"])
+        perm = state["perm"]
+        self._perm = None if perm is None else perm.to(self.device)
+        self._pos = int(state["pos"])

@@ -1,0 +1,240 @@
+"""Normalization layers placed between a weight layer and its non-linearity (Santurkar et al., 2018).
+
+Variants: plain BatchNorm, the paper's "noisy" BatchNorm (Algorithm 1), the lp-normalization schemes of
+section 3.3 / protocol section 5, LayerNorm and GroupNorm (as GroupNorm with 1 or G groups), and none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bnsweep.errors import BnsweepError
+
+VARIANTS = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group")
+PLACEMENTS = ("after_affine", "before_affine")
+_LP = {"l1_batch": 1.0, "l2_batch": 2.0, "linf_batch": math.inf}
+
+
+@dataclass(frozen=True)
+class NormOptions:
+    """Hyper-parameters shared by the normalization layers of one model."""
+
+    eps: float = 1e-5
+    momentum: float = 0.1  # running-statistics momentum, torch convention: new = (1-m)*old + m*batch
+    noise_mu: float = 0.5  # Algorithm 1: per-unit mu ~ U(-noise_mu, noise_mu)
+    noise_sigma: float = 1.25  # per-unit sigma ~ U(1, noise_sigma)
+    noise_r_mu: float = 0.1  # per-element m ~ U(mu - r_mu, mu + r_mu)
+    noise_r_sigma: float = 0.1  # per-element s ~ N(sigma, r_sigma); r_sigma is a std (protocol 2/8)
+    noise_placement: str = "after_affine"  # or "before_affine" (noise on x-hat, before gamma/beta)
+    groups: int = 32  # group norm: largest divisor of C that is <= groups
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("eps", self.eps > 0, "must be > 0"),
+            ("momentum", 0.0 <= self.momentum <= 1.0, "must be in [0, 1]"),
+            ("noise_mu", self.noise_mu >= 0, "must be >= 0"),
+            ("noise_sigma", self.noise_sigma >= 1, "must be >= 1"),
+            ("noise_r_mu", self.noise_r_mu >= 0, "must be >= 0"),
+            ("noise_r_sigma", self.noise_r_sigma >= 0, "must be >= 0"),
+            ("groups", isinstance(self.groups, int) and self.groups >= 1, "must be an integer >= 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise BnsweepError(f"norm option {name}={getattr(self, name)!r} is invalid: it {rule}")
+        if self.noise_placement not in PLACEMENTS:
+            raise BnsweepError(
+                f"unknown noise_placement {self.noise_placement!r}: choose one of {', '.join(PLACEMENTS)}"
+            )
+
+
+DEFAULT_OPTIONS = NormOptions()  # a module-level default: NormOptions is frozen, so sharing it is safe
+
+
+def _check_input(m: nn.Module, x: torch.Tensor) -> None:
+    """Fail loudly on a rank/channel mismatch instead of normalizing over the wrong dimensions."""
+    want = 4 if m.spatial else 2
+    if x.dim() != want or x.shape[1] != m.num_features:
+        raise BnsweepError(
+            f"{type(m).__name__} got input of shape {tuple(x.shape)}: expected "
+            f"{'(N, C, H, W)' if m.spatial else '(N, C)'} with C={m.num_features}"
+        )
+
+
+def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Shape a per-channel vector (C,) so it broadcasts against an (N, C, *) tensor of rank ndim."""
+    return t.view(1, -1, *([1] * (ndim - 2)))
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over dim 1, numerically identical to torch.nn.BatchNorm1d/2d (it calls F.batch_norm)."""
+
+    def __init__(self, num_features: int, *, spatial: bool, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.num_features, self.spatial, self.eps, self.momentum = num_features, spatial, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def _normalize(self, x: torch.Tensor, affine: bool = True) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)  # kept for state_dict parity with torch; momentum is fixed
+        return F.batch_norm(
+            x, self.running_mean, self.running_var,
+            self.weight if affine else None, self.bias if affine else None,
+            self.training, self.momentum, self.eps,
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x)
+        return self._normalize(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, spatial={self.spatial}, eps={self.eps}, momentum={self.momentum}"
+
+
+class NoisyBatchNorm(BatchNorm):
+    """Algorithm 1 of the paper: BatchNorm whose output gets fresh non-zero-mean, non-unit-variance noise.
+
+    Each training forward draws, per channel j, mu_j ~ U(-noise_mu, noise_mu) and sigma_j ~ U(1, noise_sigma),
+    then per element (n[, h, w], j) m ~ U(mu_j - r_mu, mu_j + r_mu), s ~ N(sigma_j, r_sigma), and sets
+    a <- s * a + m. Eval mode is plain BatchNorm. Running statistics come from the clean batch statistics
+    (also with reuse_noise=True: a training forward always updates them; probes save/restore buffers).
+    """
+
+    def __init__(self, num_features: int, *, spatial: bool, options: NormOptions = DEFAULT_OPTIONS,
+                 noise_generator: torch.Generator | None = None):  # fmt: skip
+        super().__init__(num_features, spatial=spatial, eps=options.eps, momentum=options.momentum)
+        self.options = options
+        self.noise_generator = noise_generator  # None -> a private one seeded noise_seed, made on first use
+        self.noise_seed = 0  # lazily, so the private generator lands on the input's device
+        self.reuse_noise: bool = False  # probes: re-apply last (s, m) without touching the generator
+        self.keep_pre_noise: bool = False  # probes: keep the activation before noise in last_pre_noise
+        self.last_scale: torch.Tensor | None = None  # s of the last training forward
+        self.last_shift: torch.Tensor | None = None  # m of the last training forward
+        self.last_pre_noise: torch.Tensor | None = None  # detached, so probes do not hold the graph
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self.noise_generator is None:
+            self.noise_generator = torch.Generator(device=device)
+            self.noise_generator.manual_seed(self.noise_seed)
+        if self.noise_generator.device.type != device.type:
+            raise BnsweepError(
+                f"noise generator is on {self.noise_generator.device} but the input is on {device}: "
+                "create it on the same device as the model"
+            )
+        return self.noise_generator
+
+    def draw_noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw (s, m), each shaped like x, from the noise generator (advances it)."""
+        o, g, c = self.options, self._generator(x.device), x.shape[1]
+        kw = dict(generator=g, device=x.device, dtype=x.dtype)
+        mu = _channel_view((2 * torch.rand(c, **kw) - 1) * o.noise_mu, x.dim())
+        sigma = _channel_view(1 + torch.rand(c, **kw) * (o.noise_sigma - 1), x.dim())
+        shift = mu + (2 * torch.rand(x.shape, **kw) - 1) * o.noise_r_mu
+        scale = sigma + torch.randn(x.shape, **kw) * o.noise_r_sigma
+        return scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x)
+        if not self.training:
+            return self._normalize(x)
+        before = self.options.noise_placement == "before_affine"
+        a = self._normalize(x, affine=not before)
+        if self.reuse_noise:
+            if self.last_scale is None or self.last_scale.shape != a.shape:
+                raise BnsweepError(
+                    f"reuse_noise=True but no noise of shape {tuple(a.shape)} was drawn yet: "
+                    "run one training forward on this batch with reuse_noise=False first"
+                )
+        else:
+            self.last_scale, self.last_shift = self.draw_noise(a)
+        if self.keep_pre_noise:
+            self.last_pre_noise = a.detach()
+        a = self.last_scale * a + self.last_shift
+        if before:
+            a = a * _channel_view(self.weight, a.dim()) + _channel_view(self.bias, a.dim())
+        return a
+
+
+class LpBatchNorm(nn.Module):
+    """lp batch norm (protocol section 5): y_hat = (y - mean_B(y)) / (N_p(y) + eps), then gamma, beta.
+
+    N_p = (mean_B |y|^p)^(1/p) over the batch (and H, W) on the UN-centred y; p = inf gives max_B |y|.
+    Eval mode uses running_mean / running_norm, updated with the torch momentum convention.
+    """
+
+    def __init__(self, num_features: int, p: float, *, spatial: bool, eps: float = 1e-5,
+                 momentum: float = 0.1):  # fmt: skip
+        super().__init__()
+        if p not in (1.0, 2.0, math.inf):
+            raise BnsweepError(f"unsupported lp norm p={p!r}: choose one of 1, 2, inf")
+        self.num_features, self.p, self.spatial = num_features, p, spatial
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_norm", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def batch_stats(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (mean, N_p) of y over every dim but 1."""
+        dims = [0, *range(2, y.dim())]
+        count = y.numel() // y.shape[1]
+        # vector_norm has a zero-safe gradient, unlike pow(2).mean().sqrt() at an all-zero channel
+        norm = torch.linalg.vector_norm(y, ord=self.p, dim=dims)
+        if self.p != math.inf:
+            norm = norm / count ** (1.0 / self.p)  # sum-norm -> mean-norm: (mean |y|^p)^(1/p)
+        return y.mean(dims), norm
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        _check_input(self, y)
+        if self.training:
+            mean, norm = self.batch_stats(y)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_norm.lerp_(norm.to(self.running_norm.dtype), self.momentum)
+                self.num_batches_tracked.add_(1)
+        else:
+            mean, norm = self.running_mean, self.running_norm
+        y_hat = (y - _channel_view(mean, y.dim())) / _channel_view(norm + self.eps, y.dim())
+        return y_hat * _channel_view(self.weight, y.dim()) + _channel_view(self.bias, y.dim())
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, p={self.p}, "
+            f"spatial={self.spatial}, eps={self.eps}, momentum={self.momentum}"
+        )
+
+
+def group_count(num_features: int, groups: int) -> int:
+    """Largest divisor of num_features that is <= groups (GroupNorm needs C % G == 0)."""
+    return max(g for g in range(1, min(groups, num_features) + 1) if num_features % g == 0)
+
+
+def make_norm(variant: str, num_features: int, *, spatial: bool, options: NormOptions = DEFAULT_OPTIONS,
+              noise_generator: torch.Generator | None = None) -> nn.Module:  # fmt: skip
+    """The normalization placed after a weight layer and before its non-linearity. spatial=True for conv
+    outputs (N, C, H, W), False for (N, C). 'none' -> nn.Identity()."""
+    if variant not in VARIANTS:
+        raise BnsweepError(f"unknown normalization {variant!r}: choose one of {', '.join(VARIANTS)}")
+    if not isinstance(num_features, int) or num_features < 1:
+        raise BnsweepError(f"num_features={num_features!r} is invalid: it must be an integer >= 1")
+    o = options
+    if variant == "none":
+        return nn.Identity()
+    if variant == "batch":
+        return BatchNorm(num_features, spatial=spatial, eps=o.eps, momentum=o.momentum)
+    if variant == "noisy_batch":
+        return NoisyBatchNorm(num_features, spatial=spatial, options=o, noise_generator=noise_generator)
+    if variant in _LP:
+        return LpBatchNorm(num_features, _LP[variant], spatial=spatial, eps=o.eps, momentum=o.momentum)
+    if variant == "layer":
+        return nn.GroupNorm(1, num_features, eps=o.eps)  # per sample over (C, H, W), per-channel affine
+    return nn.GroupNorm(group_count(num_features, o.groups), num_features, eps=o.eps)

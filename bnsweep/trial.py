@@ -1,0 +1,381 @@
+"""One trial: train a network with plain SGD on data resident on the device, and record what happened.
+
+The step is what a hand-written PyTorch loop would do: index the resident tensors, forward, backward, SGD
+step. Per-step metrics stay on the device and are read back in chunks, so a GPU never waits for Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+import bnsweep
+from bnsweep import records
+from bnsweep.config import TrialConfig
+from bnsweep.data import BatchSampler, Dataset, augment, load_dataset
+from bnsweep.errors import BnsweepError
+from bnsweep.models import build_model
+from bnsweep.norms import NormOptions
+
+CHECK_EVERY = 25  # steps between reads of the loss history (divergence check); a sync per chunk, not per step
+EVAL_BATCH = 1000
+FINAL_WINDOW = 20  # final_loss is the mean minibatch loss over the last steps, which smooths batch noise
+
+CURVE_COLUMNS = ("loss", "accuracy", "grad_norm")
+EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """Independent seeds for the trial's random streams (init, batches, noise, augmentation)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BnsweepError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BnsweepError(f"device {name!r} requested but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+def loss_function(task: str):
+    if task == "regression":
+        # The paper's deep linear network minimises the squared error summed over the samples (protocol §1b).
+        return lambda out, y: (out - y).pow(2).sum()
+    return F.cross_entropy
+
+
+class Trial:
+    """A trial's full state: model, optimizer, random streams, histories. Checkpointable at any chunk."""
+
+    def __init__(self, config: TrialConfig, data: Dataset | None = None):
+        self.config = c = config
+        self.device = pick_device(c.device)
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        self.data = data if data is not None else load_dataset(
+            c.dataset, root=c.data_root, device=self.device, data_seed=c.data_seed)
+        self.task = self.data.task
+        self.loss_fn = loss_function(self.task)
+
+        self.noise_generator = torch.Generator(self.device).manual_seed(stream_seed(c.seed, "noise"))
+        init_generator = torch.Generator().manual_seed(stream_seed(c.seed, "init"))
+        options = NormOptions(eps=c.bn_eps, momentum=c.bn_momentum, noise_mu=c.noise_mu,
+                              noise_sigma=c.noise_sigma, noise_r_mu=c.noise_r_mu, noise_r_sigma=c.noise_r_sigma,
+                              noise_placement=c.noise_placement, groups=c.groups)
+        self.model = build_model(c.arch, width=c.width, norm=c.norm, in_shape=self.data.in_shape,
+                                 num_outputs=self.data.num_outputs, norm_options=options,
+                                 noise_generator=self.noise_generator, init=c.init,
+                                 generator=init_generator).to(self.device)
+        for key in ("ics_layers", "activation_layers"):  # a layer that does not exist fails before training
+            layers = getattr(c, key)
+            for i in range(1, self.model.num_layers + 1) if layers == "all" else layers:
+                self.model.block(i)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=c.lr, momentum=c.momentum,
+                                         weight_decay=c.weight_decay, foreach=True)
+        n = self.data.train_x.shape[0]
+        self.sampler = BatchSampler(n, c.batch_size or n, seed=stream_seed(c.seed, "batches"), device=self.device)
+        self.augment_generator = (torch.Generator(self.device).manual_seed(stream_seed(c.seed, "augment"))
+                                  if c.augment else None)
+        subset = torch.randperm(n, generator=torch.Generator().manual_seed(c.data_seed))[:c.eval_subset]
+        self.eval_index = subset.sort().values.to(self.device)
+
+        self.history = torch.full((c.steps, len(CURVE_COLUMNS)), math.nan, device=self.device)
+        self.evals: dict[int, dict[str, float]] = {}
+        self.step = 0
+        self.status = "running"
+        self.diverged_step: int | None = None
+        self.initial_loss: float | None = None
+        self.error: str | None = None
+        self.wall_time = 0.0
+        self.probes = self._make_probes()
+
+    def _make_probes(self):
+        if not self.config.probe_every:
+            return None
+        from bnsweep.probes import Probes  # probes are optional; the plain loop never imports them
+        return Probes(self)
+
+    # -- training --------------------------------------------------------------------------------------
+    def train_step(self, t: int) -> None:
+        index = self.sampler.next()
+        x, y = self.data.train_x[index], self.data.train_y[index]
+        if self.augment_generator is not None:
+            x = augment(x, self.augment_generator)
+        probing = self.probes is not None and self.probes.begin(t)
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in self.params])))
+        if probing:
+            self.probes.before_update(t, x, y, loss)
+        self.optimizer.step()
+        if probing:
+            self.probes.after_update(t, x, y)
+        if self.task == "classification":
+            accuracy = (out.detach().argmax(1) == y).float().mean()
+        else:
+            accuracy = torch.full((), math.nan, device=self.device)
+        self.history[t] = torch.stack((loss.detach(), accuracy, grad_norm))
+
+    def run(self, callback=None, callback_every: int = 0) -> None:
+        """Train until the step budget is spent or the loss diverges.
+
+        callback(trial) runs every `callback_every` steps (reports and checkpoints for Ray).
+        """
+        c = self.config
+        started = time.perf_counter() - self.wall_time
+        while self.step < c.steps and self.status == "running":
+            start = self.step
+            end = min(c.steps, (start // CHECK_EVERY + 1) * CHECK_EVERY, (start // c.eval_every + 1) * c.eval_every)
+            if callback_every:
+                end = min(end, (start // callback_every + 1) * callback_every)
+            if start == 0:
+                end = 1  # the initial loss sets the divergence threshold
+            for t in range(start, end):
+                self.train_step(t)
+            self.step = end
+            self._check_divergence(start, end)
+            if self.status == "running" and (end % c.eval_every == 0 or end == c.steps):
+                self.evaluate(end - 1)
+            self.wall_time = time.perf_counter() - started
+            if callback is not None and callback_every and (end % callback_every == 0 or self.status != "running"
+                                                            or end == c.steps):
+                callback(self)
+        if self.status == "running":
+            self.status = "completed"
+        if self.diverged_step is not None and (self.diverged_step not in self.evals):
+            self.evaluate(self.diverged_step)  # what the diverged network does, recorded honestly (often NaN)
+        if self.probes is not None:
+            self.probes.finish()
+        self.wall_time = time.perf_counter() - started
+
+    def _check_divergence(self, start: int, end: int) -> None:
+        losses = self.history[start:end, 0].cpu()
+        if self.initial_loss is None:
+            self.initial_loss = float(losses[0])
+            if not math.isfinite(self.initial_loss):
+                self._diverge(0)
+                return
+        limit = self.config.diverge_factor * self.initial_loss
+        bad = ~torch.isfinite(losses) | (losses > limit)
+        if bool(bad.any()):
+            self._diverge(start + int(bad.nonzero()[0, 0]))
+
+    def _diverge(self, step: int) -> None:
+        self.status = "diverged"
+        self.diverged_step = step
+        self.history[step + 1:] = math.nan  # steps after the divergence are not part of the record
+        self.step = step + 1
+
+    @torch.no_grad()
+    def evaluate(self, t: int) -> None:
+        """Loss and accuracy on the fixed training subset and the test set, in eval mode."""
+        self.model.eval()
+        train = self._evaluate_on(self.data.train_x[self.eval_index], self.data.train_y[self.eval_index])
+        test = self._evaluate_on(self.data.test_x, self.data.test_y)
+        self.model.train()
+        self.evals[t] = {"train_loss": train[0], "train_acc": train[1], "test_loss": test[0], "test_acc": test[1]}
+
+    def _evaluate_on(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        for i in range(0, x.shape[0], EVAL_BATCH):
+            out = self.model(x[i:i + EVAL_BATCH])
+            yb = y[i:i + EVAL_BATCH]
+            if self.task == "classification":
+                total_loss += F.cross_entropy(out, yb, reduction="sum")
+                correct += (out.argmax(1) == yb).sum()
+            else:
+                total_loss += self.loss_fn(out, yb)
+        n = x.shape[0]
+        if self.task == "classification":
+            return float(total_loss) / n, float(correct) / n
+        return float(total_loss), math.nan  # regression: summed squared error, the paper's training loss
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "status": self.status, "diverged_step": self.diverged_step,
+            "initial_loss": self.initial_loss, "wall_time": self.wall_time,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(), "noise_generator": self.noise_generator.get_state(),
+            "augment_generator": None if self.augment_generator is None else self.augment_generator.get_state(),
+            "history": self.history.cpu(), "evals": self.evals,
+            "probes": None if self.probes is None else self.probes.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("step", "status", "diverged_step", "initial_loss", "wall_time", "evals"):
+            setattr(self, key, state[key])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.noise_generator.set_state(state["noise_generator"])
+        if self.augment_generator is not None:
+            self.augment_generator.set_state(state["augment_generator"])
+        self.history.copy_(state["history"].to(self.device))
+        if self.probes is not None and state["probes"] is not None:
+            self.probes.load_state_dict(state["probes"])
+
+    # -- records ---------------------------------------------------------------------------------------
+    def outcome(self) -> dict[str, Any]:
+        c = self.config
+        losses = self.history[:self.step, 0].cpu()
+        finite = losses[torch.isfinite(losses)]
+        final_loss = float(losses[-FINAL_WINDOW:].mean()) if len(losses) else math.nan
+        evals = [self.evals[t] for t in sorted(self.evals)]
+        last = evals[-1] if evals else dict.fromkeys(EVAL_COLUMNS, math.nan)
+
+        def best(key: str, pick) -> float:
+            values = [e[key] for e in evals if math.isfinite(e[key])]
+            return pick(values) if values else math.nan
+
+        if self.task == "classification":
+            rule = f"final_train_acc >= {c.trained_acc:g}"
+            trained = self.status == "completed" and last["train_acc"] >= c.trained_acc
+        else:
+            rule = f"final_loss < {c.trained_loss_fraction:g} * initial_loss"
+            trained = (self.status == "completed" and self.initial_loss is not None
+                       and final_loss < c.trained_loss_fraction * self.initial_loss)
+        return {
+            "trial_id": c.trial_id, "status": self.status, "trained": bool(trained), "trained_rule": rule,
+            "diverged_step": self.diverged_step, "steps_done": self.step, "task": self.task,
+            "initial_loss": self.initial_loss, "final_loss": final_loss,
+            "min_loss": float(finite.min()) if len(finite) else math.nan,
+            **{f"final_{k}": last[k] for k in EVAL_COLUMNS},
+            "best_train_loss": best("train_loss", min), "best_train_acc": best("train_acc", max),
+            "best_test_loss": best("test_loss", min), "best_test_acc": best("test_acc", max),
+            "wall_time_s": self.wall_time, "error": self.error,
+        }
+
+    def tables(self) -> dict[str, pa.Table]:
+        trial_id = self.config.trial_id
+        history = self.history[:self.step].cpu().double().numpy()
+        columns: dict[str, Any] = {"trial_id": [trial_id] * len(history), "step": list(range(len(history)))}
+        for j, name in enumerate(CURVE_COLUMNS):
+            columns[name] = history[:, j]
+        for name in EVAL_COLUMNS:
+            columns[name] = [self.evals.get(t, {}).get(name, math.nan) for t in range(len(history))]
+        tables = {"curves": pa.table(columns, schema=curves_schema())}
+        if self.probes is not None:
+            tables.update(self.probes.tables())
+        tables[records.TRIALS] = trials_table(self.config, {**self.outcome(), **self.provenance()})
+        return tables
+
+    def provenance(self) -> dict[str, Any]:
+        commit, dirty = git_state()
+        device = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                  else f"cpu ({platform.processor() or platform.machine()})")
+        return {"bnsweep_version": bnsweep.__version__, "git_commit": commit, "git_dirty": dirty,
+                "torch_version": torch.__version__, "device_name": device, "device_type": self.device.type,
+                "torch_threads": torch.get_num_threads(), "data_checksum": self.data.checksum,
+                "data_source": self.data.source, "hostname": socket.gethostname(),
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "schema_version": records.SCHEMA_VERSION}
+
+
+def curves_schema() -> pa.Schema:
+    return pa.schema([("trial_id", pa.string()), ("step", pa.int64())]
+                     + [(name, pa.float64()) for name in CURVE_COLUMNS + EVAL_COLUMNS])
+
+
+def trials_table(config: TrialConfig, outcome: dict[str, Any]) -> pa.Table:
+    """One row: every resolved config value (lists as JSON text), then outcome and provenance."""
+    row: dict[str, Any] = {}
+    fields: list[tuple[str, pa.DataType]] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("sequence"):
+            row[f.name], kind = json.dumps(list(value) if isinstance(value, tuple) else value), pa.string()
+        else:
+            row[f.name] = value
+            kind = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(_base_type(f.type), pa.string())
+        fields.append((f.name, kind))
+    types = {"trained": pa.bool_(), "git_dirty": pa.bool_(), "diverged_step": pa.int64(),
+             "steps_done": pa.int64(), "torch_threads": pa.int64(), "schema_version": pa.int64()}
+    for key, value in outcome.items():
+        if key in types:
+            kind = types[key]
+        elif isinstance(value, float) or value is None and key.startswith(("final", "best", "initial", "min")):
+            kind = pa.float64()
+        else:
+            kind = pa.string()
+        row[key] = value
+        fields.append((key, kind))
+    return pa.Table.from_pylist([row], schema=pa.schema(fields))
+
+
+def _base_type(annotation: str) -> type | None:
+    head = str(annotation).split("|")[0].strip()
+    return {"bool": bool, "int": int, "float": float}.get(head)
+
+
+@cache
+def git_state() -> tuple[str | None, bool | None]:
+    """The commit of the bnsweep checkout this code runs from, and whether it has uncommitted changes."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def run_trial(config: TrialConfig, results: str | os.PathLike | None = None, data: Dataset | None = None,
+              callback=None, callback_every: int = 0, state: dict | None = None) -> Trial:
+    """Build, (optionally restore,) train and record one trial. Errors inside training become status `failed`."""
+    trial = Trial(config, data)
+    if state is not None:
+        trial.load_state_dict(state)
+    try:
+        trial.run(callback, callback_every)
+    except BnsweepError:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded, not hidden: the trial's status says failed and why
+        trial.status, trial.error = "failed", f"{type(e).__name__}: {e}"
+    if results is not None:
+        records.write_trial(results, config.trial_id, trial.tables())
+    return trial
+
+
+def summary_line(trial: Trial) -> str:
+    o = trial.outcome()
+    c = trial.config
+    parts = [f"{c.trial_id}: {o['status']}", f"trained={o['trained']}", f"steps={o['steps_done']}",
+             f"final_loss={o['final_loss']:.4g}"]
+    if trial.task == "classification":
+        parts += [f"train_acc={o['final_train_acc']:.3f}", f"test_acc={o['final_test_acc']:.3f}"]
+    else:
+        parts += [f"test_loss={o['final_test_loss']:.4g}"]
+    if o["diverged_step"] is not None:
+        parts.append(f"diverged_at={o['diverged_step']}")
+    if o["error"]:
+        parts.append(f"error={o['error']}")
+    parts.append(f"{o['wall_time_s']:.1f}s")
+    return " ".join(parts)
