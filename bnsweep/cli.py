@@ -45,6 +45,40 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--force", action="store_true",
                        help="rerun and replace a trial already recorded in --results")
     _add_trial_options(trial)
+
+    run = sub.add_parser("run", help="run (or continue) a sweep on Ray Tune",
+                         description="Run the grid of a sweep on Ray Tune. Running the same command again "
+                         "continues it: recorded grid points are not run again.")
+    run.add_argument("sweep", help="a sweep name in sweeps/ (see `bnsweep sweeps`) or a path to a YAML file")
+    run.add_argument("--scale", default=None, help="paper, cpu or smoke [default: paper with --address or a GPU, "
+                     "else cpu]")
+    run.add_argument("--results", default=None, help="results directory or s3://... URI [default: results/SWEEP]")
+    run.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto) [default: "
+                     "$RAY_ADDRESS, else an embedded local Ray]")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a trial option for every grid (GRID.KEY=VALUE for one grid; "
+                     "resources.cpu=0.5); repeatable")
+    run.add_argument("--seeds", type=int, default=None, help="repeat the grid over N seeds")
+    run.add_argument("--dry-run", action="store_true", help="print the trials and stop")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own output")
+    run.add_argument("--data-root", default=None, help="data root [default: $BNSWEEP_DATA, then the usual places]")
+    run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray [default: all]")
+
+    sweeps = sub.add_parser("sweeps", help="list the sweeps with their grids and sizes per scale")
+    sweeps.add_argument("--scale", default=None, help="only this scale")
+
+    status = sub.add_parser("status", help="summarise a results directory, with the error of each failed trial")
+    status.add_argument("results", help="results directory or s3://... URI")
+
+    figures = sub.add_parser("figures", help="draw the paper's figures from a results directory",
+                             description="Write every figure whose tables are present as PNG and SVG, and an "
+                             "offline index.html.")
+    figures.add_argument("results", help="results directory or s3://... URI")
+    figures.add_argument("--out", default=None, help="output directory [default: RESULTS/figures]")
+
+    check = sub.add_parser("check", help="check the paper's claims C1..C6 against a results directory",
+                           description="Print a verdict per claim and write RESULTS/claims.json.")
+    check.add_argument("results", help="results directory or s3://... URI")
     return parser
 
 
@@ -74,7 +108,54 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"trial": cmd_trial}
+def cmd_run(args: argparse.Namespace) -> int:
+    from bnsweep.runner import resume_command, run_sweep
+
+    run_sweep(args.sweep, scale=args.scale, results=args.results, address=args.address, sets=args.sets,
+              seeds=args.seeds, dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root,
+              num_cpus=args.num_cpus, command=resume_command(sys.argv[1:]))
+    return 0
+
+
+def cmd_sweeps(args: argparse.Namespace) -> int:
+    from bnsweep.sweep import SCALES, available, axes, load, rough_cost
+
+    for name in available():
+        for scale in [args.scale] if args.scale else SCALES:
+            try:
+                sw = load(name, scale)
+            except BnsweepError as e:
+                print(f"{name} [{scale}]: {e}")
+                continue
+            if scale == SCALES[0] or args.scale:
+                print(f"{name}: {sw.description}")
+            grid = "  ".join(f"{k}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vals)}"
+                             for k, vals in axes(sw).items())
+            print(f"  {scale:<6} {rough_cost(sw)}; {grid}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bnsweep.runner import status_report
+
+    print(status_report(args.results))
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from analysis.commands import figures
+
+    return figures(args.results, args.out)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from analysis.commands import check
+
+    return check(args.results)
+
+
+COMMANDS = {"trial": cmd_trial, "run": cmd_run, "sweeps": cmd_sweeps, "status": cmd_status,
+            "figures": cmd_figures, "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     except BnsweepError as e:
         print(f"bnsweep: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # analysis/ raises its own AnalysisError (it never imports bnsweep's training code).
+        if type(e).__name__ != "AnalysisError":
+            raise
+        print(f"bnsweep: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head/less that closed early
+        return 0
     except KeyboardInterrupt:
         print("bnsweep: interrupted", file=sys.stderr)
         return 130

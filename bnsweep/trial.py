@@ -109,6 +109,7 @@ class Trial:
         self.initial_loss: float | None = None
         self.error: str | None = None
         self.wall_time = 0.0
+        self.attempt = 1  # how many times this trial was started (a sweep counts retries and resumes)
         self.probes = self._make_probes()
 
     def _make_probes(self):
@@ -140,7 +141,7 @@ class Trial:
             accuracy = torch.full((), math.nan, device=self.device)
         self.history[t] = torch.stack((loss.detach(), accuracy, grad_norm))
 
-    def run(self, callback=None, callback_every: int = 0) -> None:
+    def run(self, callback=None, callback_every: int = 100) -> None:
         """Train until the step budget is spent or the loss diverges.
 
         callback(trial) runs every `callback_every` steps (reports and checkpoints for Ray).
@@ -150,7 +151,7 @@ class Trial:
         while self.step < c.steps and self.status == "running":
             start = self.step
             end = min(c.steps, (start // CHECK_EVERY + 1) * CHECK_EVERY, (start // c.eval_every + 1) * c.eval_every)
-            if callback_every:
+            if callback is not None:
                 end = min(end, (start // callback_every + 1) * callback_every)
             if start == 0:
                 end = 1  # the initial loss sets the divergence threshold
@@ -161,8 +162,9 @@ class Trial:
             if self.status == "running" and (end % c.eval_every == 0 or end == c.steps):
                 self.evaluate(end - 1)
             self.wall_time = time.perf_counter() - started
-            if callback is not None and callback_every and (end % callback_every == 0 or self.status != "running"
-                                                            or end == c.steps):
+            # No report once diverged: the caller reports after writing the records, so a Stopper acting on
+            # that report can never lose them.
+            if callback is not None and self.status == "running" and end % callback_every == 0:
                 callback(self)
         if self.status == "running":
             self.status = "completed"
@@ -268,7 +270,7 @@ class Trial:
             **{f"final_{k}": last[k] for k in EVAL_COLUMNS},
             "best_train_loss": best("train_loss", min), "best_train_acc": best("train_acc", max),
             "best_test_loss": best("test_loss", min), "best_test_acc": best("test_acc", max),
-            "wall_time_s": self.wall_time, "error": self.error,
+            "wall_time_s": self.wall_time, "error": self.error, "attempt": self.attempt,
         }
 
     def tables(self) -> dict[str, pa.Table]:
@@ -302,6 +304,22 @@ def curves_schema() -> pa.Schema:
                      + [(name, pa.float64()) for name in CURVE_COLUMNS + EVAL_COLUMNS])
 
 
+# Outcome and provenance columns of `trials`, with fixed types so every trial's file has the same schema
+# (a failed trial recorded by the sweep driver has nulls where a finished one has numbers).
+OUTCOME_SCHEMA: dict[str, pa.DataType] = {
+    "trial_id": pa.string(), "status": pa.string(), "trained": pa.bool_(), "trained_rule": pa.string(),
+    "diverged_step": pa.int64(), "steps_done": pa.int64(), "task": pa.string(), "initial_loss": pa.float64(),
+    "final_loss": pa.float64(), "min_loss": pa.float64(),
+    **{f"final_{k}": pa.float64() for k in EVAL_COLUMNS},
+    "best_train_loss": pa.float64(), "best_train_acc": pa.float64(), "best_test_loss": pa.float64(),
+    "best_test_acc": pa.float64(), "wall_time_s": pa.float64(), "error": pa.string(), "attempt": pa.int64(),
+    "bnsweep_version": pa.string(), "git_commit": pa.string(), "git_dirty": pa.bool_(),
+    "torch_version": pa.string(), "device_name": pa.string(), "device_type": pa.string(),
+    "torch_threads": pa.int64(), "data_checksum": pa.string(), "data_source": pa.string(),
+    "hostname": pa.string(), "finished_at": pa.string(), "schema_version": pa.int64(),
+}
+
+
 def trials_table(config: TrialConfig, outcome: dict[str, Any]) -> pa.Table:
     """One row: every resolved config value (lists as JSON text), then outcome and provenance."""
     row: dict[str, Any] = {}
@@ -314,18 +332,22 @@ def trials_table(config: TrialConfig, outcome: dict[str, Any]) -> pa.Table:
             row[f.name] = value
             kind = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(_base_type(f.type), pa.string())
         fields.append((f.name, kind))
-    types = {"trained": pa.bool_(), "git_dirty": pa.bool_(), "diverged_step": pa.int64(),
-             "steps_done": pa.int64(), "torch_threads": pa.int64(), "schema_version": pa.int64()}
-    for key, value in outcome.items():
-        if key in types:
-            kind = types[key]
-        elif isinstance(value, float) or value is None and key.startswith(("final", "best", "initial", "min")):
-            kind = pa.float64()
-        else:
-            kind = pa.string()
-        row[key] = value
+    unknown = set(outcome) - set(OUTCOME_SCHEMA)
+    if unknown:
+        raise ValueError(f"outcome keys without a schema: {sorted(unknown)}")
+    for key, kind in OUTCOME_SCHEMA.items():
+        row[key] = outcome.get(key)
         fields.append((key, kind))
     return pa.Table.from_pylist([row], schema=pa.schema(fields))
+
+
+def failed_trials_table(config: TrialConfig, error: str, attempt: int | None = None) -> pa.Table:
+    """The record of a trial that kept crashing: its config, status `failed`, the error, no measurements."""
+    return trials_table(config, {"trial_id": config.trial_id, "status": "failed", "trained": False,
+                                 "steps_done": 0, "error": error, "attempt": attempt,
+                                 "bnsweep_version": bnsweep.__version__, "torch_version": torch.__version__,
+                                 "hostname": socket.gethostname(), "schema_version": records.SCHEMA_VERSION,
+                                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
 
 
 def _base_type(annotation: str) -> type | None:
@@ -348,16 +370,24 @@ def git_state() -> tuple[str | None, bool | None]:
 
 
 def run_trial(config: TrialConfig, results: str | os.PathLike | None = None, data: Dataset | None = None,
-              callback=None, callback_every: int = 0, state: dict | None = None) -> Trial:
-    """Build, (optionally restore,) train and record one trial. Errors inside training become status `failed`."""
+              callback=None, callback_every: int = 100, state: dict | None = None, catch: bool = True,
+              attempt: int = 1) -> Trial:
+    """Build, (optionally restore,) train and record one trial.
+
+    With catch=True an error inside training is recorded as status `failed`; with catch=False it propagates
+    (a sweep lets Ray retry the trial first).
+    """
     trial = Trial(config, data)
+    trial.attempt = attempt
     if state is not None:
         trial.load_state_dict(state)
     try:
         trial.run(callback, callback_every)
     except BnsweepError:
         raise
-    except Exception as e:  # noqa: BLE001 - recorded, not hidden: the trial's status says failed and why
+    except Exception as e:
+        if not catch:
+            raise
         trial.status, trial.error = "failed", f"{type(e).__name__}: {e}"
     if results is not None:
         records.write_trial(results, config.trial_id, trial.tables())

@@ -1,0 +1,136 @@
+"""Aggregations shared by the figures and the claims: outcomes, chosen learning rates, binned curves, speed.
+
+Everything here works on the tidy frames of `analysis.load` and reduces them in pandas, so the charts and
+the claim checks only ever see a few thousand rows whatever the size of the results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+OUTCOMES = ("trained", "did not train", "diverged", "failed")
+LP_NORMS = ("l1_batch", "l2_batch", "linf_batch")
+SMOOTH_STEPS = 20  # the trial's final_loss averages its last 20 minibatch losses; curves are smoothed alike
+
+
+def outcome(trials: pd.DataFrame, trained: pd.Series | None = None) -> pd.Series:
+    """What became of each trial: trained, did not train (completed below the rule), diverged or failed."""
+    trained = trials["trained"] if trained is None else trained
+    status = trials["status"].astype(str)
+    label = np.where(status == "diverged", "diverged",
+                     np.where(status == "failed", "failed", np.where(trained, "trained", "did not train")))
+    return pd.Series(pd.Categorical(label, categories=OUTCOMES, ordered=True), index=trials.index)
+
+
+def judge_trained(trials: pd.DataFrame, trained_acc: float | None = None,
+                  trained_loss_fraction: float | None = None) -> pd.Series:
+    """The recorded `trained` column, or a re-judgement from the recorded metrics with other thresholds.
+
+    Same rules as the trial: classification trains when it completed with final training-subset accuracy
+    >= trained_acc; regression when it completed with final_loss < trained_loss_fraction * initial_loss.
+    """
+    trained = trials["trained"].astype(bool).copy()
+    completed = trials["status"].astype(str) == "completed"
+    classification = trials["task"].astype(str) == "classification"
+    if trained_acc is not None:
+        rule = completed & (trials["final_train_acc"] >= trained_acc)
+        trained = trained.where(~classification, rule)
+    if trained_loss_fraction is not None:
+        rule = completed & (trials["final_loss"] < trained_loss_fraction * trials["initial_loss"])
+        trained = trained.where(classification, rule)
+    return trained.fillna(False).astype(bool)
+
+
+def trains_at(trials: pd.DataFrame, trained: pd.Series, quorum: float = 0.5) -> pd.DataFrame:
+    """Per (setting, norm, lr): the share of seeds that trained, and whether it reaches `quorum`."""
+    df = trials[["setting", "norm", "lr"]].assign(trained=trained.astype(float).to_numpy())
+    share = df.groupby(["setting", "norm", "lr"], observed=True)["trained"].agg(["mean", "size"]).reset_index()
+    share.columns = ["setting", "norm", "lr", "share", "seeds"]
+    share["trains"] = share["share"] >= quorum
+    return share
+
+
+def reference_lr(trials: pd.DataFrame, setting: str) -> float | None:
+    """The learning rate the per-step figures use for a setting: the largest at which none and batch both
+    trained (the paper's 0.1 plays this role), else the one most variants trained at, else the median."""
+    df = trials[trials["setting"] == setting]
+    if df.empty:
+        return None
+    share = trains_at(df, df["trained"])
+    both = share[share["norm"].isin(["none", "batch"])].groupby("lr")["trains"].agg(["all", "size"])
+    ok = both[(both["all"]) & (both["size"] == 2)]
+    if len(ok):
+        return float(ok.index.max())
+    counts = share.groupby("lr")["trains"].sum()
+    if counts.max() > 0:
+        return float(counts[counts == counts.max()].index.max())
+    lrs = np.sort(df["lr"].unique())
+    return float(lrs[len(lrs) // 2])
+
+
+def failing_lr(trials: pd.DataFrame, setting: str) -> float | None:
+    """The smallest learning rate at which batch trains and none does not (the paper's 0.5), if any."""
+    df = trials[trials["setting"] == setting]
+    share = trains_at(df, df["trained"]).pivot_table(index="lr", columns="norm", values="trains", observed=True)
+    if not {"none", "batch"} <= set(share.columns):
+        return None
+    hits = share[(share["batch"] == True) & (share["none"] == False)]  # noqa: E712 - NaN means not run
+    return float(hits.index.min()) if len(hits) else None
+
+
+def bin_width(steps: pd.Series, bins: int) -> int:
+    return max(1, math.ceil((int(steps.max()) + 1) / bins)) if len(steps) else 1
+
+
+def binned(table: pd.DataFrame, columns: Sequence[str], bins: int = 120,
+           by: Sequence[str] = ("setting", "norm", "lr", "seed", "trial_id")) -> pd.DataFrame:
+    """Mean of `columns` per trial in at most `bins` step bins per setting; `step` is the bin's first step.
+
+    This is what keeps a million-row curves table cheap to chart: a panel gets ~bins points per trial.
+    Non-finite values are left out of the means (a diverged step leaves a gap, not a NaN average).
+    """
+    parts = []
+    for setting, df in table.groupby("setting", observed=True):
+        width = bin_width(df["step"], bins)
+        values = df[list(columns)].replace([np.inf, -np.inf], np.nan)
+        frame = pd.concat([df[list(by)], values], axis=1)
+        frame["step"] = (df["step"].to_numpy() // width) * width
+        parts.append(frame.groupby([*by, "step"], observed=True, sort=False)[list(columns)].mean().reset_index())
+    if not parts:
+        return pd.DataFrame(columns=[*by, "step", *columns])
+    return pd.concat(parts, ignore_index=True)
+
+
+def over_seeds(df: pd.DataFrame, value: str, by: Sequence[str]) -> pd.DataFrame:
+    """Mean, min and max of `value` over seeds (rows that share `by`), with the seed count."""
+    g = df.groupby(list(by), observed=True)[value]
+    out = g.agg(["mean", "min", "max", "count"]).reset_index()
+    return out.rename(columns={"mean": value, "min": f"{value}_lo", "max": f"{value}_hi", "count": "seeds"})
+
+
+def smoothed_progress(curves: pd.DataFrame, window: int = SMOOTH_STEPS) -> pd.DataFrame:
+    """Per trial and step, a smoothed measure of progress: minibatch accuracy for classification,
+    -log(loss) for regression (losses span orders of magnitude there). Rolling mean over `window` steps."""
+    classification = curves["task"].astype(str) == "classification"
+    loss = curves["loss"].where(curves["loss"] > 0)
+    value = np.where(classification, curves["accuracy"], -np.log(loss))
+    df = curves[["trial_id", "setting", "task", "norm", "lr", "seed", "step"]].assign(progress=value)
+    df = df.sort_values(["trial_id", "step"], kind="stable")
+    df["progress"] = (df.groupby("trial_id", observed=True)["progress"]
+                      .transform(lambda s: s.rolling(window, min_periods=1).mean()))
+    return df
+
+
+def steps_to(progress: pd.DataFrame, threshold: float) -> float:
+    """First step at which one trial's smoothed progress reaches `threshold` (inf if it never does)."""
+    hit = progress.loc[progress["progress"] >= threshold, "step"]
+    return float(hit.min()) if len(hit) else math.inf
+
+
+def final_progress(progress: pd.DataFrame, window: int = SMOOTH_STEPS) -> float:
+    """One trial's smoothed progress at its last recorded step."""
+    return float(progress.sort_values("step")["progress"].iloc[-1]) if len(progress) else math.nan

@@ -1,0 +1,381 @@
+"""The paper's claims C1..C6 as checks on any results directory, each with a verdict and the numbers behind it.
+
+A claim is judged case by case: a case is one setting (architecture panel) for C1, one setting at one
+learning rate for C2..C5, and one lp variant of one setting at one rate for C6. Each case supports or
+contradicts the claim, or cannot be judged; the claim is "supported" when at least `case_quorum` of the
+judged cases support it, "contradicted" otherwise, and "not enough data" when no case could be judged.
+Every threshold is a field of `Thresholds` with its default, printed with the verdicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.aggregate import LP_NORMS, judge_trained, smoothed_progress, steps_to, trains_at
+from analysis.load import Results
+
+SUPPORTED, CONTRADICTED, NO_DATA = "supported", "contradicted", "not enough data"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every threshold and tolerance of the checks, with its default (the help text is printed with them)."""
+
+    trained_acc: float | None = field(default=None, metadata={
+        "help": "re-judge 'trained' for classification: final training accuracy >= this (None: recorded column)"})
+    trained_loss_fraction: float | None = field(default=None, metadata={
+        "help": "re-judge 'trained' for regression: final loss < this x initial loss (None: recorded column)"})
+    seed_quorum: float = field(default=0.5, metadata={
+        "help": "a variant trains at a rate when at least this share of its seeds trained"})
+    case_quorum: float = field(default=0.75, metadata={
+        "help": "a claim is supported when at least this share of its judged cases support it"})
+    speed_fraction: float = field(default=0.9, metadata={
+        "help": "C2, C3 speed: steps until smoothed progress is this fraction of the way from the start to the "
+                "lower final value of the pair (accuracy; -log loss for regression)"})
+    smooth_steps: int = field(default=20, metadata={
+        "help": "rolling window (steps) that smooths minibatch curves before the speed threshold"})
+    shift_ratio: float = field(default=1.5, metadata={
+        "help": "C3: noisy_batch's median per-step activation change must be at least this x batch's and none's"})
+    close_acc: float = field(default=0.05, metadata={
+        "help": "C3, C6: 'close to batch' means final training accuracy within this (classification)"})
+    close_loss_ratio: float = field(default=2.0, metadata={
+        "help": "C3, C6: 'close to batch' means final loss within this factor (regression)"})
+    ics_l2_factor: float = field(default=2.0, metadata={
+        "help": "C4: batch's ICS is clearly better if its median l2 difference is below none's / this"})
+    ics_cos_margin: float = field(default=0.1, metadata={
+        "help": "C4: ... or if its median cosine is above none's + this"})
+    smooth_ratio: float = field(default=1.0, metadata={
+        "help": "C5: batch's median landscape measures must be below this x none's"})
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class Claim:
+    key: str
+    statement: str
+    verdict: str
+    summary: str  # one line: the numbers that decided it
+    cases: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"claim": self.statement, "verdict": self.verdict, "summary": self.summary,
+                "cases": [{k: _jsonable(v) for k, v in c.items()} for c in self.cases]}
+
+
+def _jsonable(value: object) -> object:
+    """JSON has no NaN or infinity: say them in words (never as a number that could be misread)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def combine(cases: list[dict], quorum: float) -> str:
+    judged = [c["verdict"] for c in cases if c["verdict"] != NO_DATA]
+    if not judged:
+        return NO_DATA
+    return SUPPORTED if judged.count(SUPPORTED) / len(judged) >= quorum else CONTRADICTED
+
+
+def fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return "never" if x == math.inf else f"{x:.3g}"
+
+
+# -- context shared by the checks -----------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    data: Results
+    th: Thresholds
+    trials: pd.DataFrame = field(init=False)
+    share: pd.DataFrame = field(init=False)  # per (setting, norm, lr): seed share trained, trains (bool)
+
+    def __post_init__(self) -> None:
+        t = self.data.trials.copy()
+        t["trained"] = judge_trained(t, self.th.trained_acc, self.th.trained_loss_fraction)
+        self.trials = t
+        self.share = trains_at(t, t["trained"], self.th.seed_quorum)
+
+    def trains(self, setting: str, norm: str) -> pd.Series:
+        """lr -> whether the variant trains there (only the rates it was run at)."""
+        s = self.share[(self.share["setting"] == setting) & (self.share["norm"] == norm)]
+        return s.set_index("lr")["trains"]
+
+    def settings(self) -> list[str]:
+        t = self.trials
+        return [str(s) for s in t["setting"].cat.categories if (t["setting"] == s).any()]
+
+    def task(self, setting: str) -> str:
+        return str(self.trials.loc[self.trials["setting"] == setting, "task"].iloc[0])
+
+    def completed_lrs(self, setting: str, norms: list[str]) -> list[float]:
+        """Rates at which every seed of every given variant completed (no divergence, no failure)."""
+        t = self.trials[(self.trials["setting"] == setting) & self.trials["norm"].isin(norms)]
+        ok = t.assign(done=t["status"].astype(str) == "completed").groupby(["lr", "norm"], observed=True)["done"].all()
+        ok = ok.unstack("norm")
+        ok = ok.reindex(columns=norms)
+        return sorted(float(lr) for lr, row in ok.iterrows() if row.notna().all() and row.all())
+
+    def common_trained_lrs(self, setting: str, norms: list[str]) -> list[float]:
+        """Rates at which every given variant trains."""
+        frames = [self.trains(setting, n) for n in norms]
+        common = set.intersection(*(set(f[f].index) for f in frames)) if frames else set()
+        return sorted(float(x) for x in common)
+
+    def final_metric(self, setting: str, norm: str, lr: float) -> float:
+        """Mean over seeds of the final training accuracy (classification) or final loss (regression)."""
+        t = self.trials
+        rows = t[(t["setting"] == setting) & (t["norm"] == norm) & (t["lr"] == lr)]
+        column = "final_train_acc" if self.task(setting) == "classification" else "final_loss"
+        return float(rows[column].mean()) if len(rows) else math.nan
+
+    def close(self, setting: str, a: float, b: float) -> bool:
+        if self.task(setting) == "classification":
+            return abs(a - b) <= self.th.close_acc
+        return max(a, b) <= self.th.close_loss_ratio * min(a, b) if min(a, b) > 0 else False
+
+    def speed(self, setting: str, lr: float, norms: list[str]) -> dict[str, float] | None:
+        """Steps each variant needs to reach the common threshold (median over seeds), or None without curves."""
+        if not self.data.has("curves"):
+            return None
+        c = self.data["curves"]
+        c = c[(c["setting"] == setting) & (c["lr"] == lr) & c["norm"].isin(norms)]
+        if c.empty or set(c["norm"].astype(str).unique()) != set(norms):
+            return None
+        progress = smoothed_progress(c, self.th.smooth_steps)
+        by_trial = progress.groupby("trial_id", observed=True)
+        first = by_trial["progress"].first()
+        last = by_trial["progress"].last()
+        norm_of = by_trial["norm"].first().astype(str)
+        start = float(first.mean())
+        lowest_final = min(float(last[norm_of == n].mean()) for n in norms)
+        target = start + self.th.speed_fraction * (lowest_final - start)
+        steps = {tid: steps_to(p, target) for tid, p in by_trial}
+        out = {n: float(np.median([steps[t] for t in norm_of.index[norm_of == n]])) for n in norms}
+        out["threshold"] = target
+        return out
+
+
+def per_lr_medians(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Median over training (steps, layers, seeds) of each column, per norm."""
+    return df.groupby("norm", observed=True)[columns].median()
+
+
+# -- the claims -----------------------------------------------------------------------------------------------
+
+def c1_robustness(ctx: Context) -> Claim:
+    cases = []
+    for setting in ctx.settings():
+        largest = {}
+        for norm in ctx.share.loc[ctx.share["setting"] == setting, "norm"].astype(str).unique():
+            tr = ctx.trains(setting, norm)
+            largest[norm] = float(tr[tr].index.max()) if tr.any() else None
+        none, batch = ctx.trains(setting, "none"), ctx.trains(setting, "batch")
+        common = sorted(set(none.index) & set(batch.index))
+        case = {"setting": setting, "largest_lr_trained": largest}
+        if not common:
+            cases.append({**case, "verdict": NO_DATA, "why": "none and batch never ran at the same rate"})
+            continue
+        fails = [lr for lr in common if batch[lr] and not none[lr]]
+        case["none_fails_batch_trains_at"] = fails
+        big_none, big_batch = largest.get("none"), largest.get("batch")
+        if big_none is None and big_batch is None:
+            verdict, why = NO_DATA, "neither none nor batch trains at any rate tried"
+        elif fails and (big_none is None or (big_batch is not None and big_batch > big_none)):
+            verdict, why = SUPPORTED, f"batch trains up to {fmt(big_batch)}, none up to {fmt(big_none)}"
+        elif all(none[lr] for lr in common):
+            verdict, why = NO_DATA, "none trains at every rate tried: the grid never reaches its failure"
+        else:
+            verdict, why = CONTRADICTED, f"batch trains up to {fmt(big_batch)}, none up to {fmt(big_none)}"
+        cases.append({**case, "verdict": verdict, "why": why})
+    summary = "; ".join(f"{c['setting']}: {c['why']}" for c in cases)
+    return Claim("C1", "BatchNorm trains at larger learning rates: batch's largest trainable rate is higher than "
+                 "none's, and at some rate none fails where batch trains", combine(cases, ctx.th.case_quorum),
+                 summary, cases)
+
+
+def _speed_case(ctx: Context, setting: str, lr: float, fast: str, slow: str) -> dict:
+    steps = ctx.speed(setting, lr, [fast, slow])
+    if steps is None:
+        return {"setting": setting, "lr": lr, "verdict": NO_DATA, "why": "no curves"}
+    verdict = SUPPORTED if steps[fast] < steps[slow] else CONTRADICTED
+    return {"setting": setting, "lr": lr, f"steps_{fast}": steps[fast], f"steps_{slow}": steps[slow],
+            "threshold": steps["threshold"], "verdict": verdict,
+            "why": f"lr {lr:g}: {fast} {fmt(steps[fast])} vs {slow} {fmt(steps[slow])} steps"}
+
+
+def c2_speed(ctx: Context) -> Claim:
+    cases = [_speed_case(ctx, s, lr, "batch", "none")
+             for s in ctx.settings() for lr in ctx.common_trained_lrs(s, ["none", "batch"])]
+    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no rate at which both none and batch train"
+    return Claim("C2", "At each learning rate both train at, batch reaches the accuracy threshold in fewer steps "
+                 "than none", combine(cases, ctx.th.case_quorum), summary, cases)
+
+
+def c3_noisy(ctx: Context) -> Claim:
+    norms = ["none", "batch", "noisy_batch"]
+    acts = ctx.data["activations"] if ctx.data.has("activations") else None
+    cases = []
+    for setting in ctx.settings():
+        for lr in ctx.common_trained_lrs(setting, ["batch", "noisy_batch"]):
+            case: dict = {"setting": setting, "lr": lr}
+            parts: list[bool | None] = []
+            # (a) activations shift more from step to step (the paper's Fig. 8).
+            shift = None
+            if acts is not None:
+                a = acts[(acts["setting"] == setting) & (acts["lr"] == lr) & acts["norm"].isin(norms)]
+                med = per_lr_medians(a, ["delta_mean", "delta_var"]).dropna(how="all")
+                med.index = med.index.astype(str)
+                if "noisy_batch" in med.index and len(med.index) > 1:
+                    others = med.drop(index="noisy_batch")
+                    ratio = (med.loc["noisy_batch"] / others.max()).min()
+                    shift = bool(ratio >= ctx.th.shift_ratio)
+                    case["median_delta_mean"] = med["delta_mean"].to_dict()
+                    case["median_delta_var"] = med["delta_var"].to_dict()
+                    case["shift_ratio"] = float(ratio)
+            parts.append(shift)
+            # (b) converges close to batch.
+            fb, fn = ctx.final_metric(setting, "batch", lr), ctx.final_metric(setting, "noisy_batch", lr)
+            case["final_batch"], case["final_noisy_batch"] = fb, fn
+            close = ctx.close(setting, fn, fb)
+            parts.append(close)
+            # (c) faster than none (where none was run at this rate).
+            faster = None
+            if lr in ctx.trains(setting, "none").index:
+                steps = ctx.speed(setting, lr, ["noisy_batch", "none"])
+                if steps is not None:
+                    case["steps_noisy_batch"], case["steps_none"] = steps["noisy_batch"], steps["none"]
+                    faster = steps["noisy_batch"] < steps["none"]
+            parts.append(faster)
+            bits = [f"shift x{fmt(case.get('shift_ratio'))}", f"final {fmt(fn)} vs batch {fmt(fb)}",
+                    f"steps {fmt(case.get('steps_noisy_batch'))} vs none {fmt(case.get('steps_none'))}"]
+            if False in parts:
+                verdict = CONTRADICTED
+            elif None in parts:
+                verdict = NO_DATA
+            else:
+                verdict = SUPPORTED
+            cases.append({**case, "verdict": verdict, "why": f"lr {lr:g}: " + ", ".join(bits)})
+    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no rate at which batch and noisy_batch train"
+    return Claim("C3", "Noisy BatchNorm's activations shift more from step to step than batch's and none's, yet it "
+                 "converges close to batch and faster than none", combine(cases, ctx.th.case_quorum), summary, cases)
+
+
+def _paired_probe_cases(ctx: Context, table: str, columns: list[str],
+                        judge: Callable[[pd.Series, pd.Series], tuple[str, str]],
+                        prepare: Callable[[pd.DataFrame], pd.DataFrame] = lambda d: d) -> list[dict]:
+    """Cases of a none-against-batch probe comparison at each rate where both completed."""
+    if not ctx.data.has(table):
+        return []
+    probe = prepare(ctx.data[table])
+    cases = []
+    for setting in ctx.settings():
+        for lr in ctx.completed_lrs(setting, ["none", "batch"]):
+            rows = probe[(probe["setting"] == setting) & (probe["lr"] == lr) & probe["norm"].isin(["none", "batch"])]
+            med = per_lr_medians(rows.replace([np.inf, -np.inf], np.nan), columns)
+            med.index = med.index.astype(str)
+            if not {"none", "batch"} <= set(med.index) or med.loc[["none", "batch"]].isna().any().any():
+                continue
+            verdict, why = judge(med.loc["batch"], med.loc["none"])
+            cases.append({"setting": setting, "lr": lr, "median_batch": med.loc["batch"].to_dict(),
+                          "median_none": med.loc["none"].to_dict(), "verdict": verdict, "why": f"lr {lr:g}: {why}"})
+    return cases
+
+
+def c4_ics(ctx: Context) -> Claim:
+    th = ctx.th
+
+    def judge(batch: pd.Series, none: pd.Series) -> tuple[str, str]:
+        better_l2 = batch["l2_diff"] < none["l2_diff"] / th.ics_l2_factor
+        better_cos = batch["cos"] > none["cos"] + th.ics_cos_margin
+        why = (f"l2 {fmt(batch['l2_diff'])} vs none {fmt(none['l2_diff'])}, cos {batch['cos']:.2f} vs "
+               f"{none['cos']:.2f}")
+        return (CONTRADICTED if better_l2 or better_cos else SUPPORTED), why
+
+    cases = _paired_probe_cases(ctx, "ics", ["l2_diff", "cos"], judge)
+    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no ics rows for none and batch at a rate both completed"
+    return Claim("C4", "BatchNorm does not clearly reduce internal covariate shift: batch's ICS (l2 difference, "
+                 "cosine) is not clearly better than none's at the same rate", combine(cases, th.case_quorum),
+                 summary, cases)
+
+
+def c5_smoothness(ctx: Context) -> Claim:
+    th = ctx.th
+    measures = ["loss_range", "grad_pred_range", "beta_eff"]
+
+    def prepare(land: pd.DataFrame) -> pd.DataFrame:
+        if "direction" in land:
+            land = land[land["direction"].astype(str) == "gradient"]
+        land = land.drop_duplicates(["trial_id", "step"])  # the per-step ranges repeat on each eta row
+        return land.assign(loss_range=land["loss_max"] - land["loss_min"],
+                           grad_pred_range=land["grad_diff_max"] - land["grad_diff_min"])
+
+    def judge(batch: pd.Series, none: pd.Series) -> tuple[str, str]:
+        lower = all(batch[m] < th.smooth_ratio * none[m] for m in measures)
+        why = ", ".join(f"{m} {fmt(batch[m])} vs {fmt(none[m])}" for m in measures)
+        return (SUPPORTED if lower else CONTRADICTED), why
+
+    cases = _paired_probe_cases(ctx, "landscape", measures, judge, prepare)
+    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no landscape rows for none and batch at a rate both completed"
+    return Claim("C5", "BatchNorm smooths the landscape: batch's loss-variation range, gradient-predictiveness range "
+                 "and effective beta-smoothness are lower than none's (medians over training)",
+                 combine(cases, th.case_quorum), summary, cases)
+
+
+def c6_lp(ctx: Context) -> Claim:
+    cases = []
+    for setting in ctx.settings():
+        batch = ctx.trains(setting, "batch")
+        for norm in LP_NORMS:
+            lp = ctx.trains(setting, norm)
+            for lr in sorted(set(batch.index) & set(lp.index)):
+                if not batch[lr]:
+                    continue  # the claim is about training like batch where batch trains
+                fb, fl = ctx.final_metric(setting, "batch", lr), ctx.final_metric(setting, norm, lr)
+                ok = bool(lp[lr]) and ctx.close(setting, fl, fb)
+                cases.append({"setting": setting, "norm": norm, "lr": lr, "trains": bool(lp[lr]), "final": fl,
+                              "final_batch": fb, "verdict": SUPPORTED if ok else CONTRADICTED,
+                              "why": f"{norm} lr {lr:g}: {'trains' if lp[lr] else 'does not train'}, final "
+                                     f"{fmt(fl)} vs batch {fmt(fb)}"})
+    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no lp variant run at a rate where batch trains"
+    return Claim("C6", "The lp normalizations (l1, l2, l-infinity) train like batch: they train wherever batch "
+                 "does and end close to it", combine(cases, ctx.th.case_quorum), summary, cases)
+
+
+CHECKS = (c1_robustness, c2_speed, c3_noisy, c4_ics, c5_smoothness, c6_lp)
+
+
+def check_claims(data: Results, thresholds: Thresholds | None = None) -> list[Claim]:
+    """Verdicts for C1..C6 on loaded results, with the numbers behind each."""
+    ctx = Context(data, thresholds or Thresholds())
+    return [check(ctx) for check in CHECKS]
+
+
+def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110) -> str:
+    """The terminal table: claim, verdict, the deciding numbers; then the thresholds used and their meaning."""
+    lines = [f"{'claim':<6}{'verdict':<17}numbers", "-" * width]
+    for c in claims:
+        summary = c.summary if len(c.summary) <= width - 23 else c.summary[:width - 26] + "..."
+        lines.append(f"{c.key:<6}{c.verdict:<17}{summary}")
+    lines += ["", "thresholds (defaults unless changed; analysis.claims.Thresholds):"]
+    defaults = Thresholds()
+    for f in dataclasses.fields(thresholds):
+        value = getattr(thresholds, f.name)
+        note = "" if value == getattr(defaults, f.name) else "  [changed]"
+        lines.append(f"  {f.name} = {value}{note}: {f.metadata['help']}")
+    return "\n".join(lines)

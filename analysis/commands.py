@@ -1,0 +1,105 @@
+"""`bnsweep figures` and `bnsweep check`: the command-line faces of the figures and the claims.
+
+bnsweep's CLI calls these; they return the exit code and raise AnalysisError for bad input (the CLI prints it
+and exits 2).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import altair as alt
+import pyarrow as pa
+import vl_convert as vlc
+
+from analysis.claims import Thresholds, check_claims, claims_table
+from analysis.figures import FIGURES, Figure, MissingData
+from analysis.html import page, vegalite_version
+from analysis.load import AnalysisError, Results, filesystem, load
+
+PNG_SCALE = 2  # PNGs at twice the chart's pixel size: sharp on a slide or a high-density screen
+
+
+@dataclass
+class Drawn:
+    figure: Figure
+    spec: dict | None  # the Vega-Lite spec, or None when the figure was skipped
+    reason: str = ""  # why it was skipped
+
+
+def build_all(data: Results) -> list[Drawn]:
+    """Every figure's Vega-Lite spec (aggregation + chart + spec), or the reason it cannot be drawn."""
+    drawn = []
+    for fig in FIGURES:
+        try:
+            chart = fig.build(data)
+        except MissingData as e:
+            drawn.append(Drawn(fig, None, str(e)))
+            continue
+        # The data are aggregated already; the row limit guards notebooks, not these few-thousand-row specs.
+        with alt.data_transformers.disable_max_rows():
+            drawn.append(Drawn(fig, chart.to_dict()))
+    return drawn
+
+
+def export(spec: dict) -> tuple[str, bytes]:
+    """SVG text and PNG bytes of a spec: compiled to Vega once, rendered to SVG once, rasterised from it."""
+    vega = vlc.vegalite_to_vega(spec, vl_version=vegalite_version())
+    svg = vlc.vega_to_svg(vega)
+    return svg, vlc.svg_to_png(svg, scale=PNG_SCALE)
+
+
+def _write(fs, path: str, data: bytes | str) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def figures(results: str, out: str | None) -> int:
+    """Write each drawable figure as PNG and SVG in OUT (default RESULTS/figures) and an offline index.html."""
+    data = load(results)
+    out = out or f"{str(results).rstrip('/')}/figures"
+    fs, root = filesystem(out)
+    try:
+        fs.create_dir(root, recursive=True)
+    except (OSError, pa.ArrowException) as e:
+        raise AnalysisError(f"cannot write figures to {out!r} ({str(e).splitlines()[0]}): choose a writable "
+                            "--out directory") from None
+    start = time.perf_counter()
+    drawn = build_all(data)
+    built = time.perf_counter()
+    shown, skipped = [], []
+    for d in drawn:
+        fig = d.figure
+        if d.spec is None:
+            print(f"skipped {fig.name} ({fig.title}): {d.reason}")
+            skipped.append((fig.name, fig.title, d.reason))
+            continue
+        svg, png = export(d.spec)
+        _write(fs, f"{root}/{fig.name}.svg", svg)
+        _write(fs, f"{root}/{fig.name}.png", png)
+        shown.append((fig.name, fig.title, fig.caption, d.spec))
+        print(f"{fig.name}.png/.svg  {fig.title}")
+    _write(fs, f"{root}/index.html", page("bnsweep figures", str(results), data.trials, shown, skipped))
+    print(f"{len(shown)} figures ({len(skipped)} skipped) and index.html in {out} "
+          f"[built in {built - start:.1f}s, exported in {time.perf_counter() - built:.1f}s]")
+    return 0
+
+
+def check(results: str, thresholds: Thresholds | None = None) -> int:
+    """Judge claims C1..C6 on the results, print the table and write RESULTS/claims.json; 0 whatever the verdicts."""
+    data = load(results)
+    thresholds = thresholds or Thresholds()
+    claims = check_claims(data, thresholds)
+    print(claims_table(claims, thresholds))
+    fs, root = filesystem(results)
+    document = {**{c.key: c.as_dict() for c in claims}, "thresholds": thresholds.as_dict(),
+                "results": str(results), "trials": len(data.trials)}
+    try:
+        _write(fs, f"{root}/claims.json", json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
+    except (OSError, pa.ArrowException) as e:
+        raise AnalysisError(f"cannot write claims.json in {str(results)!r} ({str(e).splitlines()[0]}): make the "
+                            "results directory writable") from None
+    print(f"wrote {str(results).rstrip('/')}/claims.json")
+    return 0

@@ -1,0 +1,243 @@
+"""Read a results directory into tidy, typed pandas DataFrames.
+
+A results directory holds one folder per table and one Parquet file per trial in each (RESULTS/<table>/
+<trial_id>.parquet). Files whose names start with "." or "_" are temporary or private (a file being written,
+Ray's state) and are skipped, so loading a directory that a sweep is still writing is safe: a trial's `trials`
+row is published last, and rows of the other tables whose trial has no `trials` row yet are left out until it
+has one.
+
+This module reads only Parquet (pyarrow, local paths or any pyarrow file system URI such as s3://...) and
+never imports the training code, so the analysis runs wherever the results are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+# The variants in the order the figures and tables list them: the baseline, BatchNorm, its noisy and lp
+# variants, then the other normalizations. Unknown values (a newer sweep) are appended after these.
+NORM_ORDER = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group")
+ARCH_ORDER = ("vgg11", "vgg13", "vgg16", "mlp", "dln")
+STATUS_ORDER = ("completed", "diverged", "failed", "running")
+TRIALS = "trials"
+# Config columns copied onto every per-trial table so that each is tidy on its own (one row = one
+# observation with everything needed to group it).
+SEQUENCES = ("probes", "etas", "ics_layers", "activation_layers")  # stored as JSON text in `trials`
+KEYS = ("setting", "arch", "width", "dataset", "task", "norm", "lr", "seed")
+
+
+class AnalysisError(ValueError):
+    """Bad input to the analysis (missing, corrupt or foreign results); the message names the value and the fix."""
+
+
+@dataclass
+class Results(Mapping[str, pd.DataFrame]):
+    """The tables of one results directory, by name (`results["curves"]`); `root` is where they came from."""
+
+    root: str
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.tables[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tables)
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+    def has(self, name: str) -> bool:
+        """True when the table is present and has at least one row."""
+        return name in self.tables and len(self.tables[name]) > 0
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        return self.tables[TRIALS]
+
+
+def filesystem(results: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow file system and root path of a results location (local path or URI)."""
+    text = str(results)
+    if "://" in text:
+        try:
+            return pafs.FileSystem.from_uri(text)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise AnalysisError(f"cannot open results location {text!r} ({str(e).splitlines()[0]}): pass a "
+                                "local results directory or a valid s3://bucket/prefix URI") from None
+    return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
+
+
+def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                  and not i.base_name.startswith((".", "_")))
+
+
+def table_names(fs: pafs.FileSystem, root: str) -> list[str]:
+    """Folders of the results directory that hold published Parquet files (private "_" / "." ones skipped)."""
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                  and not i.base_name.startswith((".", "_")) and _parquet_files(fs, i.path))
+
+
+def read_table(fs: pafs.FileSystem, folder: str) -> pa.Table:
+    """Every published file of one table, concatenated; a corrupt file is an AnalysisError naming it."""
+    files = _parquet_files(fs, folder)
+
+    def read(path: str) -> pa.Table:
+        try:
+            # trial_id as a dictionary column: a million repeated strings become one small dictionary.
+            schema = pq.read_schema(path, filesystem=fs)
+            wanted = ["trial_id"] if "trial_id" in schema.names else None
+            return pq.read_table(path, filesystem=fs, read_dictionary=wanted)
+        except (OSError, pa.ArrowException) as e:
+            raise AnalysisError(f"corrupt Parquet file {path} ({str(e).splitlines()[0]}): delete it and rerun "
+                                "that trial (bnsweep run resumes it)") from None
+
+    # Threads, not processes: pyarrow releases the GIL while it decodes, and S3 reads are mostly waiting.
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
+        parts = list(pool.map(read, files))
+    if not parts:
+        return pa.table({})
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except pa.ArrowException as e:
+        raise AnalysisError(f"the files of {folder} have incompatible schemas ({str(e).splitlines()[0]}): "
+                            "results from different bnsweep versions cannot share a directory") from None
+
+
+def ordered(values: pd.Series, order: tuple[str, ...]) -> pd.Series:
+    """An ordered categorical with the known values first, in `order`, then any others sorted."""
+    present = [str(v) for v in values.dropna().unique()]
+    categories = [v for v in order if v in present] + sorted(set(present) - set(order))
+    return pd.Series(pd.Categorical(values.astype(object), categories=categories, ordered=True), index=values.index)
+
+
+def _parse_sequences(df: pd.DataFrame) -> None:
+    """Sequence-valued config columns are stored as JSON text ("[0.5, 1.0]", "\"all\""): parse them to tuples."""
+    for name in df.columns:
+        if not (pd.api.types.is_string_dtype(df[name]) or df[name].dtype == object):
+            continue
+        values = df[name].dropna()
+        if values.empty or not values.map(lambda v: isinstance(v, str) and v[:1] in '["').all():
+            continue
+        if name not in SEQUENCES and not values.map(lambda v: v[:1] == "[").any():
+            continue  # a plain text column that happens to hold quoted strings
+        try:
+            parsed = values.map(json.loads)
+        except ValueError:
+            continue
+        df[name] = df[name].astype(object)
+        df.loc[values.index, name] = parsed.map(lambda v: tuple(v) if isinstance(v, list) else v)
+
+
+def _setting_labels(trials: pd.DataFrame) -> pd.Series:
+    """A panel label per trial: the architecture, plus width and data set where one architecture has several."""
+    labels = trials["arch"].astype(str)
+    width = trials["width"] if "width" in trials else pd.Series(np.nan, index=trials.index)
+    dataset = trials["dataset"].astype(str) if "dataset" in trials else pd.Series("", index=trials.index)
+    by_arch = pd.DataFrame({"arch": labels, "width": width, "dataset": dataset}).groupby("arch")
+    many_widths = by_arch["width"].transform("nunique") > 1
+    many_data = by_arch["dataset"].transform("nunique") > 1
+    labels = labels.where(~many_widths, labels + " ×" + width.map("{:g}".format))
+    labels = labels.where(~many_data, labels + " " + dataset)
+    # Order panels by architecture, then width, as the user would read them.
+    key = pd.DataFrame({"a": trials["arch"].cat.codes, "w": width.fillna(0), "label": labels})
+    order = tuple(key.sort_values(["a", "w", "label"])["label"].drop_duplicates())
+    return ordered(labels, order)
+
+
+def type_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Typed config columns: floats, ordered categories for variants and architectures, parsed sequences."""
+    df = trials.copy()
+    for name in ("lr", "width", "momentum", "weight_decay", "final_loss", "initial_loss"):
+        if name in df:
+            df[name] = pd.to_numeric(df[name], errors="coerce").astype("float64")
+    if "seed" in df:
+        df["seed"] = pd.to_numeric(df["seed"], errors="coerce").fillna(0).astype("int64")
+    if "trained" in df:
+        df["trained"] = df["trained"].fillna(False).astype(bool)
+    if "task" not in df:
+        df["task"] = np.where(df.get("arch", pd.Series("", index=df.index)) == "dln", "regression", "classification")
+    df["task"] = df["task"].fillna("classification")
+    _parse_sequences(df)
+    df["norm"] = ordered(df["norm"], NORM_ORDER)
+    df["arch"] = ordered(df["arch"], ARCH_ORDER)
+    df["task"] = ordered(df["task"], ("classification", "regression"))
+    if "status" in df:
+        df["status"] = ordered(df["status"], STATUS_ORDER)
+    df["setting"] = _setting_labels(df)
+    return df.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
+
+
+def attach_keys(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Copy the key config columns of each row's trial onto a per-trial table; rows of unknown trials drop.
+
+    Done with category codes, not a merge: a million-row table takes milliseconds.
+    """
+    ids = trials["trial_id"].astype(object)
+    tid = table["trial_id"]
+    if isinstance(tid.dtype, pd.CategoricalDtype):  # map the few categories, then index by their codes
+        per_category = pd.Categorical(tid.cat.categories.astype(object), categories=ids).codes
+        codes = np.where(tid.cat.codes.to_numpy() >= 0, per_category[tid.cat.codes.to_numpy()], -1)
+    else:
+        codes = pd.Categorical(tid.astype(object), categories=ids).codes
+    keep = codes >= 0
+    out = table.loc[keep].reset_index(drop=True)
+    codes = codes[keep]
+    for key in KEYS:
+        if key not in trials:
+            continue
+        column = trials[key]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            out[key] = pd.Categorical.from_codes(column.cat.codes.to_numpy()[codes], dtype=column.dtype)
+        else:
+            out[key] = column.to_numpy()[codes]
+    out["trial_id"] = pd.Categorical.from_codes(codes, categories=trials["trial_id"].astype(object).to_numpy())
+    return out
+
+
+def load(results: str | os.PathLike) -> Results:
+    """Every table present in a results directory (local path or s3://...), as tidy typed DataFrames.
+
+    `trials` has one row per finished trial with its config typed (lr float, norm an ordered categorical
+    none < batch < noisy_batch < l1_batch < l2_batch < linf_batch < layer < group, sequences as tuples) and a
+    `setting` column naming its panel. Every other per-trial table gains the key columns (setting, arch, width,
+    dataset, task, norm, lr, seed). Raises AnalysisError when the location is missing or is not results.
+    """
+    fs, root = filesystem(results)
+    try:
+        info = fs.get_file_info(root)
+        names = table_names(fs, root) if info.type == pafs.FileType.Directory else []
+    except (OSError, pa.ArrowException) as e:
+        raise AnalysisError(f"cannot read results location {str(results)!r} ({str(e).splitlines()[0]}): check "
+                            "the path and your credentials") from None
+    if info.type == pafs.FileType.NotFound:
+        raise AnalysisError(f"results directory {str(results)!r} does not exist: pass the --results directory "
+                            "of a bnsweep run or trial")
+    if info.type != pafs.FileType.Directory:
+        raise AnalysisError(f"{str(results)!r} is a file, not a results directory: pass the --results directory "
+                            "of a bnsweep run or trial")
+    if TRIALS not in names:
+        raise AnalysisError(f"{str(results)!r} is not a results directory with finished trials (no "
+                            f"{TRIALS}/*.parquet): pass the --results directory of a bnsweep run or trial, or "
+                            "wait until its first trial finishes")
+    trials = type_trials(read_table(fs, f"{root}/{TRIALS}").to_pandas())
+    tables = {TRIALS: trials}
+    for name in names:
+        if name == TRIALS:
+            continue
+        df = read_table(fs, f"{root}/{name}").to_pandas()
+        tables[name] = attach_keys(df, trials) if "trial_id" in df else df
+    return Results(root=str(results), tables=tables)

@@ -1,0 +1,602 @@
+"""Probes: the paper's landscape metrics, optimization-based ICS, activation statistics, the BatchNorm
+gradient identity and per-layer norms, measured on a training step's own batch without perturbing training.
+
+How a probe step runs (trial.py calls these; t is the step index, 0-based):
+    begin(t)            before the forward. Probe steps are t % probe_every == 0, so step 0 probes the
+                        initial network and a 300-step trial at cadence 100 probes steps 0, 100, 200.
+                        Arms one-shot forward hooks that read the step's own activations and the
+                        BatchNorm gradients of its own backward (hooks only read; they never change values).
+    before_update(...)  after loss.backward(), before optimizer.step(): p.grad is g = grad L(x_t) on the
+                        step's batch. Landscape, random direction and Hessian probes evaluate shifted weights
+                        functionally (torch.func.functional_call) with cloned BatchNorm buffers, so weights,
+                        running statistics and .grad are never touched. BatchNorm stays in training mode
+                        (batch statistics), as in the step. noisy_batch probe passes reuse the step's noise
+                        (noise_in_probes=reuse) or draw it from a probe-only generator (fresh); the training
+                        noise generator never advances.
+    after_update(...)   after optimizer.step(): ICS with the REAL update (momentum, weight decay included).
+    begin(t+1)          also captures step t+1's per-channel activation moments for the t -> t+1 change.
+
+Every random draw of a probe (activation subsample, random direction, Hessian start vector, fresh noise) comes
+from a probe-only generator seeded from the trial seed; training streams are never read.
+
+Tables (one Parquet file per trial each; every table has trial_id (string) and step (int64, the training
+step probed, 0-based, weights x_t before that step's update)):
+
+landscape: one row per (step, direction, eta). Paper Figs 4, 10, 11.
+    direction        "gradient" (d = g, the step's own gradient over every parameter) or "random"
+                     (Gaussian d scaled to |d| = |g|; the control the paper mentions but never shows)
+    eta_mult, eta    step length as a multiple of lr, and absolute (eta = eta_mult * lr)
+    loss             L(x_t - eta d) on the step's batch, BatchNorm in training mode
+    grad_diff        |grad L(x_t) - grad L(x_t - eta d)|_2 (gradient predictiveness; the paper's y-axis)
+    beta             grad_diff / |eta d|_2
+    loss_at_step     L(x_t), the step's own training loss
+    grad_norm        |g|_2 over every parameter;  direction_norm: |d|_2 (= grad_norm)
+    loss_min, loss_max, grad_diff_min, grad_diff_max
+                     per (step, direction) range over the eta points (the paper's shaded bands), repeated
+                     on each row of that step
+    beta_eff         max over eta of beta (the paper's "effective beta-smoothness", Fig 4c), repeated
+    noise_in_probes  "reuse" or "fresh" (noisy_batch: the step's noise or probe-only noise), "none" otherwise
+
+ics: one row per (step, layer); Definition 2.1 (Fig 3). G = layer #i's weight gradient before the update;
+G' = its gradient on the same batch with layers 1..i-1 (weight, bias, norm gamma/beta) at their values after
+the real optimizer step and layers i..k at their old values.
+    layer            1-based weight layer number (the paper's "layer #i")
+    l2_diff          |G - G'|_2 (the paper's ICS)
+    cos              cos(G, G') (NaN if either is 0)
+    rel_diff         l2_diff / |G|_2
+    grad_norm, grad_norm_after   |G|_2, |G'|_2
+    noise_in_probes  as in landscape
+
+activations: one row per (step, layer). The layer's normalization output (after the norm, before the
+non-linearity; for a layer without norm, e.g. the output layer or norm=none, the weight layer's output),
+captured in the step's own training forward; statistics over every element (batch, and H, W for conv).
+    source           "norm_output" or "layer_output" (no norm in that slot)
+    numel            number of elements; nonfinite: how many are NaN/inf (excluded from the statistics)
+    mean, std, min, max   over all finite elements (exact)
+    q01 ... q99      quantiles 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99 on a uniform random subsample of
+                     at most QUANTILE_SAMPLE elements (probe-only generator); sample_size: its size
+    hist_edges, hist_counts   HIST_BINS-bin histogram over [min, max] of all finite elements (edges: bins+1)
+    delta_mean, delta_var     |mean_{t+1} - mean_t|, |var_{t+1} - var_t| of the whole layer between the
+                     training forwards of step t and step t+1 (paper Fig 8 is per step); NaN if no step t+1
+    channel_delta_mean, channel_delta_mean_max, channel_delta_var, channel_delta_var_max
+                     the same per channel (unit), averaged over channels and their maximum
+
+bn_identity: one row per (step, BatchNorm-family layer: batch, noisy_batch). Theorem 4.1. Per channel j,
+y the BatchNorm input, g the gradient with respect to its output (noisy_batch: before the noise,
+g = s * dL/d(output)), g_hat = dL/dy, m = batch x H x W, v = biased batch variance, y_hat = (y - mu)/sqrt(v + eps):
+    exact:    |g_hat|^2 = gamma^2/(v+eps) * (|g|^2 - <1,g>^2/m - (2 - v/(v+eps)) <g,y_hat>^2/m)
+              (BatchNorm's backward pass; with eps = 0 the last factor is 1)
+    printed:  |g_hat|^2 <= gamma^2/(v+eps) * (|g|^2 - <1,g>^2/m - <g,y_hat>^2/sqrt(m))   (as printed)
+    norm             "batch" or "noisy_batch";  channels, m, eps, tol (config.bn_identity_tol)
+    exact_holds_frac     fraction of channels with |lhs - exact| / max(|lhs|, |exact|) <= tol
+    exact_max_rel_err    largest such relative error
+    printed_holds_frac   fraction of channels with lhs <= printed + tol * max(|lhs|, |printed|)
+    printed_max_violation  largest (lhs - printed) / lhs; above tol means the printed bound fails
+    printed_bound_holds  true if it holds on every channel
+    grad_in_sq, exact_sq, printed_sq, scaled_grad_out_sq   sums over channels of |g_hat|^2, the exact
+                     right side, the printed right side and gamma^2/(v+eps) |g|^2 (the bound's first term)
+
+layer_norms: one row per (step, layer), every weight layer.
+    weight_norm      |W_i|_2 at x_t;  grad_norm: |G_i|_2
+    ratio            grad_norm / weight_norm;  lr_ratio: lr * ratio (the relative step SGD would take)
+    update_norm      |W_i(t+1) - W_i(t)|_2, the real optimizer update;  update_ratio: update / weight norm
+
+hessian (optional probe "hessian"): one row per step. Power iteration with Hessian-vector products on the
+step's batch, BatchNorm in training mode, start vector from a probe-only generator.
+    top_eigenvalue   Rayleigh quotient after `iters` iterations: the eigenvalue of largest magnitude
+    residual         |Hv - lambda v| / |lambda| at the last iteration (convergence check)
+    iters            config.hessian_iters;  edge_of_stability: 2 / lr (the reference value)
+    beta_eff         the landscape's beta_eff at that step (NaN if the landscape probe is off)
+    noise_in_probes  as in landscape
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from bnsweep.norms import BatchNorm, NoisyBatchNorm
+
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+QUANTILE_SAMPLE = 2**18  # quantiles on a subsample: torch.quantile sorts (and fails above 2**24 elements)
+HIST_BINS = 64
+
+Params = dict[str, torch.Tensor]
+LossOf = Callable[[Params], torch.Tensor]
+
+_ID = [("trial_id", pa.string()), ("step", pa.int64())]
+_F = pa.float64()
+SCHEMAS: dict[str, pa.Schema] = {
+    "landscape": pa.schema(_ID + [("direction", pa.string()), ("eta_mult", _F), ("eta", _F), ("loss", _F),
+                                  ("grad_diff", _F), ("beta", _F), ("loss_at_step", _F), ("grad_norm", _F),
+                                  ("direction_norm", _F), ("loss_min", _F), ("loss_max", _F),
+                                  ("grad_diff_min", _F), ("grad_diff_max", _F), ("beta_eff", _F),
+                                  ("noise_in_probes", pa.string())]),
+    "ics": pa.schema(_ID + [("layer", pa.int64()), ("l2_diff", _F), ("cos", _F), ("rel_diff", _F),
+                            ("grad_norm", _F), ("grad_norm_after", _F), ("noise_in_probes", pa.string())]),
+    "activations": pa.schema(_ID + [("layer", pa.int64()), ("source", pa.string()), ("numel", pa.int64()),
+                                    ("nonfinite", pa.int64()), ("sample_size", pa.int64()), ("mean", _F),
+                                    ("std", _F), ("min", _F), ("max", _F)]
+                             + [(f"q{round(q * 100):02d}", _F) for q in QUANTILES]
+                             + [("hist_edges", pa.list_(_F)), ("hist_counts", pa.list_(pa.int64())),
+                                ("delta_mean", _F), ("delta_var", _F), ("channel_delta_mean", _F),
+                                ("channel_delta_mean_max", _F), ("channel_delta_var", _F),
+                                ("channel_delta_var_max", _F)]),
+    "bn_identity": pa.schema(_ID + [("layer", pa.int64()), ("norm", pa.string()), ("channels", pa.int64()),
+                                    ("m", pa.int64()), ("eps", _F), ("tol", _F), ("exact_holds_frac", _F),
+                                    ("exact_max_rel_err", _F), ("printed_holds_frac", _F),
+                                    ("printed_max_violation", _F), ("printed_bound_holds", pa.bool_()),
+                                    ("grad_in_sq", _F), ("exact_sq", _F), ("printed_sq", _F),
+                                    ("scaled_grad_out_sq", _F)]),
+    "layer_norms": pa.schema(_ID + [("layer", pa.int64()), ("weight_norm", _F), ("grad_norm", _F),
+                                    ("ratio", _F), ("lr_ratio", _F), ("update_norm", _F),
+                                    ("update_ratio", _F)]),
+    "hessian": pa.schema(_ID + [("top_eigenvalue", _F), ("residual", _F), ("iters", pa.int64()),
+                                ("edge_of_stability", _F), ("beta_eff", _F), ("noise_in_probes", pa.string())]),
+}
+# Which probe (config.probes) fills which table.
+TABLE_OF = {"landscape": "landscape", "random_direction": "landscape", "ics": "ics",
+            "activations": "activations", "bn_identity": "bn_identity", "layer_norms": "layer_norms",
+            "hessian": "hessian"}
+
+
+# ---------------------------------------------------------------- pure functions (any loss_of(params))
+
+
+def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """|(t_1, ..., t_n)|_2 as one vector; stays on the device (no sync)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def landscape(loss_of: LossOf, params: Params, direction: Params, grad0: Params,
+              etas: Iterable[float]) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+    """For each eta: (eta, L(x - eta d), |grad0 - grad L(x - eta d)|_2), grad0 = grad L(x).
+
+    The shifted point is a new tensor (x - eta d), never an in-place update undone later: x - eta d + eta d
+    is not x in floating point.
+    """
+    points = []
+    for eta in etas:
+        shifted = {n: (p.detach() - eta * direction[n]).requires_grad_() for n, p in params.items()}
+        loss = loss_of(shifted)
+        grads = torch.autograd.grad(loss, list(shifted.values()))
+        diff = global_norm([grad0[n] - gr for n, gr in zip(shifted, grads, strict=True)])
+        points.append((float(eta), loss.detach(), diff))
+    return points
+
+
+def landscape_summary(points: list[tuple[float, float, float]], direction_norm: float) -> dict[str, float]:
+    """The per-step ranges and beta_eff = max_eta |delta grad| / |eta d|."""
+    losses, diffs = [p[1] for p in points], [p[2] for p in points]
+    betas = [diff / (eta * direction_norm) if direction_norm > 0 else math.nan for eta, _, diff in points]
+    return {"loss_min": min(losses), "loss_max": max(losses), "grad_diff_min": min(diffs),
+            "grad_diff_max": max(diffs), "beta_eff": max(betas)}
+
+
+def ics_gradient(loss_of: LossOf, old: Params, new: Params, earlier: set[str], weight: str) -> torch.Tensor:
+    """G' = grad wrt `weight` of L at (new values for the names in `earlier`, old values elsewhere)."""
+    point = {n: (new[n] if n in earlier else old[n]).detach() for n in old}
+    point[weight] = point[weight].clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss_of(point), point[weight])
+    return grad
+
+
+def compare(g: torch.Tensor, g2: torch.Tensor) -> dict[str, torch.Tensor]:
+    """l2 difference, cosine and norms of two gradients (device scalars)."""
+    n1, n2 = torch.linalg.vector_norm(g), torch.linalg.vector_norm(g2)
+    return {"l2_diff": torch.linalg.vector_norm(g - g2), "cos": (g * g2).sum() / (n1 * n2),
+            "grad_norm": n1, "grad_norm_after": n2}
+
+
+def bn_identity(y: torch.Tensor, grad_in: torch.Tensor, grad_out: torch.Tensor, gamma: torch.Tensor,
+                eps: float) -> dict[str, Any]:
+    """Per channel (dim 1) of a BatchNorm z = gamma (y - mu)/sqrt(v + eps) + beta, in float64:
+    lhs = |dL/dy|^2, the exact backward identity, the bound as printed in Thm 4.1, and gamma^2/(v+eps) |g|^2.
+
+    Derivation: d y_hat_i / d y_k = (delta_ik - 1/m - y_hat_i y_hat_k / m) / s with s = sqrt(v + eps), so
+    g_hat = gamma/s (g - <1,g>/m - y_hat <g,y_hat>/m). Since <1,y_hat> = 0 and |y_hat|^2 = m v/(v+eps),
+    |g_hat|^2 = gamma^2/s^2 (|g|^2 - <1,g>^2/m - (2 - v/(v+eps)) <g,y_hat>^2/m).
+    """
+    dims = [0, *range(2, y.dim())]
+    m = y.numel() // y.shape[1]
+    shape = (1, -1) + (1,) * (y.dim() - 2)
+    y, g, gi = y.double(), grad_out.double(), grad_in.double()
+    var, mean = torch.var_mean(y, dims, correction=0)
+    denom = var + eps
+    y_hat = (y - mean.view(shape)) / denom.sqrt().view(shape)
+    gg, g1, gy = (g * g).sum(dims), g.sum(dims), (g * y_hat).sum(dims)
+    scale = gamma.double() ** 2 / denom
+    return {"lhs": (gi * gi).sum(dims), "exact": scale * (gg - g1**2 / m - (2 - var / denom) * gy**2 / m),
+            "printed": scale * (gg - g1**2 / m - gy**2 / math.sqrt(m)), "scaled": scale * gg, "m": m}
+
+
+def bn_identity_summary(terms: dict[str, Any], tol: float) -> dict[str, Any]:
+    """Per-layer verdicts from per-channel bn_identity terms."""
+    lhs, exact, printed = terms["lhs"], terms["exact"], terms["printed"]
+    tiny = torch.finfo(torch.float64).tiny
+    rel = (lhs - exact).abs() / torch.maximum(lhs.abs(), exact.abs()).clamp_min(tiny)
+    printed_ok = lhs <= printed + tol * torch.maximum(lhs.abs(), printed.abs())
+    violation = (lhs - printed) / lhs.abs().clamp_min(tiny)
+    return {"channels": lhs.numel(), "m": terms["m"], "exact_holds_frac": float((rel <= tol).double().mean()),
+            "exact_max_rel_err": float(rel.max()), "printed_holds_frac": float(printed_ok.double().mean()),
+            "printed_max_violation": float(violation.max()), "printed_bound_holds": bool(printed_ok.all()),
+            "grad_in_sq": float(lhs.sum()), "exact_sq": float(exact.sum()), "printed_sq": float(printed.sum()),
+            "scaled_grad_out_sq": float(terms["scaled"].sum())}
+
+
+def top_hessian_eigenvalue(loss_of: LossOf, params: Params, iters: int,
+                           generator: torch.Generator) -> tuple[float, float]:
+    """(Rayleigh quotient, relative residual) after `iters` power iterations on Hessian-vector products."""
+    leaves = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
+    grads = torch.autograd.grad(loss_of(leaves), list(leaves.values()), create_graph=True)
+    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in leaves.values()]
+    norm = global_norm(v)
+    v = [t / norm for t in v]
+    eigenvalue, residual = math.nan, math.nan
+    for _ in range(iters):
+        hv = torch.autograd.grad(grads, list(leaves.values()), grad_outputs=v, retain_graph=True)
+        lam = sum((a * b).sum() for a, b in zip(hv, v, strict=True))
+        eigenvalue = float(lam)
+        residual = float(global_norm([a - lam * b for a, b in zip(hv, v, strict=True)]) / lam.abs())
+        norm = global_norm(hv)
+        if not (math.isfinite(float(norm)) and float(norm) > 0):
+            break
+        v = [t / norm for t in hv]
+    return eigenvalue, residual
+
+
+def channel_moments(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (dim 1) mean and biased variance over every other dim."""
+    var, mean = torch.var_mean(a.detach(), [0, *range(2, a.dim())], correction=0)
+    return mean, var
+
+
+def activation_stats(a: torch.Tensor, generator: torch.Generator, sample: int = QUANTILE_SAMPLE,
+                     bins: int = HIST_BINS) -> dict[str, Any]:
+    """mean, std, min, max, quantiles (on a subsample of <= `sample`) and a histogram of a's elements."""
+    flat = a.detach().reshape(-1)
+    numel = flat.numel()
+    finite = torch.isfinite(flat)
+    nonfinite = numel - int(finite.sum())
+    if nonfinite:
+        flat = flat[finite]
+    n = flat.numel()
+    row: dict[str, Any] = {"numel": numel, "nonfinite": nonfinite, "sample_size": min(n, sample)}
+    if n == 0:
+        return {**row, **dict.fromkeys(["mean", "std", "min", "max"], math.nan),
+                **{_qname(q): math.nan for q in QUANTILES}, "hist_edges": [], "hist_counts": []}
+    f64 = flat.double()
+    lo, hi = float(f64.min()), float(f64.max())
+    sub = f64
+    if n > sample:  # indices drawn on the CPU so the same seed subsamples the same way on every device
+        sub = f64[torch.randint(n, (sample,), generator=generator).to(f64.device)]
+    qs = torch.quantile(sub, torch.tensor(QUANTILES, dtype=torch.float64, device=sub.device)).tolist()
+    top = hi if hi > lo else lo + 1.0  # a constant layer still gets a valid range
+    counts = torch.histc(f64, bins=bins, min=lo, max=top)
+    edges = torch.linspace(lo, top, bins + 1, dtype=torch.float64)
+    return {**row, "mean": float(f64.mean()), "std": float(f64.std(correction=0)), "min": lo, "max": hi,
+            **{_qname(q): v for q, v in zip(QUANTILES, qs, strict=True)},
+            "hist_edges": edges.tolist(), "hist_counts": counts.long().tolist()}
+
+
+def _qname(q: float) -> str:
+    return f"q{round(q * 100):02d}"
+
+
+def _pooled(mean_c: torch.Tensor, var_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of the whole layer from per-channel ones (every channel has the same count)."""
+    mean = mean_c.mean()
+    return mean, var_c.mean() + ((mean_c - mean) ** 2).mean()
+
+
+# ---------------------------------------------------------------- the trial's probes
+
+
+class Probes:
+    """The probes of one trial. `trial` needs .config, .model (a models.Net), .optimizer, .loss_fn, .device."""
+
+    def __init__(self, trial: Any):
+        self.trial = trial
+        c = self.config = trial.config
+        self.model = trial.model
+        self.every = c.probe_every
+        self.enabled = set(c.probes)
+        n_layers = self.model.num_layers
+        every_layer = list(range(1, n_layers + 1))
+        self.ics_layers = every_layer if c.ics_layers == "all" else sorted(set(c.ics_layers))
+        self.act_layers = every_layer if c.activation_layers == "all" else sorted(set(c.activation_layers))
+        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        name_of = {id(p): n for n, p in self.named}
+        self.layer_names = [[name_of[id(p)] for p in self.model.layer_params(i) if id(p) in name_of]
+                            for i in every_layer]
+        self.weight_names = [name_of[id(self.model.block(i).layer.weight)] for i in every_layer]
+        self.bn_layers = [i for i in every_layer if isinstance(self.model.block(i).norm, BatchNorm)]
+        self.noisy = [m for m in self.model.modules() if isinstance(m, NoisyBatchNorm)]
+        self.noise_mode = c.noise_in_probes if self.noisy else "none"
+        self.trial_id = c.trial_id
+        # Probe-only random streams, seeded from the trial seed; CPU generators so draws match on any device.
+        self.generators = {name: torch.Generator().manual_seed(_seed(c.seed, f"probes-{name}"))
+                           for name in ("activations", "random_direction", "hessian")}
+        if self.noise_mode == "fresh":
+            self.generators["noise"] = torch.Generator(trial.device).manual_seed(_seed(c.seed, "probes-noise"))
+        self.rows: dict[str, list[dict[str, Any]]] = {
+            t: [] for t in dict.fromkeys(TABLE_OF[p] for p in c.probes)}
+        self.warned = False
+        self._handles: list[Any] = []
+        self._seen: set[tuple[str, int]] = set()
+        self._full = False  # the armed forward is a probe step's (full statistics, BatchNorm gradients)
+        self._act: dict[int, tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._bn: dict[int, dict[str, Any]] = {}
+        self._next: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # moments of step t+1
+        self._pending: dict[str, Any] | None = None  # activation rows of step t awaiting step t+1
+        self._before: dict[str, Any] | None = None  # state carried from before_update to after_update
+
+    # -- the step's hooks ------------------------------------------------------------------------------
+    def begin(self, t: int) -> bool:
+        """Called before step t's forward. True at probe steps (t % probe_every == 0)."""
+        self._disarm()
+        self._resolve(t)
+        probing = t % self.every == 0
+        capture = self._pending is not None and self._pending["step"] == t - 1
+        self._next = {} if capture else None
+        self._full = probing
+        self._seen, self._act = set(), {}
+        if "activations" in self.enabled and (probing or capture):
+            for i in self.act_layers:
+                self._handles.append(self.model.block(i).norm.register_forward_hook(self._act_hook(i)))
+        if probing and "bn_identity" in self.enabled:
+            self._bn = {}
+            for i in self.bn_layers:
+                self._handles.append(self.model.block(i).norm.register_forward_hook(self._bn_hook(i)))
+        return probing
+
+    def _act_hook(self, layer: int):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not module.training or ("act", layer) in self._seen:
+                return  # only the step's own training forward, once
+            self._seen.add(("act", layer))
+            moments = channel_moments(output)
+            if self._next is not None:
+                self._next[layer] = moments
+            if self._full:
+                self._act[layer] = (activation_stats(output, self.generators["activations"]), moments)
+        return hook
+
+    def _bn_hook(self, layer: int):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            y = inputs[0]
+            if not module.training or ("bn", layer) in self._seen or not (y.requires_grad and output.requires_grad):
+                return
+            self._seen.add(("bn", layer))
+            # noisy_batch: output = s * z + m (or (s * x_hat + m) gamma + beta); g before the noise is s * dL/dout
+            scale = module.last_scale if isinstance(module, NoisyBatchNorm) else None
+            gamma, grad_out = module.weight.detach(), {}
+
+            def on_output(g: torch.Tensor) -> None:
+                grad_out["g"] = g if scale is None else g * scale
+
+            def on_input(gi: torch.Tensor) -> None:  # fires after on_output; reduce now, keep no big tensor
+                self._bn[layer] = bn_identity(y.detach(), gi, grad_out.pop("g"), gamma, module.eps)
+
+            output.register_hook(on_output)
+            y.register_hook(on_input)
+        return hook
+
+    def _disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # -- probe passes ----------------------------------------------------------------------------------
+    def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> LossOf:
+        """L(params) on the step's batch, BatchNorm in training mode on cloned buffers (running stats kept)."""
+        buffers = dict(self.model.named_buffers())
+
+        def loss_of(params: Params) -> torch.Tensor:
+            state = {**params, **{n: b.clone() for n, b in buffers.items()}}
+            return self.trial.loss_fn(functional_call(self.model, state, (x,)), y)
+        return loss_of
+
+    @contextmanager
+    def _probe_noise(self):
+        """noisy_batch: reuse the step's noise (or draw from the probe generator); restore everything after."""
+        saved = [(m, m.reuse_noise, m.noise_generator, m.last_scale, m.last_shift) for m in self.noisy]
+        for m in self.noisy:
+            if self.noise_mode == "fresh":
+                m.noise_generator = self.generators["noise"]
+            else:
+                m.reuse_noise = True
+        try:
+            yield
+        finally:
+            for m, reuse, gen, scale, shift in saved:
+                m.reuse_noise, m.noise_generator, m.last_scale, m.last_shift = reuse, gen, scale, shift
+
+    def before_update(self, t: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """p.grad holds g = grad L(x_t) on this batch; weights are still x_t."""
+        self._disarm()
+        self._resolve(t)
+        c, lr = self.config, self.config.lr
+        params = {n: p.detach() for n, p in self.named}
+        grads = {n: p.grad.detach() if p.grad is not None else torch.zeros_like(p) for n, p in self.named}
+        self._record_activations(t)
+        self._record_bn(t)
+        loss_of = self._loss_of(x, y)
+        beta_eff = math.nan
+        with self._probe_noise():
+            if "landscape" in self.enabled:
+                beta_eff = self._landscape(t, loss_of, params, grads, grads, "gradient", float(loss.detach()))
+            if "random_direction" in self.enabled:
+                g = self.generators["random_direction"]
+                d = {n: torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for n, p in params.items()}
+                scale = global_norm(grads.values()) / global_norm(d.values())
+                d = {n: v * scale for n, v in d.items()}
+                self._landscape(t, loss_of, params, d, grads, "random", float(loss.detach()))
+            if "hessian" in self.enabled:
+                lam, res = top_hessian_eigenvalue(loss_of, params, c.hessian_iters, self.generators["hessian"])
+                self.rows["hessian"].append({"trial_id": self.trial_id, "step": t, "top_eigenvalue": lam,
+                                             "residual": res, "iters": c.hessian_iters,
+                                             "edge_of_stability": 2.0 / lr, "beta_eff": beta_eff,
+                                             "noise_in_probes": self.noise_mode})
+        if "ics" in self.enabled or "layer_norms" in self.enabled:
+            self._before = {"old": {n: p.clone() for n, p in params.items()},
+                            "G": {i: grads[self.weight_names[i - 1]].clone() for i in self.ics_layers}}
+        if "layer_norms" in self.enabled:
+            for i, w in enumerate(self.weight_names, 1):
+                wn, gn = float(torch.linalg.vector_norm(params[w])), float(torch.linalg.vector_norm(grads[w]))
+                ratio = gn / wn if wn > 0 else math.nan
+                self.rows["layer_norms"].append({"trial_id": self.trial_id, "step": t, "layer": i,
+                                                 "weight_norm": wn, "grad_norm": gn, "ratio": ratio,
+                                                 "lr_ratio": lr * ratio, "update_norm": math.nan,
+                                                 "update_ratio": math.nan})
+
+    def after_update(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Weights are x_{t+1} after the real optimizer step: ICS (Definition 2.1) and update norms."""
+        before, self._before = self._before, None
+        if before is None:
+            return
+        old = before["old"]
+        new = {n: p.detach() for n, p in self.named}
+        if "layer_norms" in self.enabled:
+            rows = [r for r in self.rows["layer_norms"] if r["step"] == t]
+            for r in rows:
+                w = self.weight_names[r["layer"] - 1]
+                r["update_norm"] = float(torch.linalg.vector_norm(new[w] - old[w]))
+                r["update_ratio"] = r["update_norm"] / r["weight_norm"] if r["weight_norm"] > 0 else math.nan
+        if "ics" not in self.enabled:
+            return
+        loss_of = self._loss_of(x, y)
+        with self._probe_noise():
+            for i in self.ics_layers:
+                earlier = {n for names in self.layer_names[:i - 1] for n in names}
+                g_after = ics_gradient(loss_of, old, new, earlier, self.weight_names[i - 1])
+                stats = {k: float(v) for k, v in compare(before["G"][i], g_after).items()}
+                self.rows["ics"].append({"trial_id": self.trial_id, "step": t, "layer": i, **stats,
+                                         "rel_diff": stats["l2_diff"] / stats["grad_norm"]
+                                         if stats["grad_norm"] > 0 else math.nan,
+                                         "noise_in_probes": self.noise_mode})
+
+    def _landscape(self, t: int, loss_of: LossOf, params: Params, direction: Params, grads: Params,
+                   kind: str, loss_at_step: float) -> float:
+        etas = [m * self.config.lr for m in self.config.etas]
+        raw = landscape(loss_of, params, direction, grads, etas)
+        values = torch.stack([torch.stack((v.double(), d.double())) for _, v, d in raw]).cpu().tolist()
+        points = [(eta, v, d) for eta, (v, d) in zip(etas, values, strict=True)]
+        d_norm, g_norm = float(global_norm(direction.values())), float(global_norm(grads.values()))
+        summary = landscape_summary(points, d_norm)
+        for mult, (eta, v, d) in zip(self.config.etas, points, strict=True):
+            self.rows["landscape"].append({
+                "trial_id": self.trial_id, "step": t, "direction": kind, "eta_mult": float(mult), "eta": eta,
+                "loss": v, "grad_diff": d, "beta": d / (eta * d_norm) if d_norm > 0 else math.nan,
+                "loss_at_step": loss_at_step, "grad_norm": g_norm, "direction_norm": d_norm, **summary,
+                "noise_in_probes": self.noise_mode})
+        return summary["beta_eff"]
+
+    # -- rows from the hooks ---------------------------------------------------------------------------
+    def _record_activations(self, t: int) -> None:
+        if "activations" not in self.enabled:
+            return
+        pending = {"step": t, "rows": {}, "moments": {}}
+        for i in self.act_layers:
+            if i not in self._act:
+                continue
+            stats, (mean_c, var_c) = self._act.pop(i)
+            source = "layer_output" if isinstance(self.model.block(i).norm, nn.Identity) else "norm_output"
+            row = {"trial_id": self.trial_id, "step": t, "layer": i, "source": source, **stats,
+                   **dict.fromkeys(["delta_mean", "delta_var", "channel_delta_mean", "channel_delta_mean_max",
+                                    "channel_delta_var", "channel_delta_var_max"], math.nan)}
+            pending["rows"][i] = len(self.rows["activations"])
+            pending["moments"][i] = (mean_c.detach().cpu(), var_c.detach().cpu())
+            self.rows["activations"].append(row)
+        self._act = {}
+        self._pending = pending if pending["rows"] else None
+
+    def _resolve(self, now: int | None = None) -> None:
+        """Fill the t -> t+1 activation changes once step t+1's forward has been seen."""
+        p = self._pending
+        if p is None:
+            return
+        nxt = self._next
+        if nxt is not None and set(p["rows"]) <= set(nxt):
+            for i, index in p["rows"].items():
+                m0, v0 = p["moments"][i]
+                m1, v1 = (t.detach().cpu() for t in nxt[i])
+                dm, dv = (m1 - m0).abs(), (v1 - v0).abs()
+                pm0, pv0 = _pooled(m0, v0)
+                pm1, pv1 = _pooled(m1, v1)
+                self.rows["activations"][index].update(
+                    delta_mean=float((pm1 - pm0).abs()), delta_var=float((pv1 - pv0).abs()),
+                    channel_delta_mean=float(dm.mean()), channel_delta_mean_max=float(dm.max()),
+                    channel_delta_var=float(dv.mean()), channel_delta_var_max=float(dv.max()))
+            self._pending, self._next = None, None
+        elif now is not None and now > p["step"] + 1:
+            self._pending, self._next = None, None  # step t+1 never came (end of training): the changes stay NaN
+
+    def _record_bn(self, t: int) -> None:
+        if "bn_identity" not in self.enabled:
+            return
+        tol = self.config.bn_identity_tol
+        for i in self.bn_layers:
+            terms = self._bn.pop(i, None)
+            if terms is None:
+                continue
+            norm = self.model.block(i).norm
+            row = {"trial_id": self.trial_id, "step": t, "layer": i,
+                   "norm": "noisy_batch" if isinstance(norm, NoisyBatchNorm) else "batch", "eps": norm.eps,
+                   "tol": tol, **bn_identity_summary(terms, tol)}
+            self.rows["bn_identity"].append(row)
+            if not row["printed_bound_holds"] and not self.warned:
+                self.warned = True
+                print(f"bnsweep: {self.trial_id} step {t} layer #{i}: the BatchNorm gradient bound as printed in "
+                      f"Santurkar et al. Thm 4.1 (last term <g,y_hat>^2/sqrt(m)) FAILS on "
+                      f"{1 - row['printed_holds_frac']:.0%} of channels; the exact backward identity (last term "
+                      f"<g,y_hat>^2/m) holds on {row['exact_holds_frac']:.0%} (tol {tol:g}). "
+                      "See the bn_identity table.", file=sys.stderr)
+        self._bn = {}
+
+    # -- end, results, checkpoints ---------------------------------------------------------------------
+    def finish(self) -> None:
+        """End of training: remove hooks; activation changes with no step t+1 stay NaN."""
+        self._disarm()
+        self._resolve()
+        self._pending, self._next = None, None
+
+    def tables(self) -> dict[str, pa.Table]:
+        self._resolve()
+        last = getattr(self.trial, "diverged_step", None)
+        out = {}
+        for name, rows in self.rows.items():
+            kept = [r for r in rows if last is None or r["step"] <= last]  # steps after a divergence are not kept
+            out[name] = pa.Table.from_pylist(kept, schema=SCHEMAS[name])
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Rows so far, the pending t -> t+1 activation state and the probe generators."""
+        self._resolve()
+        return {"rows": copy.deepcopy(self.rows), "pending": copy.deepcopy(self._pending),
+                "next": None if self._next is None else {i: tuple(t.cpu() for t in m) for i, m in self._next.items()},
+                "generators": {n: g.get_state() for n, g in self.generators.items()}, "warned": self.warned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = copy.deepcopy(state["rows"])
+        self._pending = copy.deepcopy(state["pending"])
+        self._next = None if state["next"] is None else dict(state["next"])
+        for n, s in state["generators"].items():
+            if n in self.generators:
+                self.generators[n].set_state(s)
+        self.warned = state["warned"]
+
+
+def _seed(seed: int, stream: str) -> int:
+    from bnsweep.trial import stream_seed  # trial imports this module lazily; import back the same way
+
+    return stream_seed(seed, stream)

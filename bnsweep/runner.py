@@ -1,0 +1,373 @@
+"""Run a sweep on Ray Tune: every grid point ends with exactly one honest record.
+
+Resume is ours, not Tuner.restore's: each run builds a fresh Tuner over the grid points that have no finished
+record in the results (a `trials` file), so it works the same on local disk and S3 and after the sweep file grew.
+A trial checkpoints through Tune every `checkpoint_every` steps; a retried trial resumes from Tune's checkpoint,
+and a trial of a new run (after the driver died) from the newest checkpoint its earlier run left in
+RESULTS/_ray/<sweep>/<trial_id>/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from bnsweep import records
+from bnsweep.config import TrialConfig, make_config
+from bnsweep.errors import BnsweepError
+from bnsweep.sweep import Sweep, load, rough_cost
+
+ATTEMPTS = "_attempts"  # RESULTS/_attempts/<trial_id>/<uuid>: one empty file per start of a trial
+RAY_DIR = "_ray"  # Tune's experiment state and checkpoints; underscore: ignored by Parquet readers
+
+
+def _quiet_ray_env() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+
+
+def choose_scale(scale: str | None, address: str | None) -> tuple[str, str]:
+    """The scale to run and why: paper on a cluster or a GPU, cpu otherwise."""
+    if scale:
+        return scale, "chosen with --scale"
+    if address:
+        return "paper", f"joining the Ray cluster at {address}"
+    import torch
+
+    if torch.cuda.is_available():
+        return "paper", f"a local GPU is present ({torch.cuda.get_device_name(0)})"
+    return "cpu", "no --address and no local GPU"
+
+
+# -- inside a trial (runs in a Ray worker) --------------------------------------------------------------------
+
+def count_attempts(results: str, trial_id: str) -> int:
+    fs, root = records.filesystem(results)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{ATTEMPTS}/{trial_id}", allow_not_found=True))
+    return sum(1 for i in infos if i.type == pafs.FileType.File)
+
+
+def mark_attempt(results: str, trial_id: str) -> int:
+    """Record one more start of this trial; returns how many starts there have been, this one included."""
+    fs, root = records.filesystem(results)
+    folder = f"{root}/{ATTEMPTS}/{trial_id}"
+    fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(f"{folder}/{time.time_ns()}-{uuid.uuid4().hex[:8]}"):
+        pass
+    return count_attempts(results, trial_id)
+
+
+def _read_state(fs: pafs.FileSystem, path: str) -> dict | None:
+    import torch
+
+    try:
+        with fs.open_input_stream(path) as f:
+            return torch.load(io.BytesIO(f.read()), weights_only=False)
+    except (OSError, pa.ArrowException, RuntimeError, EOFError):
+        return None  # a checkpoint cut off mid-write: fall back to an older one or step 0
+
+
+def latest_checkpoint(results: str, sweep_name: str, trial_id: str) -> dict | None:
+    """The newest readable checkpoint of a trial left by any earlier run, by step."""
+    fs, root = records.filesystem(results)
+    trial_dir = f"{root}/{RAY_DIR}/{sweep_name}/{trial_id}"
+    found = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+    candidates = []
+    for info in found:
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            step_file = f"{info.path}/step.txt"
+            try:
+                with fs.open_input_stream(step_file) as f:
+                    candidates.append((int(f.read().decode()), info.path))
+            except (OSError, ValueError, pa.ArrowException):
+                continue
+    for _, path in sorted(candidates, reverse=True):
+        state = _read_state(fs, f"{path}/trial.pt")
+        if state is not None:
+            return state
+    return None
+
+
+def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
+    """Ray Tune function trainable: one grid point, checkpointed, its records written before its last report."""
+    import torch
+    from ray import tune
+
+    from bnsweep.trial import run_trial
+
+    spec = specs[params["trial_id"]]
+    config = make_config(spec["config"])
+    results, trial_id = spec["results"], config.trial_id
+    attempt = mark_attempt(results, trial_id)
+    state = None
+    checkpoint = tune.get_checkpoint()  # set when Tune retries this trial in the same run
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "trial.pt", weights_only=False)
+    elif attempt > 1:
+        state = latest_checkpoint(results, spec["sweep"], trial_id)
+
+    def report(trial) -> None:
+        last = trial.history[trial.step - 1, 0].item()
+        metrics = {"step": trial.step, "loss": last, "status": trial.status, "done": False}
+        every = spec["checkpoint_every"]
+        if every and trial.step % every == 0 and trial.step < trial.config.steps:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(trial.state_dict(), Path(d) / "trial.pt")
+                (Path(d) / "step.txt").write_text(str(trial.step))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
+
+    trial = run_trial(config, results=None, callback=report, callback_every=spec["report_every"], state=state,
+                      catch=False, attempt=attempt)
+    records.write_trial(results, trial_id, trial.tables())
+    outcome = trial.outcome()
+    final_loss = outcome["final_loss"]
+    tune.report({"step": trial.step, "loss": final_loss if math.isfinite(final_loss) else float("nan"),
+                 "status": outcome["status"], "trained": outcome["trained"], "done": True})
+
+
+# -- in the driver ----------------------------------------------------------------------------------------------
+
+def _make_stopper():
+    from ray.tune import Stopper
+
+    class DivergenceStopper(Stopper):
+        """Stops a trial whose report says it diverged. Trials report divergence only after writing records."""
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            loss = result.get("loss")
+            return result.get("status") == "diverged" or (isinstance(loss, float) and not math.isfinite(loss))
+
+        def stop_all(self) -> bool:
+            return False
+
+    return DivergenceStopper()
+
+
+def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.stdout):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One live line: done / diverged / failed / running of N, elapsed, estimate of the rest."""
+
+        def __init__(self) -> None:
+            self.counts = {"completed": 0, "diverged": 0, "failed": 0}
+            self.running: set[str] = set()
+            self.started = time.monotonic()
+            self.last_draw = 0.0
+            self.tty = stream.isatty()
+
+        def draw(self, force: bool = False) -> None:
+            now = time.monotonic()
+            if not force and not self.tty and now - self.last_draw < 15:
+                return
+            self.last_draw = now
+            done = sum(self.counts.values())
+            elapsed = now - self.started
+            left = f"~{_duration(elapsed / done * (total - done))} left" if done else "estimating"
+            line = (f"[{done}/{total}] completed {self.counts['completed']}  diverged {self.counts['diverged']}  "
+                    f"failed {self.counts['failed']}  running {len(self.running)}  |  {_duration(elapsed)} "
+                    f"elapsed, {left}")
+            stream.write(("\r" + line.ljust(100)) if self.tty else line + "\n")
+            stream.flush()
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            self.running.add(trial.trial_id)
+            self.draw()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if result.get("done"):
+                self.counts[result.get("status", "completed")] = self.counts.get(result.get("status"), 0) + 1
+                self.running.discard(trial.trial_id)
+                self.draw(force=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self.running.discard(trial.trial_id)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            # Retries are spent: record the trial as failed, with its error, so the sweep goes on honestly.
+            self.running.discard(trial.trial_id)
+            self.counts["failed"] += 1
+            from bnsweep.trial import failed_trials_table
+
+            config = make_config(specs[trial.config["trial_id"]]["config"])
+            error = trial.get_error()
+            message = str(error).strip().splitlines()[-1] if error else "unknown error"
+            records.write_table(results, records.TRIALS, config.trial_id,
+                                failed_trials_table(config, message[:2000],
+                                                    count_attempts(results, config.trial_id)))
+            self.draw(force=True)
+
+        def close(self) -> None:
+            self.draw(force=True)
+            if self.tty:
+                stream.write("\n")
+
+    return Progress()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _start_ray(address: str | None, sweep: Sweep, verbose: bool, num_cpus: int | None):
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=verbose, configure_logging=verbose)
+        return True
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if sweep.resources.get("gpu", 0) > 0 and gpus == 0:
+        raise BnsweepError(f"scale {sweep.scale!r} asks for {sweep.resources['gpu']:g} GPU per trial but this "
+                           "machine has none: use --scale cpu, --set resources.gpu=0, or --address to join a cluster")
+    # An embedded single-node cluster: bounded, no dashboard, reachable only from this machine.
+    ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False,
+             _node_ip_address="127.0.0.1", object_store_memory=256 * 1024**2, log_to_driver=verbose,
+             configure_logging=verbose)
+    return True
+
+
+def ensure_data(configs: list[TrialConfig], data_root: str | None) -> None:
+    """Load (download once, here) every data set the trials need, so a missing one fails before Ray starts."""
+    from bnsweep.data import load_dataset
+
+    for name, data_seed in sorted({(c.dataset, c.data_seed) for c in configs}):
+        load_dataset(name, root=data_root, device="cpu", data_seed=data_seed)
+
+
+def pending(sweep: Sweep, results: str) -> tuple[list[TrialConfig], int]:
+    """Grid points without a finished record (failed ones are run again), and how many are finished."""
+    done = records.finished_trial_ids(results)
+    if done:
+        table = records.read_table(results, records.TRIALS, done).select(["trial_id", "status"]).to_pylist()
+        done = {row["trial_id"] for row in table if row["status"] != "failed"}
+    todo = [c for c in sweep.configs if c.trial_id not in done]
+    return todo, len(sweep.configs) - len(todo)
+
+
+def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str | None = None,
+              address: str | None = None, sets: list[str] | tuple[str, ...] = (), seeds: int | None = None,
+              dry_run: bool = False, verbose: bool = False, data_root: str | None = None,
+              num_cpus: int | None = None, command: str | None = None, stream=sys.stdout) -> str:
+    """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`."""
+    _quiet_ray_env()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    scale, why = choose_scale(scale, address)
+    print(f"scale: {scale} ({why})", file=stream)
+    sw = load(sweep, scale, sets, seeds)
+    results = results or f"results/{sw.name}"
+    if data_root:
+        for c in sw.configs:
+            c.data_root = data_root
+    print(f"sweep {sw.name}: {sw.description} -- {rough_cost(sw)}", file=stream)
+    if dry_run:
+        for c in sw.configs:
+            print(f"  {c.trial_id}  arch={c.arch} width={c.width:g} norm={c.norm} lr={c.lr:g} seed={c.seed} "
+                  f"dataset={c.dataset} steps={c.steps}", file=stream)
+        return results
+    records.check_writable(results)
+    todo, finished = pending(sw, results)
+    print(f"results: {results}  ({finished} of {len(sw.configs)} trials already recorded, {len(todo)} to run)",
+          file=stream)
+    if todo:
+        ensure_data(todo, data_root)
+        _tune(sw, todo, results, address, verbose, num_cpus, stream)
+    left, _ = pending(sw, results)
+    print(summary_table(results, [c.trial_id for c in sw.configs]), file=stream)
+    if left:
+        again = command or f"bnsweep run {sweep} --scale {scale} --results {results}"
+        print(f"{len(left)} trials unfinished: resume with `{again}`", file=stream)
+    return results
+
+
+def _tune(sw: Sweep, todo: list[TrialConfig], results: str, address: str | None, verbose: bool,
+          num_cpus: int | None, stream) -> None:
+    from ray import tune
+
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    started_here = _start_ray(address, sw, verbose, num_cpus)
+    fs, root = records.filesystem(results)
+    # The grid is over trial ids; each trial's full spec travels once, in the trainable's parameters.
+    specs = {c.trial_id: {"config": c.identity() | {"threads": c.threads, "device": c.device,
+                                                    "data_root": c.data_root},
+                          "results": results, "sweep": sw.name, "checkpoint_every": sw.checkpoint_every,
+                          "report_every": sw.report_every} for c in todo}
+    progress = _make_progress(len(todo), results, specs, stream)
+    resources = {k: v for k, v in sw.resources.items() if v}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(train_trial, specs=specs), resources),
+        param_space={"trial_id": tune.grid_search(list(specs))},
+        # reuse_actors: a worker process trains one trial after another instead of importing torch anew for each.
+        tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["trial_id"],
+                                    trial_name_creator=lambda t: t.config["trial_id"]),
+        run_config=tune.RunConfig(
+            name=sw.name, storage_path=f"{root}/{RAY_DIR}", storage_filesystem=fs,
+            stop=_make_stopper(), callbacks=[progress], verbose=2 if verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=sw.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    try:
+        with quiet:  # the progress line replaces Tune's tables; `bnsweep status` shows the errors
+            tuner.fit()
+    finally:
+        progress.close()
+        if started_here:
+            import ray
+
+            ray.shutdown()
+
+
+def summary_table(results: str, trial_ids: list[str] | None = None) -> str:
+    """Per architecture and variant: trials, completed, diverged, failed, trained."""
+    table = records.read_table(results, records.TRIALS, trial_ids)
+    if table.num_rows == 0:
+        return "no trials recorded yet"
+    df = table.select(["arch", "norm", "status", "trained"]).to_pandas()
+    rows = []
+    for (arch, norm), g in df.groupby(["arch", "norm"], sort=True):
+        rows.append((arch, norm, len(g), int((g.status == "completed").sum()), int((g.status == "diverged").sum()),
+                     int((g.status == "failed").sum()), int(g.trained.fillna(False).astype(bool).sum())))
+    header = ("arch", "norm", "trials", "completed", "diverged", "failed", "trained")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def status_report(results: str) -> str:
+    """`bnsweep status`: the summary table plus the error of each failed trial."""
+    text = summary_table(results)
+    table = records.read_table(results, records.TRIALS)
+    if table.num_rows:
+        failed = [r for r in table.select(["trial_id", "status", "error"]).to_pylist() if r["status"] == "failed"]
+        for r in failed:
+            text += f"\nfailed {r['trial_id']}: {r['error']}"
+    return text
+
+
+def resume_command(argv: list[str]) -> str:
+    return "bnsweep " + " ".join(shlex.quote(a) for a in argv)
