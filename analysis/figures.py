@@ -76,6 +76,12 @@ def y_scale(log: bool) -> alt.Scale:
     return alt.Scale(type="log") if log else alt.Scale(zero=False)
 
 
+def y_enc(field: str, title: str | None, log: bool) -> alt.Y:
+    """A y encoding; log axes label with short numbers (1e+12, 0.01) rather than 1,000,000,000,000."""
+    axis = alt.Axis(format="~g") if log else alt.Axis()
+    return alt.Y(field, title=title, scale=y_scale(log), axis=axis)
+
+
 def plain(df: pd.DataFrame) -> pd.DataFrame:
     """Categoricals as text, non-finite numbers as missing: what the JSON spec can carry."""
     out = df.copy()
@@ -103,9 +109,9 @@ def band_line(df: pd.DataFrame, x: alt.X, value: str, title: str, log: bool, col
               tooltip: Sequence[str]) -> alt.LayerChart:
     """Mean line over seeds with its min-max band, one colour per variant."""
     base = alt.Chart(df).encode(x=x, color=color)
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y(f"{value}_lo:Q", title=title, scale=y_scale(log)),
+    band = base.mark_area(opacity=0.2).encode(y=y_enc(f"{value}_lo:Q", title, log),
                                               y2=f"{value}_hi:Q")
-    line = base.mark_line().encode(y=alt.Y(f"{value}:Q", title=title, scale=y_scale(log)),
+    line = base.mark_line().encode(y=y_enc(f"{value}:Q", title, log),
                                    tooltip=list(tooltip))
     return alt.layer(band, line)
 
@@ -152,45 +158,50 @@ def fig_lr_robustness(results: Results) -> alt.TopLevelMixin:
     color = norm_color(t["norm"])
     shape = alt.Shape("outcome:N", title="outcome", sort=list(OUTCOMES),
                       scale=alt.Scale(domain=list(OUTCOMES), range=[OUTCOME_SHAPES[o] for o in OUTCOMES]))
-    metrics = [("final_train_acc", "final training accuracy", "classification", False),
-               ("final_test_acc", "final test accuracy", "classification", False),
-               ("final_loss", "final training loss", None, True)]
+    classification = [("final_train_acc", "final training accuracy", False),
+                      ("final_test_acc", "final test accuracy", False), ("final_loss", "final training loss", True)]
+    regression = [("final_loss", "final training loss", True), ("final_test_loss", "final test loss", True)]
     rows = []
-    for column, title, task, log in metrics:
-        df = t if task is None else t[t["task"].astype(str) == task]
-        if df.empty or column not in df:
-            continue
-        value = df[column].replace([np.inf, -np.inf], np.nan)
-        if log:
-            # A diverged loss (1e7, inf, NaN) is drawn at a cap above every sensible loss of its setting, so it
-            # shows as a failure at the top of the axis rather than squashing the trained trials.
-            cap = 10 * df.groupby("setting", observed=True)["initial_loss"].transform("max")
-            shown = value.where(value <= cap, cap).fillna(cap)
-        else:
-            shown = value.fillna(0.0)  # an accuracy that could not be measured (NaN network) counts as 0
-        points = df[["setting", "norm", "lr", "seed", "outcome", "trial_id", "status"]].assign(
-            value=value, shown=shown)
-        agg = over_seeds(points, "shown", ["setting", "norm", "lr"])
-        x = alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log", nice=False, padding=8))
-        base = alt.Chart().encode(x=x, color=color)
-        band = base.mark_area(opacity=0.15).encode(y=alt.Y("shown_lo:Q", title=title, scale=y_scale(log)),
-                                                   y2="shown_hi:Q")
-        line = base.mark_line().encode(y=alt.Y("shown:Q", title=title, scale=y_scale(log)),
-                                       tooltip=["norm:N", "lr:Q", alt.Tooltip("shown:Q", title=title, format=".4g"),
-                                                "seeds:Q"])
-        dots = alt.Chart().mark_point(filled=True, size=45, opacity=0.9).encode(
-            x=x, y=alt.Y("shown:Q", scale=y_scale(log)), color=color, shape=shape,
-            tooltip=["trial_id:N", "norm:N", "lr:Q", "seed:Q", "outcome:N",
-                     alt.Tooltip("value:Q", title=f"{title} (recorded)", format=".4g")])
-        # One data set per row: the band and line read the aggregated rows, the dots the per-seed rows.
-        data = plain(pd.concat([agg.assign(kind="mean"), points.assign(kind="seed")], ignore_index=True))
-        layered = alt.layer(band.transform_filter("datum.kind == 'mean'"),
-                            line.transform_filter("datum.kind == 'mean'"),
-                            dots.transform_filter("datum.kind == 'seed'"), data=data)
-        rows.append(layered.properties(width=W, height=H)
-                    .facet(column=alt.Column("setting:N", title=None, sort=settings_of(df)))
-                    .resolve_scale(x="independent", y="independent"))
+    for setting in settings_of(t):
+        df = t[t["setting"] == setting]
+        metrics = regression if is_regression(t, setting) else classification
+        lrs = sorted(df["lr"].unique())
+        x = alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log", nice=False, padding=10),
+                  axis=alt.Axis(values=lrs, format="~e" if max(lrs) < 1e-3 else "~g",
+                                labelAngle=-45 if len(lrs) > 5 else 0))
+        panels = [_lr_panel(df, column, f"{setting}: {title}" if i == 0 else title, log, x, color, shape)
+                  for i, (column, title, log) in enumerate(metrics) if column in df]
+        rows.append(alt.hconcat(*panels))
     return alt.vconcat(*rows).resolve_scale(color="shared", shape="shared")
+
+
+def _lr_panel(df: pd.DataFrame, column: str, title: str, log: bool, x: alt.X, color: alt.Color,
+              shape: alt.Shape) -> alt.LayerChart:
+    """One metric against the learning rate: mean line and min-max band over seeds, a mark per seed."""
+    value = df[column].replace([np.inf, -np.inf], np.nan)
+    if log:
+        # A diverged loss (1e7, inf, NaN) is drawn at a cap above every sensible loss of its setting, so it
+        # shows as a failure at the top of the axis rather than squashing the trained trials.
+        cap = 10 * df["initial_loss"].max()
+        shown = value.where(value <= cap, cap).fillna(cap)
+    else:
+        shown = value.fillna(0.0)  # an accuracy that could not be measured (NaN network) counts as 0
+    points = df[["setting", "norm", "lr", "seed", "outcome", "trial_id", "status"]].assign(value=value, shown=shown)
+    agg = over_seeds(points, "shown", ["setting", "norm", "lr"])
+    base = alt.Chart().encode(x=x, color=color)
+    band = base.mark_area(opacity=0.15).encode(y=y_enc("shown_lo:Q", title, log),
+                                               y2="shown_hi:Q")
+    line = base.mark_line().encode(y=y_enc("shown:Q", title, log),
+                                   tooltip=["norm:N", "lr:Q", alt.Tooltip("shown:Q", title="mean", format=".4g"),
+                                            "seeds:Q"])
+    dots = alt.Chart().mark_point(filled=True, size=45, opacity=0.9).encode(
+        x=x, y=y_enc("shown:Q", None, log), color=color, shape=shape,
+        tooltip=["trial_id:N", "norm:N", "lr:Q", "seed:Q", "outcome:N",
+                 alt.Tooltip("value:Q", title="recorded", format=".4g")])
+    # One data set per panel: the band and line read the aggregated rows, the dots the per-seed rows.
+    data = plain(pd.concat([agg.assign(kind="mean"), points.assign(kind="seed")], ignore_index=True))
+    return alt.layer(band.transform_filter("datum.kind == 'mean'"), line.transform_filter("datum.kind == 'mean'"),
+                     dots.transform_filter("datum.kind == 'seed'"), data=data).properties(width=W, height=H)
 
 
 # -- 2. training curves ---------------------------------------------------------------------------------------
@@ -269,32 +280,36 @@ def fig_activations(results: Results) -> alt.TopLevelMixin:
     charts = []
     for setting in settings_of(df):
         part = df[df["setting"] == setting]
-        part = part[part["layer"].isin(pick_layers(part["layer"].unique()))].copy()
+        layers = pick_layers(part["layer"].unique())
+        part = part[part["layer"].isin(layers)].copy()
         part["layer"] = "layer #" + part["layer"].astype(str)
+        layer_order = [f"layer #{i}" for i in layers]
         cols = ["setting", "norm", "lr", "layer", "step", "q05", "q25", "q50", "q75", "q95", "mean", "std",
                 "delta_mean", "delta_var"]
         data = plain(part[cols])
         color = norm_color(data["norm"])
         x = alt.X("step:Q", title="step")
         base = alt.Chart().encode(x=x, color=color)
-        outer = base.mark_area(opacity=0.15).encode(y=alt.Y("q05:Q", title=f"{setting}: activation"), y2="q95:Q")
+        outer = base.mark_area(opacity=0.15).encode(y=alt.Y("q05:Q", title="activation"), y2="q95:Q")
         inner = base.mark_area(opacity=0.35).encode(y="q25:Q", y2="q75:Q")
         median = base.mark_line().encode(y="q50:Q", tooltip=["norm:N", "layer:N", "step:Q", "q05:Q", "q50:Q",
                                                              "q95:Q", "mean:Q", "std:Q"])
-        bands = (alt.layer(outer, inner, median, data=data).properties(width=W * 0.8, height=H * 0.8)
-                 .facet(row=alt.Row("layer:N", title=None), column=alt.Column("norm:N", title=None,
-                                                                               sort=list(NORM_ORDER)))
+        bands = (alt.layer(outer, inner, median, data=data).properties(width=W * 0.8, height=H * 0.7)
+                 .facet(row=alt.Row("layer:N", title=None, sort=layer_order),
+                        column=alt.Column("norm:N", title=None, sort=list(NORM_ORDER)))
                  .resolve_scale(y="independent"))
         shifts = data.melt(id_vars=["norm", "layer", "step"], value_vars=["delta_mean", "delta_var"],
                            var_name="change", value_name="value").dropna(subset=["value"])
-        shifts["change"] = shifts["change"].map({"delta_mean": "|Δ mean| per step", "delta_var": "|Δ variance| per step"})
+        shifts["change"] = shifts["change"].map({"delta_mean": "|Δ mean|, step t to t+1",
+                                                 "delta_var": "|Δ variance|, step t to t+1"})
         shift_chart = (alt.Chart(shifts).mark_line(opacity=0.85).encode(
             x=x, y=alt.Y("value:Q", title=None), color=color,
             tooltip=["norm:N", "layer:N", "step:Q", "change:N", alt.Tooltip("value:Q", format=".3g")])
             .properties(width=W * 0.8, height=H * 0.6)
-            .facet(row=alt.Row("change:N", title=None), column=alt.Column("layer:N", title=None))
+            .facet(row=alt.Row("change:N", title=None), column=alt.Column("layer:N", title=None, sort=layer_order))
             .resolve_scale(y="independent"))
-        charts.append(alt.vconcat(bands, shift_chart))
+        lr = data["lr"].iloc[0]
+        charts.append(alt.vconcat(bands, shift_chart).properties(title=f"{setting}, {lr_label(lr)}"))
     return per_setting(charts)
 
 
@@ -355,6 +370,8 @@ def fig_ics(results: Results) -> alt.TopLevelMixin:
         long = long.replace([np.inf, -np.inf], np.nan).dropna(subset=["value"])
         agg = over_seeds(long, "value", ["setting", "norm", "lr", "layer", "metric", "step"])
         agg["panel"] = "layer #" + agg["layer"].astype(str) + ", " + agg["lr"].map(lr_label)
+        order = [f"layer #{layer}, {lr_label(lr)}" for layer in sorted(agg["layer"].unique())
+                 for lr in sorted(agg["lr"].unique(), reverse=True)]
         color = norm_color(agg["norm"])
         rows = []
         for metric, title, log in (("l2_diff", "ICS: l2 difference", True), ("cos", "ICS: cosine", False)):
@@ -362,10 +379,10 @@ def fig_ics(results: Results) -> alt.TopLevelMixin:
             if metric == "l2_diff":
                 data = data[data["value"] > 0]
             chart = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
-                x=alt.X("step:Q", title="step"), y=alt.Y("value:Q", title=f"{setting}: {title}", scale=y_scale(log)),
+                x=alt.X("step:Q", title="step"), y=y_enc("value:Q", f"{setting}: {title}", log),
                 color=color, tooltip=["norm:N", "panel:N", "step:Q", alt.Tooltip("value:Q", format=".4g")])
             rows.append(chart.properties(width=W, height=H)
-                        .facet(column=alt.Column("panel:N", title=None)))
+                        .facet(column=alt.Column("panel:N", title=None, sort=order)))
         charts.append(alt.vconcat(*rows))
     if not charts:
         raise MissingData("needs the `ics` table for none and batch trials")
@@ -408,14 +425,14 @@ def fig_landscape(results: Results) -> alt.TopLevelMixin:
         x = alt.X("step:Q", title="step")
         tip = ["norm:N", "step:Q"]
         loss = alt.Chart(data).mark_area(opacity=0.35, line=True).encode(
-            x=x, y=alt.Y("loss_min:Q", title="loss variation", scale=y_scale(True)), y2="loss_max:Q", color=color,
+            x=x, y=y_enc("loss_min:Q", "loss variation", True), y2="loss_max:Q", color=color,
             tooltip=tip + [alt.Tooltip("loss_min:Q", format=".4g"), alt.Tooltip("loss_max:Q", format=".4g")])
         grad = alt.Chart(data).mark_area(opacity=0.35, line=True).encode(
-            x=x, y=alt.Y("grad_diff_min:Q", title="gradient predictiveness ‖Δ∇L‖", scale=y_scale(regression)),
+            x=x, y=y_enc("grad_diff_min:Q", "gradient predictiveness", regression),
             y2="grad_diff_max:Q", color=color,
             tooltip=tip + [alt.Tooltip("grad_diff_min:Q", format=".4g"), alt.Tooltip("grad_diff_max:Q", format=".4g")])
         beta = alt.Chart(data).mark_line().encode(
-            x=x, y=alt.Y("beta_eff:Q", title="effective β-smoothness", scale=y_scale(regression)), color=color,
+            x=x, y=y_enc("beta_eff:Q", "effective β-smoothness", regression), color=color,
             tooltip=tip + [alt.Tooltip("beta_eff:Q", format=".4g")])
         lr = data["lr"].iloc[0]
         charts.append(alt.hconcat(*(c.properties(width=W, height=H) for c in (loss, grad, beta)))
@@ -456,7 +473,7 @@ def fig_gradient_change(results: Results) -> alt.TopLevelMixin:
         log = is_regression(trials, setting)
         chart = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=10), opacity=0.8).encode(
             x=alt.X("eta:Q", title="step size η", scale=alt.Scale(type="log") if log else alt.Scale(zero=False)),
-            y=alt.Y("grad_diff:Q", title=f"{setting}: ‖∇L(x) − ∇L(x − η∇L)‖", scale=y_scale(log)),
+            y=y_enc("grad_diff:Q", f"{setting}: gradient change", log),
             color=alt.Color("step:Q", title="training step", scale=alt.Scale(scheme="viridis")),
             detail="step:Q", tooltip=["norm:N", "step:Q", "eta:Q", alt.Tooltip("grad_diff:Q", format=".4g")])
         charts.append(chart.properties(width=W, height=H).facet(

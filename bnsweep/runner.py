@@ -216,8 +216,8 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
             self.draw(force=True)
 
         def close(self) -> None:
-            self.draw(force=True)
             if self.tty:
+                self.draw(force=True)
                 stream.write("\n")
 
     return Progress()

@@ -46,6 +46,12 @@ def _train_step(trial, probes, t, x, y):
     return loss
 
 
+def _same_rows(a, b) -> bool:
+    """Two tables hold the same rows (NaN equal to NaN), whatever their trial ids."""
+    drop = [c for c in ("trial_id",) if c in a.column_names]
+    return a.drop_columns(drop).to_pandas().equals(b.drop_columns(drop).to_pandas())
+
+
 def _random_images(n_train=128, n_test=32, side=32, seed=0):
     g = _gen(seed)
     return Dataset(name="random", task="classification", train_x=torch.randn(n_train, 1, side, side, generator=g),
@@ -243,10 +249,10 @@ def test_activation_stats():
 @pytest.mark.parametrize("norm", ["batch", "noisy_batch"])
 def test_probes_do_not_perturb_training(norm):
     data = _random_images()
-    base = {"arch": "vgg11", "width": 0.125, "norm": norm, "lr": 0.1, "steps": 30, "batch_size": 16,
+    base = {"arch": "vgg11", "width": 0.125, "norm": norm, "lr": 0.1, "steps": 30, "batch_size": 8,
             "eval_every": 15, "eval_subset": 32, "device": "cpu", "seed": 3}
     on = Trial(make_config({**base, "probe_every": 10, "probes": ALL_PROBES, "ics_layers": "all",
-                            "hessian_iters": 2}), data)
+                            "etas": "0.5,4", "hessian_iters": 2}), data)
     off = Trial(make_config({**base, "probe_every": 0}), data)
     on.run()
     off.run()
@@ -259,13 +265,13 @@ def test_probes_do_not_perturb_training(norm):
     assert on.sampler.state_dict().keys() == off.sampler.state_dict().keys()
 
     tables = on.tables()
-    assert tables["curves"].equals(off.tables()["curves"])
+    assert _same_rows(tables["curves"], off.tables()["curves"])
     for name in ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian"):
         t = tables[name]
         assert t.schema.names[:2] == ["trial_id", "step"] and t.schema == P.SCHEMAS[name]
         assert sorted(set(t.column("step").to_pylist())) == [0, 10, 20], name
     ls = tables["landscape"].to_pandas()
-    assert set(ls.direction) == {"gradient", "random"} and len(ls) == 3 * 2 * 4
+    assert set(ls.direction) == {"gradient", "random"} and len(ls) == 3 * 2 * 2
     assert set(ls.noise_in_probes) == {"reuse" if norm == "noisy_batch" else "none"}
     assert len(tables["ics"]) == 3 * 11 and len(tables["activations"]) == 3 * 11
     assert tables["activations"].to_pandas().delta_mean.notna().all()  # step t+1 was seen for every probe
@@ -296,5 +302,5 @@ def test_resume_keeps_probe_rows():
         resumed.run()
         for name, table in whole.tables().items():
             if name != "trials":
-                assert table.equals(resumed.tables()[name]), (step, name)
-                assert table.equals(interrupted.tables()[name]), name
+                assert _same_rows(table, resumed.tables()[name]), (step, name)
+                assert _same_rows(table, interrupted.tables()[name]), name

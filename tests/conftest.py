@@ -1,0 +1,29 @@
+"""Shared fixtures. Expensive things (a smoke sweep on real Ray) run once per session."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """Real Fashion-MNIST (Debian's dataset-fashion-mnist, installed by .ci/run)."""
+    from bnsweep.data import load_dataset
+
+    return load_dataset("fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    """`bnsweep run lr_grid --scale smoke` on an embedded local Ray: real trials, real Parquet, every table."""
+    import io
+
+    from bnsweep.runner import run_sweep
+
+    results = tmp_path_factory.mktemp("smoke") / "lr_grid"
+    log = io.StringIO()
+    run_sweep("lr_grid", scale="smoke", results=str(results), stream=log)
+    return results, log.getvalue()
