@@ -1,0 +1,135 @@
+import os
+import shutil
+import textwrap
+from importlib import resources
+
+import pandas as pd
+import pytest
+
+from bnsweep import records
+from bnsweep.errors import BnsweepError
+from bnsweep.runner import choose_scale, count_attempts, run_sweep, status_report
+from bnsweep.sweep import SCALES, available, load, sweeps_dir
+
+EXPERIMENTS = {"lr_grid", "noisy_bn", "ics", "landscape", "dln", "lp_norms"}
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_every_experiment_has_a_sweep_at_every_scale():
+    assert EXPERIMENTS <= set(available())
+    for name in EXPERIMENTS:
+        for scale in SCALES:
+            sweep = load(name, scale)
+            assert sweep.configs and len({c.trial_id for c in sweep.configs}) == len(sweep.configs)
+
+
+def test_sweeps_ship_inside_the_package():
+    packaged = {p.name for p in resources.files("bnsweep.sweeps").iterdir() if p.name.endswith(".yaml")}
+    assert {f"{n}.yaml" for n in EXPERIMENTS} <= packaged
+    assert sweeps_dir().is_dir()
+
+
+def test_lr_grid_is_wide_enough_for_the_headline():
+    for scale in SCALES:
+        sweep = load("lr_grid", scale)
+        vgg = [c for c in sweep.configs if c.arch.startswith("vgg")]
+        assert {"none", "batch", "noisy_batch"} <= {c.norm for c in vgg}
+        assert any(c.arch == "dln" for c in sweep.configs)
+        lrs = sorted({c.lr for c in vgg if c.norm == "none"})
+        assert lrs[0] <= 0.1 and lrs[-1] >= 1.0  # from where none trains to where it cannot
+        assert all(c.probe_every > 0 for c in sweep.configs)
+    paper = load("lr_grid", "paper")
+    assert {(c.arch, c.dataset, c.steps, c.batch_size) for c in paper.configs if c.arch != "dln"} == {
+        ("vgg16", "cifar10", 15000, 128)}
+
+
+def test_scales_overrides_and_seeds(tmp_path):
+    path = write(tmp_path, """
+        description: test
+        base: {steps: 100, probe_every: 0}
+        grids:
+          a: {arch: dln, norm: [none, batch], lr: ["1e-6", 2e-6]}
+        seeds: 2
+        scales:
+          smoke: {steps: 5, a: {lr: [1e-7]}, resources: {cpu: 0.5}}
+        """)
+    paper = load(path, "paper")
+    assert len(paper.configs) == 2 * 2 * 2 and {c.lr for c in paper.configs} == {1e-6, 2e-6}
+    assert {c.seed for c in paper.configs} == {0, 1}
+    smoke = load(path, "smoke", sets=["a.norm=batch"], seeds=3)
+    assert [(c.lr, c.norm, c.steps) for c in smoke.configs] == [(1e-7, "batch", 5)] * 3
+    assert smoke.resources["cpu"] == 0.5 and smoke.threads == 1
+    assert {c.steps for c in load(path, "smoke", sets=["steps=7"]).configs} == {7}
+
+
+@pytest.mark.parametrize("body, words", [
+    ("grids: {a: {arch: dln, colour: red}}", ["s.yaml", "colour", "allowed"]),
+    ("grids: {a: {arch: resnet}}", ["s.yaml", "arch", "resnet", "vgg11"]),
+    ("grids: {a: {arch: dln, norm: bn}}", ["s.yaml", "norm", "'bn'"]),
+    ("grids: {a: {arch: dln, lr: fast}}", ["s.yaml", "lr", "fast"]),
+    ("grids: {a: {arch: dln}}\nresources: {cpu: many}", ["resources.cpu", "many"]),
+    ("grids: {a: {arch: dln}}\nsteps: 5", ["s.yaml", "steps", "allowed"]),
+    ("grids: [a, b]", ["grids", "mapping"]),
+    ("grids: {a: {arch: dln}\n", ["s.yaml", "YAML"]),
+])
+def test_malformed_sweeps_are_one_line_errors(tmp_path, body, words):
+    with pytest.raises(BnsweepError) as e:
+        load(write(tmp_path, body), "paper")
+    assert "\n" not in str(e.value)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_unknown_sweep_and_scale():
+    with pytest.raises(BnsweepError, match="lr_grid"):
+        load("no_such_sweep")
+    with pytest.raises(BnsweepError, match="cpu"):
+        load("lr_grid", "huge")
+
+
+def test_default_scale_says_why(monkeypatch):
+    assert choose_scale(None, "auto")[0] == "paper" and "cluster" in choose_scale(None, "auto")[1]
+    assert choose_scale("smoke", None) == ("smoke", "chosen with --scale")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_scale(None, None)[0] == "cpu"
+
+
+def test_smoke_lr_grid_one_row_per_grid_point_and_resume_reruns_nothing(smoke_results):
+    results, log = smoke_results
+    assert log.splitlines()[0].startswith("scale: smoke (")
+    grid = load("lr_grid", "smoke").configs
+    trials = pd.read_parquet(results / "trials")
+    assert sorted(trials.trial_id) == sorted(c.trial_id for c in grid)
+    assert set(trials.status) <= {"completed", "diverged"} and (trials.attempt == 1).all()
+    assert set(trials.torch_threads) == {1}
+    curves = pd.read_parquet(results / "curves")
+    assert not curves.duplicated(["trial_id", "step"]).any()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (results / "trials").iterdir()}
+    again = run_sweep("lr_grid", scale="smoke", results=str(results), stream=open(os.devnull, "w"))
+    assert again == str(results)
+    assert {p.name: p.stat().st_mtime_ns for p in (results / "trials").iterdir()} == stamps
+    assert all(count_attempts(str(results), c.trial_id) == 1 for c in grid)
+    assert len(pd.read_parquet(results / "trials")) == len(grid)
+    text = status_report(str(results))
+    assert "completed" in text and "noisy_batch" in text
+
+
+def test_a_grown_sweep_runs_only_the_new_points(smoke_results, tmp_path):
+    results = tmp_path / "grown"
+    shutil.copytree(smoke_results[0], results)
+    before = records.finished_trial_ids(results)
+    grid = load("lr_grid", "smoke", sets=["dln.lr=[1e-6, 1e-4, 1e-5]"]).configs
+    new = {c.trial_id for c in grid} - before
+    assert len(new) == 2  # dln none/batch at the new rate
+    run_sweep("lr_grid", scale="smoke", results=str(results), sets=["dln.lr=[1e-6, 1e-4, 1e-5]"],
+              stream=open(os.devnull, "w"))
+    after = records.finished_trial_ids(results)
+    assert after == before | new
+    assert all(count_attempts(str(results), t) == 1 for t in after)
