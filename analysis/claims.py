@@ -208,14 +208,17 @@ def c1_robustness(ctx: Context) -> Claim:
         fails = [lr for lr in common if batch[lr] and not none[lr]]
         case["none_fails_batch_trains_at"] = fails
         big_none, big_batch = largest.get("none"), largest.get("batch")
+        why = f"batch trains up to {fmt(big_batch)}, none up to {fmt(big_none)}"
         if big_none is None and big_batch is None:
             verdict, why = NO_DATA, "neither none nor batch trains at any rate tried"
         elif fails and (big_none is None or (big_batch is not None and big_batch > big_none)):
-            verdict, why = SUPPORTED, f"batch trains up to {fmt(big_batch)}, none up to {fmt(big_none)}"
+            verdict = SUPPORTED
+        elif big_batch is None or (big_none is not None and big_batch < big_none):
+            verdict = CONTRADICTED
         elif all(none[lr] for lr in common):
             verdict, why = NO_DATA, "none trains at every rate tried: the grid never reaches its failure"
         else:
-            verdict, why = CONTRADICTED, f"batch trains up to {fmt(big_batch)}, none up to {fmt(big_none)}"
+            verdict = CONTRADICTED
         cases.append({**case, "verdict": verdict, "why": why})
     summary = "; ".join(f"{c['setting']}: {c['why']}" for c in cases)
     return Claim("C1", "BatchNorm trains at larger learning rates: batch's largest trainable rate is higher than "

@@ -525,7 +525,7 @@ def fig_bn_identity(results: Results) -> alt.TopLevelMixin:
                      alt.Tooltip("max exact rel. error:Q", format=".2e"),
                      alt.Tooltip("max printed violation:Q", format=".2e")])
         # A fixed step per layer keeps a readable bar pair per layer, however deep the network.
-        charts.append(chart.properties(width=alt.Step(22), height=H)
+        charts.append(chart.properties(width=alt.Step(9), height=H)
                       .facet(column=alt.Column("norm:N", title=None, sort=norms_in(data))))
     title = (f"exact identity holds on {share_exact:.1%} of channel checks; "
              f"the printed bound on {share_printed:.1%}")

@@ -127,7 +127,8 @@ def ordered(values: pd.Series, order: tuple[str, ...]) -> pd.Series:
 def _parse_sequences(df: pd.DataFrame) -> None:
     """Sequence-valued config columns are stored as JSON text ("[0.5, 1.0]", "\"all\""): parse them to tuples."""
     for name in df.columns:
-        if not (pd.api.types.is_string_dtype(df[name]) or df[name].dtype == object):
+        if isinstance(df[name].dtype, pd.CategoricalDtype) or not (
+                pd.api.types.is_string_dtype(df[name]) or df[name].dtype == object):
             continue
         values = df[name].dropna()
         if values.empty or not values.map(lambda v: isinstance(v, str) and v[:1] in '["').all():
@@ -186,13 +187,13 @@ def attach_keys(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
 
     Done with category codes, not a merge: a million-row table takes milliseconds.
     """
-    ids = trials["trial_id"].astype(object)
+    ids = pd.Index(trials["trial_id"].astype(object))  # unique: type_trials keeps one row per trial
     tid = table["trial_id"]
     if isinstance(tid.dtype, pd.CategoricalDtype):  # map the few categories, then index by their codes
-        per_category = pd.Categorical(tid.cat.categories.astype(object), categories=ids).codes
+        per_category = ids.get_indexer(tid.cat.categories.astype(object))
         codes = np.where(tid.cat.codes.to_numpy() >= 0, per_category[tid.cat.codes.to_numpy()], -1)
     else:
-        codes = pd.Categorical(tid.astype(object), categories=ids).codes
+        codes = ids.get_indexer(tid.astype(object))
     keep = codes >= 0
     out = table.loc[keep].reset_index(drop=True)
     codes = codes[keep]

@@ -345,7 +345,7 @@ class Probes:
         """Called before step t's forward. True at probe steps (t % probe_every == 0)."""
         self._disarm()
         self._resolve(t)
-        probing = t % self.every == 0
+        probing = self.every > 0 and t % self.every == 0
         capture = self._pending is not None and self._pending["step"] == t - 1
         self._next = {} if capture else None
         self._full = probing
@@ -447,9 +447,10 @@ class Probes:
                                              "residual": res, "iters": c.hessian_iters,
                                              "edge_of_stability": 2.0 / lr, "beta_eff": beta_eff,
                                              "noise_in_probes": self.noise_mode})
-        if "ics" in self.enabled or "layer_norms" in self.enabled:
+        if "ics" in self.enabled or "layer_norms" in self.enabled:  # one copy of x_t (and of the G_i)
+            measured = self.ics_layers if "ics" in self.enabled else []
             self._before = {"old": {n: p.clone() for n, p in params.items()},
-                            "G": {i: grads[self.weight_names[i - 1]].clone() for i in self.ics_layers}}
+                            "G": {i: grads[self.weight_names[i - 1]].clone() for i in measured}}
         if "layer_norms" in self.enabled:
             for i, w in enumerate(self.weight_names, 1):
                 wn, gn = float(torch.linalg.vector_norm(params[w])), float(torch.linalg.vector_norm(grads[w]))
@@ -488,6 +489,8 @@ class Probes:
     def _landscape(self, t: int, loss_of: LossOf, params: Params, direction: Params, grads: Params,
                    kind: str, loss_at_step: float) -> float:
         etas = [m * self.config.lr for m in self.config.etas]
+        if not etas:
+            return math.nan
         raw = landscape(loss_of, params, direction, grads, etas)
         values = torch.stack([torch.stack((v.double(), d.double())) for _, v, d in raw]).cpu().tolist()
         points = [(eta, v, d) for eta, (v, d) in zip(etas, values, strict=True)]

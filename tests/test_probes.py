@@ -304,3 +304,20 @@ def test_resume_keeps_probe_rows():
             if name != "trials":
                 assert _same_rows(table, resumed.tables()[name]), (step, name)
                 assert _same_rows(table, interrupted.tables()[name]), name
+
+
+def test_fresh_noise_in_probes_does_not_perturb_training():
+    """noise_in_probes=fresh draws probe noise from a probe-only generator, never the training one."""
+    data = _random_images(n_train=64, n_test=16, side=8)
+    base = {"arch": "mlp", "width": 1 / 16, "norm": "noisy_batch", "lr": 0.1, "steps": 8, "batch_size": 16,
+            "eval_every": 8, "eval_subset": 16, "device": "cpu"}
+    on = Trial(make_config({**base, "probe_every": 3, "probes": ALL_PROBES, "ics_layers": "all",
+                            "noise_in_probes": "fresh", "hessian_iters": 2}), data)
+    off = Trial(make_config({**base, "probe_every": 0}), data)
+    on.run()
+    off.run()
+    assert torch.equal(on.history, off.history) and on.evals == off.evals
+    assert torch.equal(on.noise_generator.get_state(), off.noise_generator.get_state())
+    ics = on.tables()["ics"].to_pandas()
+    assert set(ics.noise_in_probes) == {"fresh"}
+    assert (ics[ics.layer == 1].l2_diff > 0).all()  # fresh noise: even layer #1 sees another landscape
