@@ -322,7 +322,8 @@ def test_worker_node_dies_and_its_trial_runs_again_elsewhere(tmp_path, ray_env):
     check_curves(results, trials)
     # The trial the dead node was training: its earlier reports came from a worker process of that node.
     running = set(report["running_at_kill"])
-    killed = {t for t in running if {r.get("pid") for r in tune_reports(results, sw.name, t)} & set(report["killed_pids"])}
+    killed_pids = set(report["killed_pids"])
+    killed = {t for t in running if {r.get("pid") for r in tune_reports(results, sw.name, t)} & killed_pids}
     assert len(killed) == 1, (killed, report)
     (victim,) = killed
     assert trials.loc[victim, "attempt"] >= 2 and len(attempt_files(results, victim)) == trials.loc[victim, "attempt"]
@@ -355,3 +356,22 @@ def test_crashing_trial_is_retried_then_recorded_failed_and_the_sweep_goes_on(tm
     for t in ids - {broken}:
         assert trials.loc[t, "status"] in DONE and trials.loc[t, "attempt"] == 1
     assert "failed 1" in out
+
+
+# -- another Ray instance on the machine ------------------------------------------------------------------------
+
+def test_run_without_address_starts_its_own_ray_beside_a_local_cluster(tmp_path, ray_env):
+    # `ray start` (here Ray's test Cluster, which does the same) records its address in
+    # $RAY_TMPDIR/ray/ray_current_cluster, and a plain ray.init() joins that instance: then
+    # ray.init(num_cpus=...) raises ValueError. Without --address, bnsweep must start its own embedded Ray.
+    hold = tmp_path / "hold.py"
+    hold.write_text("import time\nfrom ray.cluster_utils import Cluster\n"
+                    "Cluster(initialize_head=True, head_node_args={'num_cpus': 0})\ntime.sleep(600)\n")
+    address_file = Path(ray_env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
+    with started([sys.executable, str(hold)], ray_env, tmp_path / "hold.log") as holder:
+        wait_until(address_file.exists, 60, "the local cluster to start", holder, tmp_path / "hold.log")
+        results = tmp_path / "results"
+        run_to_end(bnsweep_cmd("run", str(SWEEPS / "tiny.yaml"), "--scale", "smoke", "--results", str(results),
+                               "--num-cpus", "1"), ray_env, tmp_path / "run.log", timeout=180)
+        assert holder.poll() is None
+    assert len(pd.read_parquet(results / "trials")) == 1
