@@ -242,11 +242,12 @@ def _start_ray(address: str | None, sweep: Sweep, verbose: bool, num_cpus: int |
     if sweep.resources.get("gpu", 0) > 0 and gpus == 0:
         raise BnsweepError(f"scale {sweep.scale!r} asks for {sweep.resources['gpu']:g} GPU per trial but this "
                            "machine has none: use --scale cpu, --set resources.gpu=0, or --address to join a cluster")
-    # An embedded single-node cluster: bounded, no dashboard, reachable only from this machine. address="local":
-    # always a new instance, never one that `ray start` left on this machine (ray.init's default joins it).
+    # An embedded single-node cluster: bounded resources, no dashboard. address="local": always a new instance,
+    # never one that `ray start` left on this machine (ray.init's default would join it). Ray 2.60 binds its
+    # ports to the node's IP (its _node_ip_address=127.0.0.1 is ignored) and guards them with token
+    # authentication, on by default for local clusters since 2.59: we leave it on.
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False,
-             _node_ip_address="127.0.0.1", object_store_memory=256 * 1024**2, log_to_driver=verbose,
-             configure_logging=verbose)
+             object_store_memory=256 * 1024**2, log_to_driver=verbose, configure_logging=verbose)
     return True
 
 
