@@ -15,6 +15,15 @@ import pandas as pd
 OUTCOMES = ("trained", "did not train", "diverged", "failed")
 LP_NORMS = ("l1_batch", "l2_batch", "linf_batch")
 SMOOTH_STEPS = 20  # the trial's final_loss averages its last 20 minibatch losses; curves are smoothed alike
+# The step-to-step change of the activations, per unit (channel) and averaged over units, as the paper's Fig. 8
+# measures it on sampled activations; the whole-layer change (delta_mean, delta_var) averages a per-unit noise
+# away. Older tables without the per-channel columns fall back to the whole-layer ones.
+SHIFT_COLUMNS = {"mean": ("channel_delta_mean", "delta_mean"), "var": ("channel_delta_var", "delta_var")}
+
+
+def shift_columns(acts: pd.DataFrame) -> dict[str, str]:
+    """{"mean": column, "var": column} of the activation-change measures this table has."""
+    return {k: next(c for c in options if c in acts or c == options[-1]) for k, options in SHIFT_COLUMNS.items()}
 
 
 def outcome(trials: pd.DataFrame, trained: pd.Series | None = None) -> pd.Series:
@@ -94,7 +103,7 @@ def binned(table: pd.DataFrame, columns: Sequence[str], bins: int = 120,
     Non-finite values are left out of the means (a diverged step leaves a gap, not a NaN average).
     """
     parts = []
-    for setting, df in table.groupby("setting", observed=True):
+    for _, df in table.groupby("setting", observed=True):  # bins sized per setting: steps differ by setting
         width = bin_width(df["step"], bins)
         values = df[list(columns)].replace([np.inf, -np.inf], np.nan)
         frame = pd.concat([df[list(by)], values], axis=1)
@@ -120,8 +129,8 @@ def smoothed_progress(curves: pd.DataFrame, window: int = SMOOTH_STEPS) -> pd.Da
     value = np.where(classification, curves["accuracy"], -np.log(loss))
     df = curves[["trial_id", "setting", "task", "norm", "lr", "seed", "step"]].assign(progress=value)
     df = df.sort_values(["trial_id", "step"], kind="stable")
-    df["progress"] = (df.groupby("trial_id", observed=True)["progress"]
-                      .transform(lambda s: s.rolling(window, min_periods=1).mean()))
+    rolled = df.groupby("trial_id", observed=True)["progress"].rolling(window, min_periods=1).mean()
+    df["progress"] = rolled.reset_index(level=0, drop=True)
     return df
 
 
@@ -129,8 +138,3 @@ def steps_to(progress: pd.DataFrame, threshold: float) -> float:
     """First step at which one trial's smoothed progress reaches `threshold` (inf if it never does)."""
     hit = progress.loc[progress["progress"] >= threshold, "step"]
     return float(hit.min()) if len(hit) else math.inf
-
-
-def final_progress(progress: pd.DataFrame, window: int = SMOOTH_STEPS) -> float:
-    """One trial's smoothed progress at its last recorded step."""
-    return float(progress.sort_values("step")["progress"].iloc[-1]) if len(progress) else math.nan

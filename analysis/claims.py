@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.aggregate import LP_NORMS, judge_trained, smoothed_progress, steps_to, trains_at
+from analysis.aggregate import LP_NORMS, judge_trained, shift_columns, smoothed_progress, steps_to, trains_at
 from analysis.load import Results
 
 SUPPORTED, CONTRADICTED, NO_DATA = "supported", "contradicted", "not enough data"
@@ -88,6 +88,11 @@ def combine(cases: list[dict], quorum: float) -> str:
     if not judged:
         return NO_DATA
     return SUPPORTED if judged.count(SUPPORTED) / len(judged) >= quorum else CONTRADICTED
+
+
+def summarize(cases: list[dict], empty: str) -> str:
+    """The terminal table's numbers: each case's setting and reason, or why there is no case."""
+    return "; ".join(f"{c['setting']} {c['why']}" for c in cases) or empty
 
 
 def fmt(x: float | None) -> str:
@@ -220,7 +225,7 @@ def c1_robustness(ctx: Context) -> Claim:
         else:
             verdict = CONTRADICTED
         cases.append({**case, "verdict": verdict, "why": why})
-    summary = "; ".join(f"{c['setting']}: {c['why']}" for c in cases)
+    summary = summarize(cases, "no trials")
     return Claim("C1", "BatchNorm trains at larger learning rates: batch's largest trainable rate is higher than "
                  "none's, and at some rate none fails where batch trains", combine(cases, ctx.th.case_quorum),
                  summary, cases)
@@ -239,7 +244,7 @@ def _speed_case(ctx: Context, setting: str, lr: float, fast: str, slow: str) -> 
 def c2_speed(ctx: Context) -> Claim:
     cases = [_speed_case(ctx, s, lr, "batch", "none")
              for s in ctx.settings() for lr in ctx.common_trained_lrs(s, ["none", "batch"])]
-    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no rate at which both none and batch train"
+    summary = summarize(cases, "no rate at which both none and batch train")
     return Claim("C2", "At each learning rate both train at, batch reaches the accuracy threshold in fewer steps "
                  "than none", combine(cases, ctx.th.case_quorum), summary, cases)
 
@@ -257,14 +262,15 @@ def c3_noisy(ctx: Context) -> Claim:
             shift = None
             if acts is not None:
                 a = acts[(acts["setting"] == setting) & (acts["lr"] == lr) & acts["norm"].isin(norms)]
-                med = per_lr_medians(a, ["delta_mean", "delta_var"]).dropna(how="all")
+                cols = shift_columns(a)
+                med = per_lr_medians(a, [cols["mean"], cols["var"]]).dropna(how="all")
                 med.index = med.index.astype(str)
                 if "noisy_batch" in med.index and len(med.index) > 1:
                     others = med.drop(index="noisy_batch")
                     ratio = (med.loc["noisy_batch"] / others.max()).min()
                     shift = bool(ratio >= ctx.th.shift_ratio)
-                    case["median_delta_mean"] = med["delta_mean"].to_dict()
-                    case["median_delta_var"] = med["delta_var"].to_dict()
+                    case[f"median_{cols['mean']}"] = med[cols["mean"]].to_dict()
+                    case[f"median_{cols['var']}"] = med[cols["var"]].to_dict()
                     case["shift_ratio"] = float(ratio)
             parts.append(shift)
             # (b) converges close to batch (in training mode: with its noise, as it trains).
@@ -292,7 +298,7 @@ def c3_noisy(ctx: Context) -> Claim:
             else:
                 verdict = SUPPORTED
             cases.append({**case, "verdict": verdict, "why": f"lr {lr:g}: " + ", ".join(bits)})
-    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no noisy_batch trial at a rate where batch trains"
+    summary = summarize(cases, "no noisy_batch trial at a rate where batch trains")
     return Claim("C3", "Noisy BatchNorm's activations shift more from step to step than batch's and none's, yet it "
                  "converges close to batch and faster than none", combine(cases, ctx.th.case_quorum), summary, cases)
 
@@ -300,13 +306,14 @@ def c3_noisy(ctx: Context) -> Claim:
 def _paired_probe_cases(ctx: Context, table: str, columns: list[str],
                         judge: Callable[[pd.Series, pd.Series], tuple[str, str]],
                         prepare: Callable[[pd.DataFrame], pd.DataFrame] = lambda d: d) -> list[dict]:
-    """Cases of a none-against-batch probe comparison at each rate where both completed."""
+    """Cases of a none-against-batch probe comparison at each rate where both train (a network stuck at chance
+    or diverging has a landscape, and gradients, that say nothing about how normalization helps training)."""
     if not ctx.data.has(table):
         return []
     probe = prepare(ctx.data[table])
     cases = []
     for setting in ctx.settings():
-        for lr in ctx.completed_lrs(setting, ["none", "batch"]):
+        for lr in ctx.common_trained_lrs(setting, ["none", "batch"]):
             rows = probe[(probe["setting"] == setting) & (probe["lr"] == lr) & probe["norm"].isin(["none", "batch"])]
             med = per_lr_medians(rows.replace([np.inf, -np.inf], np.nan), columns)
             med.index = med.index.astype(str)
@@ -329,7 +336,7 @@ def c4_ics(ctx: Context) -> Claim:
         return (CONTRADICTED if better_l2 or better_cos else SUPPORTED), why
 
     cases = _paired_probe_cases(ctx, "ics", ["l2_diff", "cos"], judge)
-    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no ics rows for none and batch at a rate both completed"
+    summary = summarize(cases, "no ics rows for none and batch at a rate both train")
     return Claim("C4", "BatchNorm does not clearly reduce internal covariate shift: batch's ICS (l2 difference, "
                  "cosine) is not clearly better than none's at the same rate", combine(cases, th.case_quorum),
                  summary, cases)
@@ -352,7 +359,7 @@ def c5_smoothness(ctx: Context) -> Claim:
         return (SUPPORTED if lower else CONTRADICTED), why
 
     cases = _paired_probe_cases(ctx, "landscape", measures, judge, prepare)
-    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no landscape rows for none and batch at a rate both completed"
+    summary = summarize(cases, "no landscape rows for none and batch at a rate both train")
     return Claim("C5", "BatchNorm smooths the landscape: batch's loss-variation range, gradient-predictiveness range "
                  "and effective beta-smoothness are lower than none's (medians over training)",
                  combine(cases, th.case_quorum), summary, cases)
@@ -373,7 +380,7 @@ def c6_lp(ctx: Context) -> Claim:
                               "final_batch": fb, "verdict": SUPPORTED if ok else CONTRADICTED,
                               "why": f"{norm} lr {lr:g}: {'trains' if lp[lr] else 'does not train'}, final "
                                      f"{fmt(fl)} vs batch {fmt(fb)}"})
-    summary = "; ".join(f"{c['setting']} {c['why']}" for c in cases) or "no lp variant run at a rate where batch trains"
+    summary = summarize(cases, "no lp variant run at a rate where batch trains")
     return Claim("C6", "The lp normalizations (l1, l2, l-infinity) train like batch: they train wherever batch "
                  "does and end close to it", combine(cases, ctx.th.case_quorum), summary, cases)
 

@@ -17,7 +17,7 @@ import vl_convert as vlc
 from analysis.claims import Thresholds, check_claims, claims_table
 from analysis.figures import FIGURES, Figure, MissingData
 from analysis.html import page, vegalite_version
-from analysis.load import AnalysisError, Results, filesystem, load
+from analysis.load import AnalysisError, Results, child, filesystem, load
 
 PNG_SCALE = 2  # PNGs at twice the chart's pixel size: sharp on a slide or a high-density screen
 
@@ -29,8 +29,11 @@ class Drawn:
     reason: str = ""  # why it was skipped
 
 
-def build_all(data: Results) -> list[Drawn]:
-    """Every figure's Vega-Lite spec (aggregation + chart + spec), or the reason it cannot be drawn."""
+def build_all(data: Results, validate: bool = False) -> list[Drawn]:
+    """Every figure's Vega-Lite spec (aggregation + chart + spec), or the reason it cannot be drawn.
+
+    `validate` checks each spec against the Vega-Lite JSON schema (the tests do; it costs about a second, and
+    vl-convert and the page compile the spec anyway)."""
     drawn = []
     for fig in FIGURES:
         try:
@@ -40,7 +43,7 @@ def build_all(data: Results) -> list[Drawn]:
             continue
         # The data are aggregated already; the row limit guards notebooks, not these few-thousand-row specs.
         with alt.data_transformers.disable_max_rows():
-            drawn.append(Drawn(fig, chart.to_dict()))
+            drawn.append(Drawn(fig, chart.to_dict(validate=validate)))
     return drawn
 
 
@@ -59,7 +62,7 @@ def _write(fs, path: str, data: bytes | str) -> None:
 def figures(results: str, out: str | None) -> int:
     """Write each drawable figure as PNG and SVG in OUT (default RESULTS/figures) and an offline index.html."""
     data = load(results)
-    out = out or f"{str(results).rstrip('/')}/figures"
+    out = out or child(results, "figures")
     fs, root = filesystem(out)
     try:
         fs.create_dir(root, recursive=True)
@@ -81,7 +84,8 @@ def figures(results: str, out: str | None) -> int:
         _write(fs, f"{root}/{fig.name}.png", png)
         shown.append((fig.name, fig.title, fig.caption, d.spec))
         print(f"{fig.name}.png/.svg  {fig.title}")
-    _write(fs, f"{root}/index.html", page("bnsweep figures", str(results), data.trials, shown, skipped))
+    title = f"bnsweep figures: {str(results).partition('?')[0]}"
+    _write(fs, f"{root}/index.html", page(title, str(results), data.trials, shown, skipped))
     print(f"{len(shown)} figures ({len(skipped)} skipped) and index.html in {out} "
           f"[built in {built - start:.1f}s, exported in {time.perf_counter() - built:.1f}s]")
     return 0
@@ -92,8 +96,8 @@ def check(results: str, thresholds: Thresholds | None = None) -> int:
     data = load(results)
     thresholds = thresholds or Thresholds()
     claims = check_claims(data, thresholds)
-    print(claims_table(claims, thresholds))
     fs, root = filesystem(results)
+    target = child(results, "claims.json")
     document = {**{c.key: c.as_dict() for c in claims}, "thresholds": thresholds.as_dict(),
                 "results": str(results), "trials": len(data.trials)}
     try:
@@ -101,5 +105,7 @@ def check(results: str, thresholds: Thresholds | None = None) -> int:
     except (OSError, pa.ArrowException) as e:
         raise AnalysisError(f"cannot write claims.json in {str(results)!r} ({str(e).splitlines()[0]}): make the "
                             "results directory writable") from None
-    print(f"wrote {str(results).rstrip('/')}/claims.json")
+    # Written before anything is printed, so a closed pipe (`| head`) cannot lose it.
+    print(claims_table(claims, thresholds))
+    print(f"wrote {target.partition('?')[0]}")
     return 0

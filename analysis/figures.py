@@ -23,6 +23,7 @@ from analysis.aggregate import (
     outcome,
     over_seeds,
     reference_lr,
+    shift_columns,
 )
 from analysis.load import NORM_ORDER, Results
 
@@ -83,10 +84,19 @@ def y_scale(log: bool) -> alt.Scale:
     return alt.Scale(type="log") if log else alt.Scale(zero=False)
 
 
+# Log axes: Vega labels them with up to 12 significant digits (1000000000000); big and tiny values get an
+# exponent instead (1e+12), and labels Vega leaves out between decades (datum.label '') stay out.
+LOG_LABELS = ("datum.label == '' ? '' : (abs(datum.value) >= 1e4 || abs(datum.value) < 1e-3) ? "
+              "format(datum.value, '.0e') : datum.label")
+
+
+def log_axis() -> alt.Axis:
+    return alt.Axis(format="~g", labelExpr=LOG_LABELS)
+
+
 def y_enc(field: str, title: str | None, log: bool) -> alt.Y:
-    """A y encoding; log axes label with short numbers (1e+12, 0.01) rather than 1,000,000,000,000."""
-    axis = alt.Axis(format="~g") if log else alt.Axis()
-    return alt.Y(field, title=title, scale=y_scale(log), axis=axis)
+    """A y encoding, with short labels on a log axis."""
+    return alt.Y(field, title=title, scale=y_scale(log), axis=log_axis() if log else alt.Axis())
 
 
 def plain(df: pd.DataFrame) -> pd.DataFrame:
@@ -123,18 +133,17 @@ def band_line(df: pd.DataFrame, x: alt.X, value: str, title: str, log: bool, col
     return alt.layer(band, line)
 
 
-def curves_at(curves: pd.DataFrame, trials: pd.DataFrame, norms: Sequence[str] | None,
-              lrs: dict[str, list[float]]) -> pd.DataFrame:
-    """The curves of the chosen variants at the chosen learning rate(s) of each setting."""
-    keep = pd.Series(False, index=curves.index)
+def rows_at(df: pd.DataFrame, norms: Sequence[str] | None, lrs: dict[str, list[float]]) -> pd.DataFrame:
+    """Rows of a per-trial table for the chosen variants (all if None) at each setting's chosen rates."""
+    keep = pd.Series(False, index=df.index)
     for setting, chosen in lrs.items():
-        keep |= (curves["setting"] == setting) & curves["lr"].isin(chosen)
+        keep |= (df["setting"] == setting) & df["lr"].isin(chosen)
     if norms is not None:
-        keep &= curves["norm"].isin(list(norms))
-    return curves[keep]
+        keep &= df["norm"].isin(list(norms))
+    return df[keep]
 
 
-def progress_curves(curves: pd.DataFrame, trials: pd.DataFrame, bins: int = 120) -> pd.DataFrame:
+def progress_curves(curves: pd.DataFrame, bins: int = 120) -> pd.DataFrame:
     """Long frame (setting, norm, lr, step, metric, value + band) of the training metric the paper plots:
     minibatch accuracy for classification, minibatch loss for regression, binned and aggregated over seeds."""
     rows = []
@@ -189,7 +198,8 @@ def _lr_panel(df: pd.DataFrame, column: str, title: str, log: bool, x: alt.X, co
     if log:
         # A diverged loss (1e7, inf, NaN) is drawn at a cap above every sensible loss of its setting, so it
         # shows as a failure at the top of the axis rather than squashing the trained trials.
-        cap = 10 * df["initial_loss"].max()
+        finite = pd.concat([df["initial_loss"], value]).replace([np.inf, -np.inf], np.nan).dropna()
+        cap = 10 * (finite[finite < 1e30].max() if (finite < 1e30).any() else 1.0)
         shown = value.where(value <= cap, cap).fillna(cap)
     else:
         shown = value.fillna(0.0)  # an accuracy that could not be measured (NaN network) counts as 0
@@ -202,7 +212,7 @@ def _lr_panel(df: pd.DataFrame, column: str, title: str, log: bool, x: alt.X, co
                                    tooltip=["norm:N", "lr:Q", alt.Tooltip("shown:Q", title="mean", format=".4g"),
                                             "seeds:Q"])
     dots = alt.Chart().mark_point(filled=True, size=45, opacity=0.9).encode(
-        x=x, y=y_enc("shown:Q", None, log), color=color, shape=shape,
+        x=x, y=y_enc("shown:Q", title, log), color=color, shape=shape,
         tooltip=["trial_id:N", "norm:N", "lr:Q", "seed:Q", "outcome:N",
                  alt.Tooltip("value:Q", title="recorded", format=".4g")])
     # One data set per panel: the band and line read the aggregated rows, the dots the per-seed rows.
@@ -230,7 +240,7 @@ def chosen_lrs(trials: pd.DataFrame) -> dict[str, list[float]]:
 def fig_training_curves(results: Results) -> alt.TopLevelMixin:
     curves, trials = table(results, "curves"), table(results, "trials")
     lrs = chosen_lrs(trials)
-    df = curves_at(curves, trials, None, lrs)
+    df = rows_at(curves, None, lrs)
     if df.empty:
         raise MissingData("needs the `curves` table for the chosen learning rates")
     charts = []
@@ -267,7 +277,7 @@ def at_reference(df: pd.DataFrame, trials: pd.DataFrame, norms: Sequence[str] | 
                  one_seed: bool = False) -> pd.DataFrame:
     """Rows of a per-trial table at each setting's reference learning rate (and the first seed, if asked)."""
     lrs = {s: [reference_lr(trials, s)] for s in settings_of(trials)}
-    out = curves_at(df, trials, norms, lrs)
+    out = rows_at(df, norms, lrs)
     if one_seed and len(out):
         first = out.groupby(["setting", "norm"], observed=True)["seed"].transform("min")
         out = out[out["seed"] == first]
@@ -276,7 +286,7 @@ def at_reference(df: pd.DataFrame, trials: pd.DataFrame, norms: Sequence[str] | 
 
 @figure("fig3_activations", "Activation distributions over training",
         "Activations after the normalization for none, batch and noisy_batch: median, 25-75% and 5-95% bands per "
-        "layer over training, then the change of their mean and variance from one step to the next "
+        "layer over training, then the change of each unit's mean and variance from one step to the next "
         "(paper Fig. 1c, 2, 8).",
         needs="the `activations` table")
 def fig_activations(results: Results) -> alt.TopLevelMixin:
@@ -291,8 +301,9 @@ def fig_activations(results: Results) -> alt.TopLevelMixin:
         part = part[part["layer"].isin(layers)].copy()
         part["layer"] = "layer #" + part["layer"].astype(str)
         layer_order = [f"layer #{i}" for i in layers]
+        shift = shift_columns(part)
         cols = ["setting", "norm", "lr", "layer", "step", "q05", "q25", "q50", "q75", "q95", "mean", "std",
-                "delta_mean", "delta_var"]
+                shift["mean"], shift["var"]]
         data = plain(part[cols])
         color = norm_color(data["norm"])
         x = alt.X("step:Q", title="step")
@@ -305,10 +316,10 @@ def fig_activations(results: Results) -> alt.TopLevelMixin:
                  .facet(row=alt.Row("layer:N", title=None, sort=layer_order),
                         column=alt.Column("norm:N", title=None, sort=norms_in(data)))
                  .resolve_scale(y="independent"))
-        shifts = data.melt(id_vars=["norm", "layer", "step"], value_vars=["delta_mean", "delta_var"],
+        shifts = data.melt(id_vars=["norm", "layer", "step"], value_vars=[shift["mean"], shift["var"]],
                            var_name="change", value_name="value").dropna(subset=["value"])
-        shifts["change"] = shifts["change"].map({"delta_mean": "|Δ mean|, step t to t+1",
-                                                 "delta_var": "|Δ variance|, step t to t+1"})
+        per = " per unit" if shift["mean"].startswith("channel") else ""  # averaged over the layer's units
+        shifts["change"] = shifts["change"].map({shift["mean"]: f"|Δ mean|{per}", shift["var"]: f"|Δ var|{per}"})
         shift_chart = (alt.Chart(shifts).mark_line(opacity=0.85).encode(
             x=x, y=alt.Y("value:Q", title=None), color=color,
             tooltip=["norm:N", "layer:N", "step:Q", "change:N", alt.Tooltip("value:Q", format=".3g")])
@@ -331,7 +342,7 @@ def variant_curves(results: Results, norms: Sequence[str], needed: Sequence[str]
     df = df[df["setting"].isin(df.loc[df["norm"].isin(list(needed)), "setting"].unique())]
     if df.empty:
         raise MissingData(f"needs the `curves` table with {' or '.join(needed)} trials at the reference rate")
-    agg = progress_curves(df, trials)
+    agg = progress_curves(df)
     charts = []
     for setting in settings_of(df):
         part = plain(agg[agg["setting"] == setting])
@@ -479,7 +490,8 @@ def fig_gradient_change(results: Results) -> alt.TopLevelMixin:
         data = plain(part[part["step"].isin(steps)][["setting", "norm", "lr", "step", "eta", "grad_diff"]])
         log = is_regression(trials, setting)
         chart = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=10), opacity=0.8).encode(
-            x=alt.X("eta:Q", title="step size η", scale=alt.Scale(type="log") if log else alt.Scale(zero=False)),
+            x=alt.X("eta:Q", title="step size η", scale=alt.Scale(type="log") if log else alt.Scale(zero=False),
+                    axis=log_axis() if log else alt.Axis()),
             y=y_enc("grad_diff:Q", f"{setting}: gradient change", log),
             color=alt.Color("step:Q", title="training step", scale=alt.Scale(scheme="viridis")),
             detail="step:Q", tooltip=["norm:N", "step:Q", "eta:Q", alt.Tooltip("grad_diff:Q", format=".4g")])

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -78,6 +80,13 @@ def filesystem(results: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
 
 
+def child(results: str | os.PathLike, name: str) -> str:
+    """RESULTS/name for a path or a URI, keeping a URI's query (s3://b/p?endpoint_override=... -> s3://b/p/name?...)."""
+    text = str(results)
+    base, sep, query = text.partition("?") if "://" in text else (text, "", "")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
 def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
@@ -91,30 +100,50 @@ def table_names(fs: pafs.FileSystem, root: str) -> list[str]:
                   and not i.base_name.startswith((".", "_")) and _parquet_files(fs, i.path))
 
 
-def read_table(fs: pafs.FileSystem, folder: str) -> pa.Table:
-    """Every published file of one table, concatenated; a corrupt file is an AnalysisError naming it."""
+def read_table(fs: pafs.FileSystem, folder: str, uniform: bool = True) -> pa.Table:
+    """Every published file of one table, concatenated; a corrupt file is an AnalysisError naming it.
+
+    `uniform` tables (one schema for every trial: curves and the probe tables) are read as one pyarrow dataset,
+    multithreaded in C++; `trials`, whose columns grew between versions, and any read that fails are read file
+    by file and concatenated with their schemas unified, which also names a corrupt file.
+    """
     files = _parquet_files(fs, folder)
+    if not files:
+        return pa.table({})
+    # trial_id as a dictionary column: a million repeated strings become one small dictionary.
+    options = ds.ParquetReadOptions(dictionary_columns={"trial_id"})
+    if uniform:
+        try:
+            return ds.dataset(files, format=ds.ParquetFileFormat(read_options=options), filesystem=fs).to_table()
+        except (OSError, pa.ArrowException):
+            pass  # read file by file below: unify the schemas, or name the file that is corrupt
 
     def read(path: str) -> pa.Table:
         try:
-            # trial_id as a dictionary column: a million repeated strings become one small dictionary.
-            schema = pq.read_schema(path, filesystem=fs)
-            wanted = ["trial_id"] if "trial_id" in schema.names else None
-            return pq.read_table(path, filesystem=fs, read_dictionary=wanted)
+            return pq.read_table(path, filesystem=fs, read_dictionary=["trial_id"])
         except (OSError, pa.ArrowException) as e:
             raise AnalysisError(f"corrupt Parquet file {path} ({str(e).splitlines()[0]}): delete it and rerun "
                                 "that trial (bnsweep run resumes it)") from None
 
     # Threads, not processes: pyarrow releases the GIL while it decodes, and S3 reads are mostly waiting.
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
         parts = list(pool.map(read, files))
-    if not parts:
-        return pa.table({})
     try:
         return pa.concat_tables(parts, promote_options="permissive")
     except pa.ArrowException as e:
         raise AnalysisError(f"the files of {folder} have incompatible schemas ({str(e).splitlines()[0]}): "
                             "results from different bnsweep versions cannot share a directory") from None
+
+
+def to_pandas(table: pa.Table, categorical_text: bool = True) -> pd.DataFrame:
+    """To pandas, cheaply. Text columns of the per-step tables repeat a few values (direction, source), so they
+    become categoricals; list columns (the activation histograms) stay Arrow-backed, since converting
+    100,000s of small lists to Python objects would cost more than loading everything else."""
+    if categorical_text:
+        for i, f in enumerate(table.schema):
+            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                table = table.set_column(i, f.name, pc.dictionary_encode(table.column(i)))
+    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
 
 
 def ordered(values: pd.Series, order: tuple[str, ...]) -> pd.Series:
@@ -234,11 +263,11 @@ def load(results: str | os.PathLike) -> Results:
         raise AnalysisError(f"{str(results)!r} is not a results directory with finished trials (no "
                             f"{TRIALS}/*.parquet): pass the --results directory of a bnsweep run or trial, or "
                             "wait until its first trial finishes")
-    trials = type_trials(read_table(fs, f"{root}/{TRIALS}").to_pandas())
+    trials = type_trials(to_pandas(read_table(fs, f"{root}/{TRIALS}", uniform=False), categorical_text=False))
     tables = {TRIALS: trials}
     for name in names:
         if name == TRIALS:
             continue
-        df = read_table(fs, f"{root}/{name}").to_pandas()
+        df = to_pandas(read_table(fs, f"{root}/{name}"))
         tables[name] = attach_keys(df, trials) if "trial_id" in df else df
     return Results(root=str(results), tables=tables)

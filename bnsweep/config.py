@@ -15,9 +15,9 @@ from typing import Any
 
 from bnsweep.errors import BnsweepError
 
-ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln")
+ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear")
 NORMS = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group")
-DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear")
+DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction")
 DEFAULT_PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms")
 
@@ -35,15 +35,19 @@ class TrialConfig:
     width: float = _f(1.0, "channel/unit width multiplier (VGG, MLP)")
     norm: str = _f("batch", "normalization variant: " + ", ".join(NORMS))
     dataset: str | None = _f(None, "data set: " + ", ".join(DATASETS) + " (default: fashion-mnist; "
-                             "gaussian-linear for dln)")
+                             "gaussian-linear for dln, quadratic for linear)")
+    curvature: float = _f(1.0, "quadratic: top eigenvalue of the loss's Hessian (full-batch GD diverges above "
+                               "2/curvature)", omit_default=True)
     # How it is trained (protocol.md §1: plain SGD, fixed LR, batch 128, no augmentation).
     lr: float = _f(0.1, "learning rate (fixed, no schedule)")
     steps: int = _f(1000, "number of optimizer steps")
-    batch_size: int | None = _f(None, "minibatch size; 0 = full batch (default: 128; full batch for dln)")
+    batch_size: int | None = _f(None, "minibatch size; 0 = full batch (default: 128; full batch for dln "
+                                               "and linear)")
     momentum: float = _f(0.0, "SGD momentum (the paper used none)")
     weight_decay: float = _f(0.0, "SGD weight decay (the paper used none)")
     seed: int = _f(0, "initialization, batch-order and noise seed")
-    data_seed: int = _f(0, "seed of generated data (gaussian-linear's A and x), separate from --seed")
+    data_seed: int = _f(0, "seed of generated data (gaussian-linear's A and x, quadratic's X and y), "
+                           "separate from --seed")
     init: str = _f("glorot", "weight initialization: glorot (the paper's) or torch")
     augment: bool = _f(False, "random crop + flip on the device (the paper used none)")
     # Normalization constants (protocol.md §2 for the noise).
@@ -54,6 +58,8 @@ class TrialConfig:
     noise_r_mu: float = _f(0.1, "noisy_batch: per-element shift ~ U(mu - r, mu + r)")
     noise_r_sigma: float = _f(0.1, "noisy_batch: per-element scale ~ N(sigma, r) (r is a std)")
     noise_placement: str = _f("after_affine", "noisy_batch: after_affine (default) or before_affine")
+    noise_at_eval: str = _f("expected", "noisy_batch in eval mode: expected (noise replaced by its mean, as "
+                            "dropout) or none")
     groups: int = _f(32, "group norm: number of groups (largest divisor of C not above it)")
     # What is measured.
     eval_every: int = _f(250, "evaluate on a training subset and the test set every N steps (and at the end)")
@@ -85,15 +91,15 @@ class TrialConfig:
     def resolved(self) -> TrialConfig:
         """Fill the per-architecture defaults and validate; returns a new config."""
         c = dataclasses.replace(self)
-        dln = c.arch == "dln"
+        dln, linear = c.arch == "dln", c.arch == "linear"
         if c.dataset is None:
-            c.dataset = "gaussian-linear" if dln else "fashion-mnist"
+            c.dataset = "gaussian-linear" if dln else "quadratic" if linear else "fashion-mnist"
         if c.batch_size is None:
-            c.batch_size = 0 if dln else 128
+            c.batch_size = 0 if dln or linear else 128
         if c.etas is None:
             c.etas = (0.01, 0.1, 1.0, 10.0, 30.0) if dln else (0.5, 1.0, 2.0, 4.0)
         if c.ics_layers is None:
-            c.ics_layers = (9, 17) if dln else (5, 10)
+            c.ics_layers = (9, 17) if dln else (1,) if linear else (5, 10)
         if c.activation_layers is None:
             c.activation_layers = "all"
         c.validate()
@@ -109,15 +115,22 @@ class TrialConfig:
         choose("dataset", self.dataset, DATASETS)
         choose("init", self.init, ("glorot", "torch"))
         choose("noise_placement", self.noise_placement, ("after_affine", "before_affine"))
+        choose("noise_at_eval", self.noise_at_eval, ("expected", "none"))
         choose("noise_in_probes", self.noise_in_probes, ("reuse", "fresh"))
         for p in self.probes:
             choose("probe", p, PROBES)
-        if (self.arch == "dln") != (self.dataset == "gaussian-linear"):
+        if ((self.arch == "dln") != (self.dataset == "gaussian-linear")
+                or (self.arch == "linear") != (self.dataset == "quadratic")):
             raise BnsweepError(f"arch {self.arch!r} cannot train on dataset {self.dataset!r}: dln goes with "
-                               "gaussian-linear, the image networks with cifar10 or fashion-mnist")
+                               "gaussian-linear, linear with quadratic, the image networks with cifar10 or "
+                               "fashion-mnist")
+        if self.arch == "linear" and self.norm != "none":
+            raise BnsweepError(f"arch 'linear' has no hidden layer to normalize: use norm none, not {self.norm!r}")
+        if self.dataset != "quadratic" and self.curvature != FIELDS["curvature"].default:
+            raise BnsweepError(f"curvature only applies to dataset quadratic, not {self.dataset!r}: leave it at 1")
         positive = {"lr": self.lr, "width": self.width, "steps": self.steps, "eval_every": self.eval_every,
                     "eval_subset": self.eval_subset, "diverge_factor": self.diverge_factor,
-                    "bn_eps": self.bn_eps, "groups": self.groups}
+                    "bn_eps": self.bn_eps, "groups": self.groups, "curvature": self.curvature}
         for key, value in positive.items():
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise BnsweepError(f"{key} must be a positive number, got {value!r}")
@@ -137,9 +150,11 @@ class TrialConfig:
                 raise BnsweepError(f"{key} must be layer numbers 1..k or 'all', got {value!r}")
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the experiment (not where it ran), JSON-ready."""
+        """The fields that define the experiment (not where it ran), JSON-ready. A field added later
+        (`omit_default`) is left out while it has its default, so the ids of earlier trials do not change."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.metadata.get("identity", True)}
+                if f.metadata.get("identity", True)
+                and not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
 
     @property
     def trial_id(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import torch
 
 from bnsweep.errors import BnsweepError
 
-DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear")
+DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -33,6 +34,9 @@ FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 GAUSSIAN_DIM, GAUSSIAN_N = 10, 1000
+# quadratic: n samples in d dimensions; Hessian eigenvalues log-spaced from curvature down to curvature/CONDITION;
+# at w = 0 the loss is QUADRATIC_LOSS0, half of it in the top eigendirection.
+QUADRATIC_DIM, QUADRATIC_N, QUADRATIC_CONDITION, QUADRATIC_LOSS0, QUADRATIC_TOP_SHARE = 16, 64, 10.0, 1000.0, 0.5
 
 # (name, dir, file stamps) -> (train_x, train_y, test_x, test_y, checksum) as raw uint8 numpy arrays.
 # The stamps (mtime, size) make a rewritten file miss the cache instead of returning stale data.
@@ -297,9 +301,49 @@ def _gaussian_linear(data_seed: int, dev: torch.device) -> Dataset:
     )
 
 
+# ---------------------------------------------------------------- quadratic
+
+
+def quadratic_eigenvalues(curvature: float = 1.0) -> np.ndarray:
+    """The Hessian eigenvalues of the quadratic task, largest first: curvature down to curvature/CONDITION."""
+    return curvature * np.logspace(0.0, -np.log10(QUADRATIC_CONDITION), QUADRATIC_DIM)
+
+
+def _quadratic(data_seed: int, curvature: float, dev: torch.device) -> Dataset:
+    """A least-squares problem with a known Hessian, for the one-layer bias-free `linear` network.
+
+    X = U diag(s) V^T (U: n x d orthonormal columns, V: d x d orthogonal, both drawn from data_seed) and y = U a,
+    so the trial's loss sum_i (x_i w - y_i)^2 has Hessian 2 X^T X with eigenvalues 2 s^2 =
+    quadratic_eigenvalues(curvature) and minimum 0. Full-batch gradient descent contracts eigendirection i by
+    |1 - lr * lambda_i| per step: it converges for lr < 2/curvature and diverges above. a puts half the loss at
+    w = 0 in the top direction, so at lr >= 2/curvature the loss never falls below half its start. The test set is
+    the training set: the task measures optimization, not generalization.
+    """
+    g = torch.Generator().manual_seed(data_seed)  # CPU generator: identical data on every device
+    d, n = QUADRATIC_DIM, QUADRATIC_N
+    u = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64)).Q
+    s = torch.from_numpy(np.sqrt(quadratic_eigenvalues(curvature) / 2))
+    shares = torch.full((d,), (1 - QUADRATIC_TOP_SHARE) / (d - 1), dtype=torch.float64)
+    shares[0] = QUADRATIC_TOP_SHARE
+    signs = torch.randint(0, 2, (d,), generator=g).double() * 2 - 1
+    a = signs * torch.sqrt(shares * QUADRATIC_LOSS0)
+    x = (u * s) @ v.T
+    y = (u @ a)[:, None]
+    x, y = x.float(), y.float()
+    checksum = _checksum(x.numpy(), y.numpy())
+    return Dataset(
+        name="quadratic", task="regression",
+        train_x=x.to(dev), train_y=y.to(dev), test_x=x.clone().to(dev), test_y=y.clone().to(dev),
+        num_outputs=1, checksum=checksum,
+        source=f"generated (data_seed={data_seed}, curvature={curvature:g}, 2/curvature={2 / curvature:g})",
+    )
+
+
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                 data_seed: int = 0, download: bool = True) -> Dataset:
-    """Load a whole data set as tensors on `device`. `data_seed` only matters for generated data."""
+                 data_seed: int = 0, download: bool = True, curvature: float = 1.0) -> Dataset:
+    """Load a whole data set as tensors on `device`. `data_seed` only matters for generated data, `curvature`
+    only for quadratic."""
     if name not in DATASETS:
         raise BnsweepError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     if isinstance(data_seed, bool) or not isinstance(data_seed, (int, np.integer)) or data_seed < 0:
@@ -307,6 +351,10 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, device: st
     dev = _device(device)
     if name == "gaussian-linear":
         return _gaussian_linear(int(data_seed), dev)
+    if name == "quadratic":
+        if isinstance(curvature, bool) or not (isinstance(curvature, (int, float)) and 0 < curvature < math.inf):
+            raise BnsweepError(f"bad curvature {curvature!r}: use a positive number")
+        return _quadratic(int(data_seed), float(curvature), dev)
     r = data_root(root)
     return _load_cifar(r, download, dev) if name == "cifar10" else _load_fmnist(r, download, dev)
 

@@ -1,4 +1,5 @@
-"""The paper's networks: VGG for CIFAR-10, a small MLP, and the 25-layer deep linear network (DLN).
+"""The paper's networks: VGG for CIFAR-10, a small MLP, the 25-layer deep linear network (DLN), and `linear`
+(one bias-free layer: gradient descent on a least-squares quadratic, the task whose critical rate is known).
 
 Every weight layer is one numbered Block: layer -> norm -> act -> pool, so the normalization always sits
 between the weight layer and its non-linearity ("applied before the non-linearity", paper section 2), and
@@ -15,7 +16,7 @@ import torch.nn as nn
 from bnsweep.errors import BnsweepError
 from bnsweep.norms import DEFAULT_OPTIONS, NoisyBatchNorm, NormOptions, make_norm
 
-ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln")
+ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear")
 INITS = ("glorot", "torch")
 
 # Standard VGG feature configs (Simonyan & Zisserman); "M" = 2x2 max-pool after the preceding conv.
@@ -122,6 +123,12 @@ def _blocks_dln(width: float, in_shape: tuple[int, ...], num_outputs: int, norm)
     return blocks
 
 
+def _blocks_linear(in_shape: tuple[int, ...], num_outputs: int) -> list[Block]:
+    """One bias-free Linear layer (the output layer, so no norm): the loss is a quadratic in its weights."""
+    layer = nn.Linear(math.prod(in_shape), num_outputs, bias=False)
+    return [Block(layer, nn.Identity(), nn.Identity(), nn.Identity())]
+
+
 def init_weights(net: Net, init: str, generator: torch.Generator | None) -> None:
     """'glorot': xavier_uniform_ weights, zero biases (paper App. A). 'torch': PyTorch's default Linear/Conv
     init (kaiming_uniform_(a=sqrt(5)), bias U(+-1/sqrt(fan_in))) re-drawn from `generator`. Norm layers keep
@@ -170,6 +177,8 @@ def build_model(arch: str, *, width: float = 1.0, norm: str = "none", in_shape: 
             blocks = _blocks_vgg(arch, width, in_shape, num_outputs, norm_fn)
         elif arch == "mlp":
             blocks = _blocks_mlp(width, in_shape, num_outputs, norm_fn)
+        elif arch == "linear":
+            blocks = _blocks_linear(in_shape, num_outputs)
         else:
             blocks = _blocks_dln(width, in_shape, num_outputs, norm_fn)
     net = Net(arch, blocks)

@@ -32,6 +32,10 @@ class NormOptions:
     noise_r_sigma: float = 0.1  # per-element s ~ N(sigma, r_sigma); r_sigma is a std (protocol 2/8)
     noise_placement: str = "after_affine"  # or "before_affine" (noise on x-hat, before gamma/beta)
     groups: int = 32  # group norm: largest divisor of C that is <= groups
+    # noisy_batch in eval mode: "expected" replaces the noise by its expectation (s -> E[s] = (1+noise_sigma)/2,
+    # m -> E[m] = 0), as dropout does at inference; "none" drops it. Without it the network evaluates with
+    # activations 1.125x smaller than it trained on (measured: 0.68 vs 0.83 training-subset accuracy).
+    noise_at_eval: str = "expected"
 
     def __post_init__(self) -> None:
         checks = [
@@ -46,6 +50,8 @@ class NormOptions:
         for name, ok, rule in checks:
             if not ok:
                 raise BnsweepError(f"norm option {name}={getattr(self, name)!r} is invalid: it {rule}")
+        if self.noise_at_eval not in ("expected", "none"):
+            raise BnsweepError(f"unknown noise_at_eval {self.noise_at_eval!r}: choose expected or none")
         if self.noise_placement not in PLACEMENTS:
             raise BnsweepError(
                 f"unknown noise_placement {self.noise_placement!r}: choose one of {', '.join(PLACEMENTS)}"
@@ -143,9 +149,15 @@ class NoisyBatchNorm(BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x)
-        if not self.training:
-            return self._normalize(x)
         before = self.options.noise_placement == "before_affine"
+        if not self.training:
+            if self.options.noise_at_eval == "none":
+                return self._normalize(x)
+            scale = (1 + self.options.noise_sigma) / 2  # E[s]; E[m] = E[mu] = 0
+            if not before:
+                return self._normalize(x) * scale
+            a = self._normalize(x, affine=False) * scale
+            return a * _channel_view(self.weight, a.dim()) + _channel_view(self.bias, a.dim())
         a = self._normalize(x, affine=not before)
         if self.reuse_noise:
             if self.last_scale is None or self.last_scale.shape != a.shape:

@@ -53,8 +53,9 @@ captured in the step's own training forward; statistics over every element (batc
     source           "norm_output" or "layer_output" (no norm in that slot)
     numel            number of elements; nonfinite: how many are NaN/inf (excluded from the statistics)
     mean, std, min, max   over all finite elements (exact)
-    q01 ... q99      quantiles 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99 on a uniform random subsample of
-                     at most QUANTILE_SAMPLE elements (probe-only generator); sample_size: its size
+    q01 ... q99      quantiles 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99; exact up to QUANTILE_SAMPLE = 2**18
+                     elements, above that on QUANTILE_SAMPLE elements drawn uniformly with replacement
+                     (probe-only generator); sample_size: the number used
     hist_edges, hist_counts   HIST_BINS-bin histogram over [min, max] of all finite elements (edges: bins+1)
     delta_mean, delta_var     |mean_{t+1} - mean_t|, |var_{t+1} - var_t| of the whole layer between the
                      training forwards of step t and step t+1 (paper Fig 8 is per step); NaN if no step t+1
@@ -110,6 +111,12 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 QUANTILE_SAMPLE = 2**18  # quantiles on a subsample: torch.quantile sorts (and fails above 2**24 elements)
 HIST_BINS = 64
 
+
+
+def _qname(q: float) -> str:
+    return f"q{round(q * 100):02d}"
+
+
 Params = dict[str, torch.Tensor]
 LossOf = Callable[[Params], torch.Tensor]
 
@@ -126,7 +133,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "activations": pa.schema(_ID + [("layer", pa.int64()), ("source", pa.string()), ("numel", pa.int64()),
                                     ("nonfinite", pa.int64()), ("sample_size", pa.int64()), ("mean", _F),
                                     ("std", _F), ("min", _F), ("max", _F)]
-                             + [(f"q{round(q * 100):02d}", _F) for q in QUANTILES]
+                             + [(_qname(q), _F) for q in QUANTILES]
                              + [("hist_edges", pa.list_(_F)), ("hist_counts", pa.list_(pa.int64())),
                                 ("delta_mean", _F), ("delta_var", _F), ("channel_delta_mean", _F),
                                 ("channel_delta_mean_max", _F), ("channel_delta_var", _F),
@@ -286,10 +293,6 @@ def activation_stats(a: torch.Tensor, generator: torch.Generator, sample: int = 
     return {**row, "mean": float(f64.mean()), "std": float(f64.std(correction=0)), "min": lo, "max": hi,
             **{_qname(q): v for q, v in zip(QUANTILES, qs, strict=True)},
             "hist_edges": edges.tolist(), "hist_counts": counts.long().tolist()}
-
-
-def _qname(q: float) -> str:
-    return f"q{round(q * 100):02d}"
 
 
 def _pooled(mean_c: torch.Tensor, var_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -284,6 +284,11 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
         for c in sw.configs:
             c.data_root = data_root
     print(f"sweep {sw.name}: {sw.description} -- {rough_cost(sw)}", file=stream)
+    if sw.search is not None:  # a search for the critical learning rate: rounds chosen from finished trials
+        from bnsweep.boundary import run_search
+
+        return run_search(sw, results, address=address, verbose=verbose, data_root=data_root, num_cpus=num_cpus,
+                          dry_run=dry_run, command=command, stream=stream)
     if dry_run:
         for c in sw.configs:
             print(f"  {c.trial_id}  arch={c.arch} width={c.width:g} norm={c.norm} lr={c.lr:g} seed={c.seed} "
@@ -361,13 +366,19 @@ def summary_table(results: str, trial_ids: list[str] | None = None) -> str:
 
 
 def status_report(results: str) -> str:
-    """`bnsweep status`: the summary table plus the error of each failed trial."""
+    """`bnsweep status`: the summary table, the error of each failed trial, and the critical learning rates
+    when the results hold a search's `boundaries`."""
+    from bnsweep.boundary import report
+
     text = summary_table(results)
     table = records.read_table(results, records.TRIALS)
     if table.num_rows:
         failed = [r for r in table.select(["trial_id", "status", "error"]).to_pylist() if r["status"] == "failed"]
         for r in failed:
             text += f"\nfailed {r['trial_id']}: {r['error']}"
+    brackets = report(results)
+    if brackets:
+        text += "\n\ncritical learning rate (boundaries):\n" + brackets
     return text
 
 

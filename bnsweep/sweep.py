@@ -12,17 +12,25 @@ A sweep file:
     checkpoint_every: 1000   # steps between checkpoints of a running trial
     report_every: 100        # steps between progress reports to Ray
     max_failures: 2          # retries of a crashed trial before it is recorded as failed
+    search: {ratio: 1.25, budget: 12, points_per_round: 3, extend: 4}   # optional: see below
     scales:                  # each scale may override anything above
       cpu: {base: {...}, vgg: {...}, resources: {...}, seeds: 1}
       smoke: {...}
 
 The top level is the paper scale; `cpu` and `smoke` override it. In a scale block, keys that are trial options
 apply to every grid (same as putting them under `base`).
+
+A `search` block turns the sweep into a search for the critical learning rate (bnsweep/boundary.py): every grid
+point except its learning rate is a cell, the grid's `lr` values are the cell's first round, and later rounds
+bracket the largest rate that trains until upper/lower <= `ratio` or the cell has run `budget` trials;
+`points_per_round` rates per cell and round at most, `extend` the factor by which the range grows when a cell has
+not yet found both a rate that trains and one that does not. A scale block may override single keys of it.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -38,7 +46,8 @@ from bnsweep.errors import BnsweepError
 SCALES = ("paper", "cpu", "smoke")
 RUN_KEYS = {"seeds": int, "resources": dict, "threads": int, "checkpoint_every": int, "report_every": int,
             "max_failures": int}
-TOP_KEYS = {"description", "base", "grids", "scales", *RUN_KEYS}
+SEARCH_DEFAULTS = {"ratio": 1.25, "budget": 12, "points_per_round": 3, "extend": 4.0}
+TOP_KEYS = {"description", "base", "grids", "scales", "search", *RUN_KEYS}
 RESOURCE_KEYS = ("cpu", "gpu")
 
 
@@ -56,6 +65,20 @@ class Sweep:
     checkpoint_every: int = 1000
     report_every: int = 100
     max_failures: int = 2
+    search: dict[str, Any] | None = None  # ratio, budget, points_per_round, extend: a critical-LR search
+
+
+def cell_key(config: TrialConfig) -> str:
+    """What identifies a config apart from its learning rate: its cell in a critical-learning-rate search."""
+    return json.dumps({k: v for k, v in config.identity().items() if k != "lr"}, sort_keys=True)
+
+
+def cells(configs: list[TrialConfig]) -> dict[str, list[TrialConfig]]:
+    """Configs grouped by cell (everything but lr), in the sweep's order."""
+    out: dict[str, list[TrialConfig]] = {}
+    for c in configs:
+        out.setdefault(cell_key(c), []).append(c)
+    return out
 
 
 def sweeps_dir() -> Path:
@@ -132,6 +155,28 @@ def _check_run_value(path: Path, where: str, key: str, value: Any) -> Any:
     return int(number)
 
 
+def _check_search(path: Path, where: str, block: Any) -> dict[str, Any]:
+    """A `search` block: ratio and extend > 1, budget and points_per_round whole numbers >= 1."""
+    _check_keys(path, where, block, set(SEARCH_DEFAULTS))
+    out: dict[str, Any] = {}
+    for key, value in (block or {}).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise BnsweepError(f"{path}: {where}.{key} must be a number, got {value!r}")
+        if isinstance(SEARCH_DEFAULTS[key], int):
+            if not number.is_integer() or number < 1:
+                raise BnsweepError(f"{path}: {where}.{key} must be a whole number >= 1, got {value!r}")
+            out[key] = int(number)
+        else:
+            if number <= 1:
+                raise BnsweepError(f"{path}: {where}.{key} must be a number > 1, got {value!r}")
+            out[key] = number
+    return out
+
+
 def _axis_values(key: str, value: Any) -> list[Any]:
     """A list is a grid axis, except for list-valued options (etas, probes, layers), whose axes are lists of lists."""
     if FIELDS[key].metadata.get("sequence"):
@@ -155,14 +200,18 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
     base = dict(_check_keys(path, "base", raw.get("base"), trial_keys))
     per_grid = {name: dict(_check_keys(path, f"grids.{name}", block, trial_keys)) for name, block in grids.items()}
     run = {k: _check_run_value(path, "the top level", k, raw[k]) for k in RUN_KEYS if k in raw}
+    search = _check_search(path, "search", raw["search"]) if "search" in raw else None
 
     scales = _check_keys(path, "scales", raw.get("scales"), set(SCALES))
     if scale != "paper":
         if scale not in scales:
             raise BnsweepError(f"{path}: no {scale!r} block under scales: add one, or use --scale paper")
-        block = _check_keys(path, f"scales.{scale}", scales[scale], trial_keys | set(grids) | {"base"} | set(RUN_KEYS))
+        allowed = trial_keys | set(grids) | {"base", "search"} | set(RUN_KEYS)
+        block = _check_keys(path, f"scales.{scale}", scales[scale], allowed)
         for key, value in block.items():
-            if key == "base":
+            if key == "search":
+                search = {**(search or {}), **_check_search(path, f"scales.{scale}.search", value)}
+            elif key == "base":
                 base.update(_check_keys(path, f"scales.{scale}.base", value, trial_keys))
             elif key in grids:
                 per_grid[key].update(_check_keys(path, f"scales.{scale}.{key}", value, trial_keys))
@@ -181,6 +230,8 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
         if dot and grid in grids:
             _check_keys(path, f"--set {key}", {sub: value}, trial_keys)
             grid_overrides.setdefault(grid, {})[sub] = value
+        elif dot and grid == "search":
+            search = {**(search or {}), **_check_search(path, "--set search", {sub: value})}
         elif dot and grid == "resources":
             run["resources"] = {**run.get("resources", {}),
                                 **_check_run_value(path, "--set", "resources", {sub: value})}
@@ -190,8 +241,8 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
             overrides[key] = value
         else:
             raise BnsweepError(f"--set {key}: unknown key; use a trial option ({', '.join(sorted(trial_keys))}), "
-                               f"a run option ({', '.join(RUN_KEYS)}) or GRID.option with GRID in "
-                               f"{', '.join(grids)}")
+                               f"a run option ({', '.join(RUN_KEYS)}), search.KEY or GRID.option with GRID "
+                               f"in {', '.join(grids)}")
     if seeds is not None:
         run["seeds"] = seeds
 
@@ -215,15 +266,27 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise BnsweepError(f"{path}: two grid points are the same trial ({dup}): remove the overlap")
+    if search is not None:
+        search = {**SEARCH_DEFAULTS, **search}
+        widest = max(cells(configs).values(), key=len)
+        if len(widest) > search["budget"]:
+            raise BnsweepError(f"{path}: search.budget ({search['budget']}) at scale {scale} is smaller than the "
+                               f"{len(widest)} initial learning rates of cell {widest[0].arch}-{widest[0].norm}: "
+                               "raise the budget or list fewer lr values")
     return Sweep(name=path.stem, path=path, scale=scale, description=str(raw.get("description", "")),
                  configs=configs, resources=resources, threads=threads,
                  checkpoint_every=run.get("checkpoint_every", 1000), report_every=run.get("report_every", 100),
-                 max_failures=run.get("max_failures", 2))
+                 max_failures=run.get("max_failures", 2), search=search)
 
 
 def rough_cost(sweep: Sweep) -> str:
     """Total optimizer steps and a rough per-scale time, to size a run before starting it."""
     steps = sum(c.steps for c in sweep.configs)
+    if sweep.search:
+        groups = cells(sweep.configs).values()
+        most = sum(c[0].steps for c in groups) * sweep.search["budget"]
+        return (f"{len(groups)} cells, first round {len(sweep.configs)} trials ({steps:,} steps), at most "
+                f"{len(groups) * sweep.search['budget']} trials ({most:,} steps)")
     return f"{len(sweep.configs)} trials, {steps:,} steps"
 
 

@@ -73,7 +73,7 @@ class Trial:
         if c.threads:
             torch.set_num_threads(c.threads)
         self.data = data if data is not None else load_dataset(
-            c.dataset, root=c.data_root, device=self.device, data_seed=c.data_seed)
+            c.dataset, root=c.data_root, device=self.device, data_seed=c.data_seed, curvature=c.curvature)
         self.task = self.data.task
         self.loss_fn = loss_function(self.task)
 
@@ -81,7 +81,7 @@ class Trial:
         init_generator = torch.Generator().manual_seed(stream_seed(c.seed, "init"))
         options = NormOptions(eps=c.bn_eps, momentum=c.bn_momentum, noise_mu=c.noise_mu,
                               noise_sigma=c.noise_sigma, noise_r_mu=c.noise_r_mu, noise_r_sigma=c.noise_r_sigma,
-                              noise_placement=c.noise_placement, groups=c.groups)
+                              noise_placement=c.noise_placement, noise_at_eval=c.noise_at_eval, groups=c.groups)
         self.model = build_model(c.arch, width=c.width, norm=c.norm, in_shape=self.data.in_shape,
                                  num_outputs=self.data.num_outputs, norm_options=options,
                                  noise_generator=self.noise_generator, init=c.init,

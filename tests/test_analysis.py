@@ -61,7 +61,8 @@ def contra(tmp_path_factory) -> str:
 def minimal(tmp_path_factory) -> str:
     """none and batch at one rate where both train, without probes: most claims and figures lack data."""
     root = tmp_path_factory.mktemp("minimal")
-    write_set(root, [FakeTrial("none", 0.1, tau=60, final=0.85), FakeTrial("batch", 0.1, tau=20)])
+    write_set(root, [FakeTrial("none", 0.1, tau=60, final=0.85), FakeTrial("batch", 0.1, tau=20),
+                     FakeTrial("batch", 0.2, status="failed")])
     for name in PROBE_TABLES:
         shutil.rmtree(root / name)
     return str(root)
@@ -102,6 +103,36 @@ def test_load_while_a_sweep_writes(tmp_path):
     assert "_ray" not in data
 
 
+def test_load_and_check_on_s3(tmp_path, monkeypatch):
+    """The same results on a real S3 API (moto's server on loopback), read and judged through pyarrow.fs."""
+    pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        import boto3
+
+        host, port = server.get_host_and_port()
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="analysis-test")
+        uri = f"s3://analysis-test/sweep?endpoint_override={host}:{port}&scheme=http"
+        local = tmp_path / "local"
+        for f in (FakeTrial("none", 0.1, tau=60), FakeTrial("batch", 0.1)):
+            write_fake_trial(uri, f)
+            write_fake_trial(local, f)
+        remote = load(uri)
+        assert set(remote) == set(load(local))
+        assert remote["curves"]["loss"].sum() == pytest.approx(load(local)["curves"]["loss"].sum())
+        assert check(uri) == 0
+        body = boto3.client("s3", endpoint_url=f"http://{host}:{port}").get_object(
+            Bucket="analysis-test", Key="sweep/claims.json")["Body"].read()
+        assert json.loads(body)["C2"]["verdict"] == SUPPORTED
+    finally:
+        server.stop()
+
+
 def test_load_bad_input(tmp_path, capsys):
     with pytest.raises(AnalysisError, match="does not exist"):
         load(tmp_path / "missing")
@@ -127,7 +158,7 @@ def test_load_bad_input(tmp_path, capsys):
 
 def test_nine_figures_build(paper):
     assert len(analysis.FIGURES) == 9 and len({f.name for f in analysis.FIGURES}) == 9
-    drawn = build_all(load(paper))
+    drawn = build_all(load(paper), validate=True)
     assert [d.reason for d in drawn if d.spec is None] == []
     for d in drawn:
         assert "\n" not in d.figure.caption and d.figure.caption.endswith(".")
@@ -162,6 +193,8 @@ def test_lr_figure_marks_failures_and_shows_loss_for_regression(paper):
 def test_figures_skip_what_is_missing(minimal):
     drawn = {d.figure.name: d for d in build_all(load(minimal))}
     assert drawn["fig1_lr_robustness"].spec and drawn["fig2_training_curves"].spec
+    rows = [row for rows in drawn["fig1_lr_robustness"].spec["datasets"].values() for row in rows]
+    assert any(row.get("outcome") == "failed" for row in rows)  # a crashed trial is drawn, not dropped
     assert "`activations`" in drawn["fig3_activations"].reason
     assert "noisy_batch" in drawn["fig4_noisy_batchnorm"].reason
     assert "`ics`" in drawn["fig5_ics"].reason

@@ -226,14 +226,24 @@ def test_noisy_fresh_reuse_eval_and_seeding():
     y3 = m(x)
     torch.testing.assert_close(y3, m.last_scale * m.last_pre_noise + m.last_shift)
     torch.testing.assert_close(m.last_pre_noise, nn.BatchNorm1d(4)(x))
-    # eval: plain BN with running stats, no noise, generator untouched
+    # eval: BN with running stats and the noise replaced by its expectation (E[s] = 1.125, E[m] = 0),
+    # generator untouched; noise_at_eval="none" is plain BN
     m.eval()
     state = g.get_state()
     ref = nn.BatchNorm1d(4)
     ref.load_state_dict(m.state_dict())
     ref.eval()
-    torch.testing.assert_close(m(x), ref(x))
+    torch.testing.assert_close(m(x), ref(x) * 1.125)
     assert torch.equal(g.get_state(), state)
+    plain = make_norm("noisy_batch", 4, spatial=False, options=NormOptions(noise_at_eval="none"))
+    plain.load_state_dict(m.state_dict())
+    plain.eval()
+    torch.testing.assert_close(plain(x), ref(x))
+    before = make_norm("noisy_batch", 4, spatial=False, options=NormOptions(noise_placement="before_affine"))
+    with torch.no_grad():
+        before.weight.fill_(2.0), before.bias.fill_(0.5)
+    before.eval()
+    torch.testing.assert_close(before(x), (x / (1 + 1e-5) ** 0.5) * 1.125 * 2.0 + 0.5)
     # same seed, same noise; shared generator: two layers get different draws
     ma, _ = _noisy(c=4, seed=7)
     mb, _ = _noisy(c=4, seed=7)

@@ -310,9 +310,9 @@ def test_fresh_noise_in_probes_does_not_perturb_training():
     """noise_in_probes=fresh draws probe noise from a probe-only generator, never the training one."""
     data = _random_images(n_train=64, n_test=16, side=8)
     base = {"arch": "mlp", "width": 1 / 16, "norm": "noisy_batch", "lr": 0.1, "steps": 8, "batch_size": 16,
-            "eval_every": 8, "eval_subset": 16, "device": "cpu"}
-    on = Trial(make_config({**base, "probe_every": 3, "probes": ALL_PROBES, "ics_layers": "all",
-                            "noise_in_probes": "fresh", "hessian_iters": 2}), data)
+            "eval_every": 8, "eval_subset": 16, "device": "cpu", "ics_layers": "all"}
+    on = Trial(make_config({**base, "probe_every": 3, "probes": ALL_PROBES, "noise_in_probes": "fresh",
+                            "hessian_iters": 2}), data)
     off = Trial(make_config({**base, "probe_every": 0}), data)
     on.run()
     off.run()

@@ -25,25 +25,42 @@ from bnsweep.data import load_dataset
 from bnsweep.trial import Trial
 
 
+class Clock:
+    """Wall-clock and process CPU time. CPU time (all threads of this process) is what the probes cost even
+    when other processes share the cores; wall time is what a user waits for on an idle machine."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def timed_trial(data, norm: str, steps: int, probe_every: int, width: float, eval_subset: int,
-                threads: int) -> tuple[float, float]:
-    """(seconds for the whole trial, seconds of it spent in evaluation)."""
+                threads: int) -> dict[str, tuple[float, float]]:
+    """(wall, cpu) seconds of the whole trial, of its evaluations and of the probe calls."""
     config = make_config({"arch": "vgg11", "width": width, "norm": norm, "lr": 0.1, "steps": steps,
                           "dataset": data.name, "eval_every": steps, "eval_subset": eval_subset,
                           "probe_every": probe_every, "threads": threads, "device": "cpu"})
     trial = Trial(config, data)
-    spent = [0.0]
-    evaluate = trial.evaluate
+    spent = {"eval": [0.0, 0.0], "probes": [0.0, 0.0]}
 
-    def timed_evaluate(t: int) -> None:
-        start = time.perf_counter()
-        evaluate(t)
-        spent[0] += time.perf_counter() - start
+    def timed(kind: str, fn):
+        def call(*args):
+            clock = Clock()
+            out = fn(*args)
+            for j, v in enumerate(clock.elapsed()):
+                spent[kind][j] += v
+            return out
+        return call
 
-    trial.evaluate = timed_evaluate  # type: ignore[method-assign]
-    start = time.perf_counter()
+    trial.evaluate = timed("eval", trial.evaluate)  # type: ignore[method-assign]
+    if trial.probes is not None:  # the hooks inside the step's own forward/backward are not counted here
+        for name in ("begin", "before_update", "after_update"):
+            setattr(trial.probes, name, timed("probes", getattr(trial.probes, name)))
+    clock = Clock()
     trial.run()
-    return time.perf_counter() - start, spent[0]
+    return {"total": clock.elapsed(), **{k: (v[0], v[1]) for k, v in spent.items()}}
 
 
 def main(argv: list[str]) -> int:
@@ -61,28 +78,35 @@ def main(argv: list[str]) -> int:
     print(f"bench probes: vgg11 width {a.width} batch 128, BatchNorm, {a.steps} steps, probes every "
           f"{a.probe_every} (default probes) vs off, fashion-mnist, {a.threads} threads, torch {torch.__version__}, "
           f"{a.repeats} interleaved repeats")
-    timed_trial(data, "batch", 3, 1, a.width, 200, a.threads)  # warm-up: allocator, kernels, probe code
-    whole, train, on_steps, off_steps = [], [], [], []
+    # Warm-up: the first trial of a process pays allocator growth and kernel set-up, probes or not.
+    timed_trial(data, "batch", 20, 10, a.width, 200, a.threads)
+    timed_trial(data, "noisy_batch", 3, 0, a.width, 200, a.threads)
+    ratios: dict[str, list[float]] = {"wall": [], "cpu": [], "train_wall": [], "train_cpu": []}
+    probe_cpu, step_cpu = [], []
     for _ in range(a.repeats):
-        on, on_eval = timed_trial(data, "batch", a.steps, a.probe_every, a.width, a.eval_subset, a.threads)
-        off, off_eval = timed_trial(data, "batch", a.steps, 0, a.width, a.eval_subset, a.threads)
-        whole.append(on / off)
-        train.append((on - on_eval) / (off - off_eval))
-        on_steps.append((on - on_eval) / a.steps)
-        off_steps.append((off - off_eval) / a.steps)
+        on = timed_trial(data, "batch", a.steps, a.probe_every, a.width, a.eval_subset, a.threads)
+        off = timed_trial(data, "batch", a.steps, 0, a.width, a.eval_subset, a.threads)
+        for j, clock in enumerate(("wall", "cpu")):
+            ratios[clock].append(on["total"][j] / off["total"][j])
+            ratios[f"train_{clock}"].append((on["total"][j] - on["eval"][j]) / (off["total"][j] - off["eval"][j]))
+        probe_cpu.append(on["probes"][1])
+        step_cpu.append((off["total"][1] - off["eval"][1]) / a.steps)
+    med = {k: statistics.median(v) for k, v in ratios.items()}
     probes = len(range(0, a.steps, a.probe_every))
-    extra = (statistics.median(on_steps) - statistics.median(off_steps)) * a.steps / probes
-    print(f"training step: {statistics.median(off_steps) * 1e3:.1f} ms without probes, "
-          f"{statistics.median(on_steps) * 1e3:.1f} ms with; {probes} probes cost {extra:.2f} s each "
-          f"(= {extra / statistics.median(off_steps):.1f} steps)")
-    print(f"ratio (trial with probes / without, median of {a.repeats}): {statistics.median(whole):.3f}")
-    print(f"ratio excluding evaluation (training steps only): {statistics.median(train):.3f}")
+    per_probe = statistics.median(probe_cpu) / probes
+    print(f"training step without probes: {statistics.median(step_cpu) * 1e3:.0f} ms CPU; one probe: "
+          f"{per_probe:.2f} s CPU in the probe calls (= {per_probe / statistics.median(step_cpu):.1f} steps)")
+    print(f"ratio (trial with probes / without, wall clock, median of {a.repeats}): {med['wall']:.3f}")
+    print(f"ratio (same, process CPU time): {med['cpu']:.3f}")
+    print(f"ratio excluding evaluation (training steps only): wall {med['train_wall']:.3f}, "
+          f"CPU {med['train_cpu']:.3f}")
 
-    noisy_ratios = []
+    noisy_ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
     for _ in range(a.repeats):
-        noisy, noisy_eval = timed_trial(data, "noisy_batch", a.noise_steps, 0, a.width, 200, a.threads)
-        batch, batch_eval = timed_trial(data, "batch", a.noise_steps, 0, a.width, 200, a.threads)
-        noisy_ratios.append((noisy - noisy_eval) / (batch - batch_eval))
+        noisy = timed_trial(data, "noisy_batch", a.noise_steps, 0, a.width, 200, a.threads)
+        batch = timed_trial(data, "batch", a.noise_steps, 0, a.width, 200, a.threads)
+        for j, clock in enumerate(("wall", "cpu")):
+            noisy_ratios[clock].append((noisy["total"][j] - noisy["eval"][j]) / (batch["total"][j] - batch["eval"][j]))
     print(f"noisy_batch step time / batch step time (probes off, {a.noise_steps} steps, median of {a.repeats}): "
-          f"{statistics.median(noisy_ratios):.3f}")
+          f"wall {statistics.median(noisy_ratios['wall']):.3f}, CPU {statistics.median(noisy_ratios['cpu']):.3f}")
     return 0
