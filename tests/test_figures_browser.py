@@ -16,8 +16,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from analysis.commands import build_all
 from analysis.figures import FIGURES
 from analysis.html import page
@@ -73,7 +71,6 @@ def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_index_html_draws_all_nine_figures(tmp_path):
     results = tmp_path / "results"
     for f in paper_like():

@@ -19,13 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import boto3  # noqa: E402
+import moto  # noqa: E402, F401
 import pytest
 
 from bnsweep import records
 from bnsweep.sweep import load
-
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = Path(__file__).resolve().parent / "sweeps" / "s3_smoke.yaml"

@@ -133,3 +133,22 @@ def test_a_grown_sweep_runs_only_the_new_points(smoke_results, tmp_path):
     after = records.finished_trial_ids(results)
     assert after == before | new
     assert all(count_attempts(str(results), t) == 1 for t in after)
+
+
+def test_figures_and_claims_from_the_smoke_sweep(smoke_results, tmp_path, capsys):
+    # The smoke lr_grid carries every table the nine figures need (issue 5, acceptance 1 and 3).
+    import json
+
+    from analysis.commands import check, figures
+
+    results, _ = smoke_results
+    out = tmp_path / "figures"
+    assert figures(str(results), str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "skipped" not in printed
+    pngs, svgs = sorted(out.glob("*.png")), sorted(out.glob("*.svg"))
+    assert len(pngs) == 9 and len(svgs) == 9 and (out / "index.html").stat().st_size > 100_000
+    assert all(p.stat().st_size > 1000 for p in pngs)
+    assert check(str(results)) == 0
+    claims = json.loads((results / "claims.json").read_text())
+    assert {f"C{i}" for i in range(1, 7)} <= set(claims)
