@@ -138,3 +138,24 @@ def steps_to(progress: pd.DataFrame, threshold: float) -> float:
     """First step at which one trial's smoothed progress reaches `threshold` (inf if it never does)."""
     hit = progress.loc[progress["progress"] >= threshold, "step"]
     return float(hit.min()) if len(hit) else math.inf
+
+
+def brackets(boundaries: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The `boundaries` table of a critical-learning-rate search (bnsweep run lr_boundary), typed, with each row's
+    `setting` (the panel label its trials carry) and a `cell_label`: the variant, plus the curvature for the
+    quadratic calibration task. Rows with `all_seeds` aggregate a cell over its seeds (lower/upper: geometric
+    means; lower_min/upper_max: the envelope of every seed's bracket)."""
+    df = boundaries.copy()
+    for name in ("arch", "norm", "dataset"):
+        df[name] = df[name].astype(str)
+    for name in ("width", "curvature", "lower", "upper", "ratio", "lower_min", "upper_max"):
+        if name in df:
+            df[name] = pd.to_numeric(df[name], errors="coerce").astype("float64")
+    keys = trials[["arch", "width", "dataset", "setting"]].astype({"arch": str, "dataset": str, "setting": str})
+    keys = keys.drop_duplicates(["arch", "width", "dataset"])
+    df = df.merge(keys, on=["arch", "width", "dataset"], how="left")
+    df["setting"] = df["setting"].fillna(df["arch"])
+    quadratic = df["dataset"] == "quadratic"
+    curvature = df["curvature"].map("{:g}".format) if "curvature" in df else ""
+    df["cell_label"] = df["norm"].where(~quadratic, df["norm"] + " (curvature " + curvature + ")")
+    return df

@@ -1,6 +1,7 @@
 """The paper's claims C1..C6 as checks on any results directory, each with a verdict and the numbers behind it.
 
-A claim is judged case by case: a case is one setting (architecture panel) for C1, one setting at one
+A claim is judged case by case: a case is one setting (architecture panel) for C1 (judged from the brackets of
+a critical-learning-rate search when the results hold its `boundaries` table), one setting at one
 learning rate for C2..C5, and one lp variant of one setting at one rate for C6. Each case supports or
 contradicts the claim, or cannot be judged; the claim is "supported" when at least `case_quorum` of the
 judged cases support it, "contradicted" otherwise, and "not enough data" when no case could be judged.
@@ -17,7 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.aggregate import LP_NORMS, judge_trained, shift_columns, smoothed_progress, steps_to, trains_at
+from analysis.aggregate import (
+    LP_NORMS,
+    brackets,
+    judge_trained,
+    shift_columns,
+    smoothed_progress,
+    steps_to,
+    trains_at,
+)
 from analysis.load import Results
 
 SUPPORTED, CONTRADICTED, NO_DATA = "supported", "contradicted", "not enough data"
@@ -109,12 +118,20 @@ class Context:
     th: Thresholds
     trials: pd.DataFrame = field(init=False)
     share: pd.DataFrame = field(init=False)  # per (setting, norm, lr): seed share trained, trains (bool)
+    brackets: pd.DataFrame | None = field(init=False)  # a search's brackets over seeds, if the results have them
 
     def __post_init__(self) -> None:
         t = self.data.trials.copy()
         t["trained"] = judge_trained(t, self.th.trained_acc, self.th.trained_loss_fraction)
         self.trials = t
         self.share = trains_at(t, t["trained"], self.th.seed_quorum)
+        # The search judged `trained` by the recorded rule: its brackets stand only while that rule does.
+        rejudged = self.th.trained_acc is not None or self.th.trained_loss_fraction is not None
+        if self.data.has("boundaries") and not rejudged:
+            b = brackets(self.data["boundaries"], t)
+            self.brackets = b[b["all_seeds"]]
+        else:
+            self.brackets = None
 
     def trains(self, setting: str, norm: str) -> pd.Series:
         """lr -> whether the variant trains there (only the rates it was run at)."""
@@ -197,9 +214,52 @@ def per_lr_medians(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 # -- the claims -----------------------------------------------------------------------------------------------
 
+def _bracket_text(lo: float, hi: float) -> str:
+    return f"[{fmt(lo) if lo > 0 else '-'}, {fmt(hi) if hi < math.inf else '-'}]"
+
+
+def c1_from_brackets(ctx: Context, setting: str) -> dict | None:
+    """C1 for one setting from the search's brackets (every seed's, as an envelope), or None when the results have
+    no single bracket for both none and batch there. Supported when batch trained at a rate at or above every
+    rate where none failed; contradicted when none trained at or above batch's failures, or when the brackets
+    overlap (no difference at the search's resolution); not enough data when a bracket is open there."""
+    if ctx.brackets is None:
+        return None
+    rows = ctx.brackets[ctx.brackets["setting"] == setting]
+    by_norm = {norm: rows[rows["norm"] == norm] for norm in ("none", "batch")}
+    if any(len(r) != 1 for r in by_norm.values()):
+        return None
+    bounds, flags = {}, []
+    for norm, r in by_norm.items():
+        r = r.iloc[0]
+        lo = float(r["lower_min"]) if pd.notna(r["lower_min"]) else 0.0  # 0: a seed trained at no rate tried
+        hi = float(r["upper_max"]) if pd.notna(r["upper_max"]) else math.inf  # inf: a seed failed at none
+        bounds[norm] = (lo, hi)
+        if not r["monotone"]:
+            flags.append(f"{norm} not monotone")
+    (n_lo, n_hi), (b_lo, b_hi) = bounds["none"], bounds["batch"]
+    why = (f"critical lr (search): batch {_bracket_text(b_lo, b_hi)}, none {_bracket_text(n_lo, n_hi)}"
+           + "".join(f", {f}" for f in flags))
+    if b_lo > 0 and b_lo >= n_hi:
+        verdict = SUPPORTED
+    elif n_lo > 0 and n_lo >= b_hi:
+        verdict = CONTRADICTED
+    elif min(n_lo, b_lo) > 0 and max(n_hi, b_hi) < math.inf:
+        verdict, why = CONTRADICTED, why + ": the brackets overlap"
+    else:
+        verdict, why = NO_DATA, why + ": a bracket is open where they would separate"
+    return {"setting": setting, "source": "boundaries", "largest_lr_trained": {"batch": b_lo, "none": n_lo},
+            "batch_bracket": list(bounds["batch"]), "none_bracket": list(bounds["none"]), "verdict": verdict,
+            "why": why}
+
+
 def c1_robustness(ctx: Context) -> Claim:
     cases = []
     for setting in ctx.settings():
+        searched = c1_from_brackets(ctx, setting)
+        if searched is not None:
+            cases.append(searched)
+            continue
         largest = {}
         for norm in ctx.share.loc[ctx.share["setting"] == setting, "norm"].astype(str).unique():
             tr = ctx.trains(setting, norm)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import vl_convert as vlc
 
 from analysis.claims import Thresholds, check_claims, claims_table
-from analysis.figures import FIGURES, Figure, MissingData
+from analysis.figures import EXTRA_FIGURES, FIGURES, Figure, MissingData
 from analysis.html import page, vegalite_version
 from analysis.load import AnalysisError, Results, child, filesystem, load
 
@@ -30,16 +30,18 @@ class Drawn:
 
 
 def build_all(data: Results, validate: bool = False) -> list[Drawn]:
-    """Every figure's Vega-Lite spec (aggregation + chart + spec), or the reason it cannot be drawn.
+    """Every figure's Vega-Lite spec (aggregation + chart + spec), or the reason it cannot be drawn; then each
+    of EXTRA_FIGURES whose table the results hold (the others are left out, not reported as skipped).
 
     `validate` checks each spec against the Vega-Lite JSON schema (the tests do; it costs about a second, and
     vl-convert and the page compile the spec anyway)."""
     drawn = []
-    for fig in FIGURES:
+    for fig in [*FIGURES, *EXTRA_FIGURES]:
         try:
             chart = fig.build(data)
         except MissingData as e:
-            drawn.append(Drawn(fig, None, str(e)))
+            if fig not in EXTRA_FIGURES:
+                drawn.append(Drawn(fig, None, str(e)))
             continue
         # The data are aggregated already; the row limit guards notebooks, not these few-thousand-row specs.
         with alt.data_transformers.disable_max_rows():

@@ -3,7 +3,8 @@
 Every function aggregates in pandas first (means and bands over seeds, steps binned) and hands Altair only
 the few thousand rows a chart shows, so a million-row results set charts in seconds. A function raises
 MissingData, naming the table it needs, when the results cannot draw it; `FIGURES` lists them in order with
-their one-line captions.
+their one-line captions. `EXTRA_FIGURES` go beyond the paper: each is drawn only when the results hold its
+table (a critical-learning-rate search's `boundaries`) and is otherwise left out without a "skipped" line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from analysis.aggregate import (
     LP_NORMS,
     OUTCOMES,
     binned,
+    brackets,
     failing_lr,
     outcome,
     over_seeds,
@@ -47,12 +49,13 @@ class Figure:
 
 
 FIGURES: list[Figure] = []
+EXTRA_FIGURES: list[Figure] = []  # beyond the paper: drawn only when their table is present
 
 
-def figure(name: str, title: str, caption: str, needs: str):
+def figure(name: str, title: str, caption: str, needs: str, extra: bool = False):
     """Register a figure function under its file name, title, caption and the table it needs."""
     def register(build: Callable[[Results], alt.TopLevelMixin]) -> Callable[[Results], alt.TopLevelMixin]:
-        FIGURES.append(Figure(name, title, caption, needs, build))
+        (EXTRA_FIGURES if extra else FIGURES).append(Figure(name, title, caption, needs, build))
         return build
     return register
 
@@ -542,3 +545,65 @@ def fig_bn_identity(results: Results) -> alt.TopLevelMixin:
     title = (f"exact identity holds on {share_exact:.1%} of channel checks; "
              f"the printed bound on {share_printed:.1%}")
     return per_setting(charts).properties(title=title)
+
+
+# -- beyond the paper: the critical learning rate -------------------------------------------------------------
+
+@figure("fig10_critical_lr", "The critical learning rate",
+        "The largest learning rate that trains, per variant: the bar spans the search's bracket (largest rate that "
+        "trained to smallest that did not; geometric mean over seeds, thin line: every seed's bracket), a "
+        "triangle marks an open bracket, the label gives its width, the trials used and a non-monotone flag; a "
+        "red tick marks 2/curvature, the known boundary of the quadratic calibration task.",
+        needs="the `boundaries` table (bnsweep run lr_boundary)", extra=True)
+def fig_critical_lr(results: Results) -> alt.TopLevelMixin:
+    b = brackets(table(results, "boundaries"), table(results, "trials"))
+    b = b[b["all_seeds"]].copy()
+    b["bracket"] = [
+        f"[{lo:.3g}, {hi:.3g}]" if pd.notna(lo) and pd.notna(hi) else
+        f"trains at {lo:.3g}, fails at none tried" if pd.notna(lo) else
+        f"fails at {hi:.3g}, trains at none tried" if pd.notna(hi) else "no trials"
+        for lo, hi in zip(b["lower"], b["upper"], strict=True)]
+    b["label"] = [
+        (f"x{r:.3g}" if pd.notna(r) else "no failure found" if pd.notna(lo) else "trained at no rate")
+        + f", {int(n)} trials" + ("" if mono else ", not monotone") + ("" if conv or not spent else ", budget spent")
+        for r, lo, n, mono, conv, spent in zip(b["ratio"], b["lower"], b["trials_used"], b["monotone"],
+                                              b["converged"], b["budget_exhausted"], strict=True)]
+    b["text_at"] = b["upper"].fillna(b["lower"])
+    b["open_at"] = np.where(b["upper"].isna(), b["lower"], np.where(b["lower"].isna(), b["upper"], np.nan))
+    b["open_shape"] = np.where(b["upper"].isna(), "triangle-right", "triangle-left")
+    # The quadratic calibration task's boundary is known: full-batch gradient descent diverges above 2/curvature.
+    b["known"] = np.where(b["dataset"] == "quadratic", 2 / b["curvature"], np.nan)
+    keep = ["setting", "norm", "cell_label", "lower", "upper", "lower_min", "upper_max", "ratio", "trials_used",
+            "seeds", "monotone", "converged", "bracket", "label", "text_at", "open_at", "open_shape", "known"]
+    color = norm_color(b["norm"])  # one scale for every panel, so a variant has its colour everywhere
+    panels = settings_of(results.trials)
+    charts = []
+    for setting in sorted(b["setting"].unique(), key=lambda s: (panels.index(s) if s in panels else len(panels), s)):
+        df = plain(b.loc[b["setting"] == setting, keep])
+        order = sorted(df["cell_label"].unique(), key=lambda c: (
+            NORM_ORDER.index(c.split(" ")[0]) if c.split(" ")[0] in NORM_ORDER else len(NORM_ORDER), c))
+        values = pd.concat([df[c] for c in ("lower", "upper", "lower_min", "upper_max")]).dropna()
+        scale = alt.Scale(type="log", domain=[float(values.min()) / 2, float(values.max()) * 4])
+
+        def x(column: str, scale: alt.Scale = scale, setting: str = setting) -> alt.X:
+            return alt.X(f"{column}:Q", title=f"{setting}: learning rate", axis=log_axis(), scale=scale)
+        y = alt.Y("cell_label:N", title=None, sort=order)
+        tooltip = ["cell_label:N", "bracket:N", alt.Tooltip("ratio:Q", format=".3g"), "trials_used:Q", "seeds:Q",
+                   "monotone:N", "converged:N"]
+        base = alt.Chart(df).encode(y=y, color=color, tooltip=tooltip)
+        envelope = base.transform_filter("isValid(datum.lower_min) && isValid(datum.upper_max)").mark_rule(
+            strokeWidth=1.5, opacity=0.6).encode(x=x("lower_min"), x2="upper_max:Q")
+        bar = base.transform_filter("isValid(datum.lower) && isValid(datum.upper)").mark_rule(
+            strokeWidth=9, opacity=0.85).encode(x=x("lower"), x2="upper:Q")
+        open_end = base.transform_filter("isValid(datum.open_at)").mark_point(size=120, filled=True).encode(
+            x=x("open_at"), shape=alt.Shape("open_shape:N", scale=None, legend=None))
+        text = base.mark_text(align="left", dx=10, fontSize=10, color="#333").encode(
+            x=x("text_at"), text="label:N")
+        known = alt.Chart(df).transform_filter("isValid(datum.known)").mark_tick(
+            color="#d62728", thickness=2, size=20).encode(
+            x=x("known"), y=y, tooltip=["cell_label:N", alt.Tooltip("known:Q", title="2/curvature")])
+        charts.append(alt.layer(envelope, bar, open_end, known, text)
+                      .properties(width=2 * W, height=alt.Step(22)))
+    if not charts:
+        raise MissingData("needs the `boundaries` table (bnsweep run lr_boundary)")
+    return per_setting(charts)

@@ -21,7 +21,7 @@ run again once per invocation, as `bnsweep run` does. Rerun with the same search
 under other settings are not looked for.
 
 Results: RESULTS/boundaries/<cell>.parquet, one row per cell, plus one row per cell group aggregated over seeds
-(`aggregate` true, `seed` -1): `lower`/`upper` are the geometric means of the seeds' bounds, `lower_min`/
+(`all_seeds` true, `seed` -1): `lower`/`upper` are the geometric means of the seeds' bounds, `lower_min`/
 `upper_max` the envelope that holds every seed's bracket.
 """
 
@@ -180,7 +180,7 @@ def replay(cell: Cell, known: dict[str, dict[str, Any]], fresh: set[str], search
 # -- the boundaries table --------------------------------------------------------------------------------------
 
 SCHEMA = pa.schema([
-    ("sweep", pa.string()), ("scale", pa.string()), ("cell_id", pa.string()), ("aggregate", pa.bool_()),
+    ("sweep", pa.string()), ("scale", pa.string()), ("cell_id", pa.string()), ("all_seeds", pa.bool_()),
     ("arch", pa.string()), ("norm", pa.string()), ("width", pa.float64()), ("dataset", pa.string()),
     ("seed", pa.int64()), ("seeds", pa.int64()), ("steps", pa.int64()), ("batch_size", pa.int64()),
     ("curvature", pa.float64()), ("cell", pa.string()),
@@ -205,7 +205,7 @@ def cell_row(cell: Cell, sw: Sweep) -> dict[str, Any]:
     lrs = sorted(cell.outcomes)
     converged = b.within(search["ratio"])
     return {
-        "sweep": sw.name, "scale": sw.scale, "cell_id": cell.cell_id, "aggregate": False, "arch": c.arch,
+        "sweep": sw.name, "scale": sw.scale, "cell_id": cell.cell_id, "all_seeds": False, "arch": c.arch,
         "norm": c.norm, "width": c.width, "dataset": c.dataset, "seed": c.seed, "seeds": 1, "steps": c.steps,
         "batch_size": c.batch_size, "curvature": c.curvature, "cell": cell_key(c),
         "lower": b.lower, "upper": b.upper, "ratio": b.ratio, "lower_min": b.lower, "upper_max": b.upper,
@@ -234,7 +234,7 @@ def group_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         **{k: first[k] for k in ("sweep", "scale", "arch", "norm", "width", "dataset", "steps", "batch_size",
                                  "curvature", "target_ratio", "budget")},
-        "cell_id": None, "aggregate": True, "seed": -1, "seeds": len(rows), "cell": json.dumps(cell, sort_keys=True),
+        "cell_id": None, "all_seeds": True, "seed": -1, "seeds": len(rows), "cell": json.dumps(cell, sort_keys=True),
         "lower": lower, "upper": upper, "ratio": upper / lower if lower and upper else None,
         "lower_min": None if None in lowers else min(lowers), "upper_max": None if None in uppers else max(uppers),
         "trials_used": sum(r["trials_used"] for r in rows), "rounds": max(r["rounds"] for r in rows),
@@ -269,17 +269,26 @@ def _fmt(x: float | None) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Brackets per cell (and per group over seeds when a group has several seeds)."""
-    shown = [r for r in rows if not r["aggregate"] or r["seeds"] > 1]
-    header = ("arch", "norm", "seed", "lower", "upper", "ratio", "trials", "grid", "rounds", "monotone", "state")
+    shown = [r for r in rows if not r["all_seeds"] or r["seeds"] > 1]
+    columns = ("width", "dataset", "steps", "batch_size", "curvature")  # also where `cell` omits a default
+    settings = [{**json.loads(r["cell"]), **{k: r[k] for k in columns}} for r in shown]
+    varying = {arch: sorted({k for s in same for k in s if k not in ("norm", "seed")  # what tells an arch's cells apart
+                             and len({json.dumps(t.get(k)) for t in same}) > 1})
+               for arch in {s["arch"] for s in settings}
+               for same in [[s for s in settings if s["arch"] == arch]]}
+    header = ("arch", "norm", "setting", "seed", "lower", "upper", "ratio", "trials", "grid", "rounds", "monotone",
+              "state")
     table = [header]
-    for r in shown:
+    for r, setting in zip(shown, settings, strict=True):
+        other = " ".join(f"{k}={setting[k]:g}" if isinstance(setting.get(k), float) else f"{k}={setting.get(k)}"
+                         for k in varying[setting["arch"]] if k in setting) or "-"
         state = "converged" if r["converged"] else "budget spent" if r["budget_exhausted"] else "open"
-        if r["aggregate"] and not r["converged"]:
+        if r["all_seeds"] and not r["converged"]:
             state = "not all converged"
         bounds = (_fmt(r["lower"]), _fmt(r["upper"]))
-        if r["aggregate"]:
+        if r["all_seeds"]:
             bounds = (f"{bounds[0]} (min {_fmt(r['lower_min'])})", f"{bounds[1]} (max {_fmt(r['upper_max'])})")
-        table.append((r["arch"], r["norm"], "all" if r["aggregate"] else str(r["seed"]), *bounds,
+        table.append((r["arch"], r["norm"], other, "all" if r["all_seeds"] else str(r["seed"]), *bounds,
                       _fmt(r["ratio"]), str(r["trials_used"]), str(r["fixed_grid_trials"]), str(r["rounds"]),
                       "yes" if r["monotone"] else f"no ({r['failed_below']} below)", state))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
@@ -291,7 +300,7 @@ def report(results: str) -> str | None:
     if not records.list_trial_files(results, BOUNDARIES):
         return None
     rows = records.read_table(results, BOUNDARIES).to_pylist()
-    rows.sort(key=lambda r: (r["arch"], r["norm"], r["aggregate"], r["seed"]))
+    rows.sort(key=lambda r: (r["arch"], r["norm"], r["all_seeds"], r["cell"], r["seed"]))
     return format_table(rows)
 
 

@@ -169,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     except BnsweepError as e:
         print(f"bnsweep: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head/less that closed early
+        return 0
     except Exception as e:
         # analysis/ raises its own AnalysisError (it never imports bnsweep's training code).
         if type(e).__name__ != "AnalysisError":
             raise
         print(f"bnsweep: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into head/less that closed early
-        return 0
     except KeyboardInterrupt:
         print("bnsweep: interrupted", file=sys.stderr)
         return 130

@@ -167,11 +167,12 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
     class Progress(Callback):
         """One live line: done / diverged / failed / running of N, elapsed, estimate of the rest."""
 
-        def __init__(self) -> None:
+        def __init__(self, stream) -> None:  # an argument, not a closure: see __getstate__
             self.counts = {"completed": 0, "diverged": 0, "failed": 0}
             self.running: set[str] = set()
             self.started = time.monotonic()
             self.last_draw = 0.0
+            self.stream = stream
             self.tty = stream.isatty()
 
         def draw(self, force: bool = False) -> None:
@@ -185,8 +186,8 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
             line = (f"[{done}/{total}] completed {self.counts['completed']}  diverged {self.counts['diverged']}  "
                     f"failed {self.counts['failed']}  running {len(self.running)}  |  {_duration(elapsed)} "
                     f"elapsed, {left}")
-            stream.write(("\r" + line.ljust(100)) if self.tty else line + "\n")
-            stream.flush()
+            self.stream.write(("\r" + line.ljust(100)) if self.tty else line + "\n")
+            self.stream.flush()
 
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
             self.running.add(trial.trial_id)
@@ -208,19 +209,37 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
             from bnsweep.trial import failed_trials_table
 
             config = make_config(specs[trial.config["trial_id"]]["config"])
-            error = trial.get_error()
-            message = str(error).strip().splitlines()[-1] if error else "unknown error"
+            message = _trial_error(trial)
             records.write_table(results, records.TRIALS, config.trial_id,
                                 failed_trials_table(config, message[:2000],
                                                     count_attempts(results, config.trial_id)))
             self.draw(force=True)
 
+        def __getstate__(self) -> dict:
+            # Tune pickles its callbacks with the Tuner's state (tuner.pkl); an open file (os.devnull, a log)
+            # cannot be pickled, and a restored Tuner would have nothing to draw on anyway.
+            return {**self.__dict__, "stream": io.StringIO()}
+
         def close(self) -> None:
             if self.tty:
                 self.draw(force=True)
-                stream.write("\n")
+                self.stream.write("\n")
 
-    return Progress()
+    return Progress(stream)
+
+
+def _trial_error(trial) -> str:
+    """The last line of a trial's error. Tune writes it to the trial's local directory before it calls
+    on_trial_error and syncs it to the storage path later, so the local copy is read first."""
+    text = ""
+    with contextlib.suppress(OSError, TypeError):
+        if trial.error_file and os.path.exists(trial.error_file):
+            text = Path(trial.error_file).read_text(errors="replace")
+    if not text.strip():
+        error = trial.get_error()
+        text = str(error) if error else ""
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "unknown error"
 
 
 def _duration(seconds: float) -> str:

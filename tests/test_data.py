@@ -146,8 +146,8 @@ def test_cifar_corrupt_batch_is_a_clean_error(tmp_path):
 def test_unknown_dataset_message():
     with pytest.raises(BnsweepError) as e:
         load_dataset("foo")
-    assert str(e.value) == "unknown dataset 'foo': choose one of cifar10, fashion-mnist, gaussian-linear"
-    assert DATASETS == ("cifar10", "fashion-mnist", "gaussian-linear")
+    assert str(e.value) == "unknown dataset 'foo': choose one of cifar10, fashion-mnist, gaussian-linear, quadratic"
+    assert DATASETS == ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 
 
 def test_bad_device_and_seed_are_clean_errors():

@@ -194,4 +194,4 @@ def test_build_errors():
         build_model("mlp", norm="bn", **CIFAR)
     with pytest.raises(BnsweepError, match="H, W >= 32"):
         build_model("vgg11", in_shape=(3, 16, 16), num_outputs=10)
-    assert set(ARCHS) == {"vgg11", "vgg13", "vgg16", "mlp", "dln"}
+    assert set(ARCHS) == {"vgg11", "vgg13", "vgg16", "mlp", "dln", "linear"}
