@@ -41,6 +41,13 @@ def filesystem(results: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
 
 
+def absolute(results: str | os.PathLike) -> str:
+    """A results location every process can use: URIs unchanged, local paths made absolute (Ray workers run
+    in directories of their own, where a relative path would point elsewhere)."""
+    text = str(results)
+    return text if "://" in text else str(Path(text).expanduser().absolute())
+
+
 def is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
 

@@ -190,10 +190,11 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
             self.stream.flush()
 
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self.running.add(trial.trial_id)
+            self.running = {t.trial_id for t in trials if t.status == "RUNNING"} | {trial.trial_id}
             self.draw()
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
             if result.get("done"):
                 self.counts[result.get("status", "completed")] = self.counts.get(result.get("status"), 0) + 1
                 self.running.discard(trial.trial_id)
@@ -298,7 +299,7 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
     scale, why = choose_scale(scale, address)
     print(f"scale: {scale} ({why})", file=stream)
     sw = load(sweep, scale, sets, seeds)
-    results = results or f"results/{sw.name}"
+    results = records.absolute(results or f"results/{sw.name}")
     if data_root:
         for c in sw.configs:
             c.data_root = data_root

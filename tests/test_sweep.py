@@ -121,14 +121,15 @@ def test_smoke_lr_grid_one_row_per_grid_point_and_resume_reruns_nothing(smoke_re
     assert "completed" in text and "noisy_batch" in text
 
 
-def test_a_grown_sweep_runs_only_the_new_points(smoke_results, tmp_path):
+def test_a_grown_sweep_runs_only_the_new_points(smoke_results, tmp_path, monkeypatch):
     results = tmp_path / "grown"
     shutil.copytree(smoke_results[0], results)
+    monkeypatch.chdir(tmp_path)  # a relative --results: Ray workers run elsewhere, their records must not
     before = records.finished_trial_ids(results)
     grid = load("lr_grid", "smoke", sets=["dln.lr=[1e-6, 1e-4, 1e-5]"]).configs
     new = {c.trial_id for c in grid} - before
     assert len(new) == 2  # dln none/batch at the new rate
-    run_sweep("lr_grid", scale="smoke", results=str(results), sets=["dln.lr=[1e-6, 1e-4, 1e-5]"],
+    run_sweep("lr_grid", scale="smoke", results="grown", sets=["dln.lr=[1e-6, 1e-4, 1e-5]"],
               stream=open(os.devnull, "w"))
     after = records.finished_trial_ids(results)
     assert after == before | new
