@@ -24,9 +24,12 @@ data: $(STAMP)
 		$(BIN)/python -c "from bnsweep.data import load_dataset; load_dataset('fashion-mnist')"; \
 	fi
 
+# The main job: the headline sweep (paper scale on a GPU or cluster, cpu scale on a laptop), its figures and
+# the paper's claims. Rerunning it continues the sweep.
 run: $(STAMP) data
-	$(BIN)/bnsweep trial --arch vgg11 --width 0.25 --norm batch --lr 0.1 --dataset fashion-mnist --steps 200 \
-		--results results/first_trial
+	$(BIN)/bnsweep run lr_grid --results results/lr_grid
+	$(BIN)/bnsweep figures results/lr_grid
+	$(BIN)/bnsweep check results/lr_grid
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
