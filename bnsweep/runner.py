@@ -103,6 +103,23 @@ def latest_checkpoint(results: str, sweep_name: str, trial_id: str) -> dict | No
     return None
 
 
+_DATA: dict[tuple, Any] = {}  # per worker process: Tune reuses a worker for trial after trial
+
+
+def _data_for(config: TrialConfig):
+    """The trial's data set, loaded once per worker process (trials only read it)."""
+    from bnsweep.data import load_dataset
+    from bnsweep.trial import pick_device
+
+    device = pick_device(config.device)
+    key = (config.dataset, config.data_root, config.data_seed, config.curvature, str(device))
+    if key not in _DATA:
+        _DATA.clear()  # keep one data set resident, not one per data set ever seen
+        _DATA[key] = load_dataset(config.dataset, root=config.data_root, device=device,
+                                  data_seed=config.data_seed, curvature=config.curvature)
+    return _DATA[key]
+
+
 def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
     """Ray Tune function trainable: one grid point, checkpointed, its records written before its last report."""
     import torch
@@ -134,8 +151,8 @@ def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> Non
         else:
             tune.report(metrics)
 
-    trial = run_trial(config, results=None, callback=report, callback_every=spec["report_every"], state=state,
-                      catch=False, attempt=attempt)
+    trial = run_trial(config, results=None, data=_data_for(config), callback=report,
+                      callback_every=spec["report_every"], state=state, catch=False, attempt=attempt)
     records.write_trial(results, trial_id, trial.tables())
     outcome = trial.outcome()
     final_loss = outcome["final_loss"]
