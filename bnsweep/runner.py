@@ -268,6 +268,9 @@ def _duration(seconds: float) -> str:
 def _start_ray(address: str | None, sweep: Sweep, verbose: bool, num_cpus: int | None):
     import ray
 
+    if not verbose:  # Ray's own log lines (token notice, Tune's tables) give way to the progress line
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return False
     if address:
@@ -350,9 +353,6 @@ def _tune(sw: Sweep, todo: list[TrialConfig], results: str, address: str | None,
           num_cpus: int | None, stream) -> None:
     from ray import tune
 
-    if not verbose:
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     started_here = _start_ray(address, sw, verbose, num_cpus)
     fs, root = records.filesystem(results)
     # The grid is over trial ids; each trial's full spec travels once, in the trainable's parameters.
