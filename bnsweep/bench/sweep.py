@@ -3,7 +3,7 @@
 Evidence (2026-11-25, 2-core x86_64 dev machine, no GPU, torch 2.14.1, ray 2.60.0, otherwise idle):
     8 trials of vgg11 width 0.125, 600 steps, evaluations every 200, probes every 100, 1 thread each
     one after another in one process: 185.9 s   on Ray (2 at a time): 117.4 s
-    efficiency (sequential / (sweep wall x 2 cores)): 0.792
+    efficiency: 0.792 (sequential / (sweep wall x 2 cores))
     Ray overhead per trial: 6.12 core-seconds
 The goal (>= 0.85) is not met for a sweep this short (8 trials of ~23 s): Ray's start and shutdown, the workers'
 imports and Tune's driver, which shares the two cores with the trials, cost about 49 core-seconds in all.
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
         t_seq = sequential(path)
         t_par = on_ray(path, folder / "results")
         print(f"one after another in one process: {t_seq:.1f} s   on Ray ({used} at a time): {t_par:.1f} s")
-        print(f"efficiency (sequential / (sweep wall x {used} cores)): {t_seq / (t_par * used):.3f}")
+        print(f"efficiency: {t_seq / (t_par * used):.3f} (sequential / (sweep wall x {used} cores))")
         print(f"Ray overhead per trial: {(t_par * used - t_seq) / n:.2f} core-seconds")
         if torch.cuda.is_available():
             for packed in (1, 2, 4):
