@@ -66,6 +66,40 @@ def group_members(pgid: int) -> dict[int, str]:
     return found
 
 
+def descendants(pid: int) -> set[int]:
+    """Live processes below `pid` in the process tree. Ray's trial workers are among them but in process groups
+    of their own (Ray calls setpgrp), so a process-group listing misses them."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] != "Z":
+                    children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids that still run (zombies count as gone)."""
+    out = set()
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.add(pid)
+    return out
+
+
+def command_line(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return ""
+
+
 def kill_group(pgid: int, timeout: float = 15) -> None:
     """SIGKILL a process group we started (start_new_session=True) and wait until it is gone."""
     deadline = time.monotonic() + timeout
@@ -195,13 +229,18 @@ def test_driver_sigkill_then_same_command_finishes_the_sweep(tmp_path, ray_env):
 
         wait_until(one_done_one_checkpointed, 240, "a finished trial and a running one with a checkpoint",
                    driver, log1)
+        workers = {pid for pid in descendants(driver.pid) if "ray::ImplicitFunc" in command_line(pid)}
+        assert workers, f"no trial worker below the driver: {[command_line(p) for p in descendants(driver.pid)]}"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=10)
         # Ray's GCS, raylet and trial workers fate-share with the driver (Ray sets PR_SET_PDEATHSIG on them):
-        # nothing may keep training and writing results behind the rerun's back. Ray's dashboard and
-        # runtime-env agents outlive it, orphaned in the driver's process group: `started` kills the group.
-        wait_until(lambda: not any(any(k in cmd for k in RAY_CORE) for cmd in group_members(driver.pid).values()),
-                   30, f"Ray to go away with its driver; left: {group_members(driver.pid)}")
+        # nothing may keep training and writing results behind the rerun's back. A trial worker lives a moment
+        # longer than its driver (it dies with the raylet, in a process group of its own), and may write one more
+        # checkpoint meanwhile, so the test waits for it to die before it looks at the checkpoints. Ray's
+        # dashboard and runtime-env agents outlive the driver, orphaned in its process group: `started` kills it.
+        wait_until(lambda: not any(any(k in cmd for k in RAY_CORE) for cmd in group_members(driver.pid).values())
+                   and not alive(workers), 30, f"Ray to go away with its driver; left: {group_members(driver.pid)}, "
+                   f"workers {alive(workers)}")
 
     finished = finished_ids(results)
     interrupted = started_ids(results) - finished

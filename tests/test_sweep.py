@@ -8,7 +8,15 @@ import pytest
 
 from bnsweep import records
 from bnsweep.errors import BnsweepError
-from bnsweep.runner import choose_scale, count_attempts, run_sweep, status_report
+from bnsweep.runner import (
+    choose_scale,
+    count_attempts,
+    expected_cost,
+    flops_per_example,
+    longest_first,
+    run_sweep,
+    status_report,
+)
 from bnsweep.sweep import SCALES, available, load, sweeps_dir
 
 EXPERIMENTS = {"lr_grid", "noisy_bn", "ics", "landscape", "dln", "lp_norms"}
@@ -99,6 +107,40 @@ def test_default_scale_says_why(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert choose_scale(None, None)[0] == "cpu"
+
+
+def test_flops_per_example_counts_every_product():
+    # DLN: 25 bias-free 10x10 layers; MLP at width 0.125: 3 hidden layers of 64 units on 1x32x32, 10 outputs.
+    assert flops_per_example("dln", 1.0, (10,), 10) == 2 * 25 * 10 * 10
+    assert flops_per_example("mlp", 0.125, (1, 32, 32), 10) == 2 * (1024 * 64 + 64 * 64 * 2 + 64 * 10)
+    # A 3x3 convolution with padding: every output pixel of every channel sums c_in x 9 products.
+    vgg = flops_per_example("vgg11", 0.125, (1, 32, 32), 10)
+    assert vgg > 2 * 32 * 32 * 8 * 9  # more than the first layer alone
+    assert flops_per_example("vgg11", 0.25, (1, 32, 32), 10) > 3 * vgg  # ~4x: channels in and out both double
+
+
+def _makespan(costs: list[float], workers: int) -> float:
+    """Greedy list scheduling, as Tune's FIFO queue runs a grid: each free worker takes the next trial."""
+    loads = [0.0] * workers
+    for cost in costs:
+        loads[loads.index(min(loads))] += cost
+    return max(loads)
+
+
+def test_the_queue_runs_the_costliest_trials_first():
+    configs = load("lr_grid", "cpu").configs
+    queue = longest_first(configs)
+    assert sorted(c.trial_id for c in queue) == sorted(c.trial_id for c in configs)
+    costs = [expected_cost(c) for c in queue]
+    assert costs == sorted(costs, reverse=True)
+    ranks = {c.norm: i for i, c in reversed(list(enumerate(c for c in queue if c.arch == "vgg11")))}
+    assert ranks["noisy_batch"] < ranks["batch"] < ranks["none"]
+    assert all(c.arch == "dln" for c in queue[-14:])  # 3000 tiny full-batch steps cost less than 600 VGG steps
+    vgg_batch = [c.lr for c in queue if c.arch == "vgg11" and c.norm == "batch"]
+    assert vgg_batch == sorted(vgg_batch)  # equal costs keep the sweep file's order
+    # On 2 and 4 workers the costliest-first queue ends no later than the file's order would.
+    for workers in (2, 4):
+        assert _makespan(costs, workers) <= _makespan([expected_cost(c) for c in configs], workers)
 
 
 def test_smoke_lr_grid_one_row_per_grid_point_and_resume_reruns_nothing(smoke_results):

@@ -2,11 +2,13 @@
 
 Evidence (2026-11-25, 2-core x86_64 dev machine, no GPU, torch 2.14.1, ray 2.60.0, otherwise idle):
     8 trials of vgg11 width 0.125, 600 steps, evaluations every 200, probes every 100, 1 thread each
-    one after another in one process: 185.9 s   on Ray (2 at a time): 117.4 s
-    efficiency: 0.792 (sequential / (sweep wall x 2 cores))
-    Ray overhead per trial: 6.12 core-seconds
-The goal (>= 0.85) is not met for a sweep this short (8 trials of ~23 s): Ray's start and shutdown, the workers'
-imports and Tune's driver, which shares the two cores with the trials, cost about 49 core-seconds in all.
+    one after another in one process: 176.6 s   on Ray (2 at a time): 99.4 s
+    efficiency: 0.889 (sequential / (sweep wall x 2 cores))
+    Ray overhead per trial: 2.77 core-seconds
+Before the queue ran the costliest trials first it was 0.792 (185.9 s against 117.4 s): the grid's order put the
+four batch trials (27 s each) on one worker and the four none trials (21 s) on the other, which then sat idle for
+23 s. What is left is mostly fixed: Ray's start (about 6 s before the first trial starts), each worker's imports
+and data on its first trial, and Ray's shutdown (1.4 s).
 
 efficiency = (sum of the trials' times run one after another in one process, same thread count)
              / (the sweep's wall time on Ray x cores used)
