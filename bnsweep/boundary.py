@@ -345,7 +345,7 @@ def run_search(sw: Sweep, results: str, *, address: str | None = None, verbose: 
             number = 1 + max(c.rounds for c in cell_list if c.pending)
             started = time.monotonic()
             if not ray_started:
-                runner.ensure_data(todo, data_root)
+                runner.preflight(todo, data_root, f"sweep {sw.name} ({sw.path})")
                 ray_started = runner._start_ray(address, sw, verbose, num_cpus)
             runner._tune(sw, todo, results, address, verbose, num_cpus, stream)
             fresh |= {c.trial_id for c in todo}

@@ -305,6 +305,27 @@ def ensure_data(configs: list[TrialConfig], data_root: str | None) -> None:
         _SHAPES[name, data_seed] = (data.in_shape, data.num_outputs, int(data.train_x.shape[0]))
 
 
+@functools.cache
+def layer_count(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int) -> int:
+    from bnsweep.models import build_model
+
+    return build_model(arch, width=width, in_shape=in_shape, num_outputs=num_outputs).num_layers
+
+
+def preflight(configs: list[TrialConfig], data_root: str | None, source: str) -> None:
+    """What would make every start of a trial fail, found here before Ray starts: a missing data set, a layer
+    number the model does not have. (A bad layer in `bnsweep trial` fails the same way, in Trial.)"""
+    ensure_data(configs, data_root)
+    for c in configs:
+        n = layer_count(c.arch, c.width, *_SHAPES[c.dataset, c.data_seed][:2])
+        for key in ("ics_layers", "activation_layers"):
+            layers = getattr(c, key)
+            bad = [] if layers == "all" else [i for i in layers if not 1 <= i <= n]
+            if bad:
+                raise BnsweepError(f"{source}: {key}={','.join(map(str, layers))} for {c.arch}: layer #{bad[0]} "
+                                   f"does not exist, {c.arch} has layers 1..{n}; fix the sweep file or use --set")
+
+
 # Time per step of each variant against `none`'s, measured on this project's 2-core CPU machine with VGG-11 at
 # width 0.125 (600-step trials with probes: none 21 s, batch 27 s, noisy_batch 39 s, l1_batch 34 s, l2_batch
 # 35 s, linf_batch 41 s): normalization's elementwise work, which a FLOP count misses. layer and group were not
@@ -393,7 +414,7 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
     print(f"results: {results}  ({finished} of {len(sw.configs)} trials already recorded, {len(todo)} to run)",
           file=stream)
     if todo:
-        ensure_data(todo, data_root)
+        preflight(todo, data_root, f"sweep {sw.name} ({sw.path})")
         _tune(sw, todo, results, address, verbose, num_cpus, stream)
     left, _ = pending(sw, results)
     print(summary_table(results, [c.trial_id for c in sw.configs]), file=stream)

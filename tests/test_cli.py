@@ -59,3 +59,18 @@ def test_a_recorded_trial_is_not_overwritten(tmp_path):
     again = bnsweep(*args)
     assert again.returncode == 0 and "already recorded" in again.stdout
     assert next((tmp_path / "trials").iterdir()).stat().st_mtime_ns == before
+
+
+def test_a_sweep_with_a_layer_its_model_lacks_fails_before_ray_starts(tmp_path):
+    sweep = tmp_path / "bad_layer.yaml"
+    sweep.write_text("description: a layer the deep linear network lacks\n"
+                     "grids: {a: {arch: dln, lr: 1e-6, steps: 5, ics_layers: [9, 30]}}\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "notes.txt").write_text("kept")
+    r = bnsweep("run", str(sweep), "--scale", "paper", "--results", str(results))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert str(sweep) in lines[0] and "ics_layers=9,30" in lines[0] and "#30" in lines[0] and "1..25" in lines[0]
+    assert [p.name for p in results.rglob("*")] == ["notes.txt"]  # no Ray state, no attempt, no record

@@ -377,19 +377,19 @@ def test_worker_node_dies_and_its_trial_runs_again_elsewhere(tmp_path, ray_env):
 # -- a trial keeps crashing -----------------------------------------------------------------------------------
 
 def test_crashing_trial_is_retried_then_recorded_failed_and_the_sweep_goes_on(tmp_path, ray_env):
-    # The `broken` grid asks for ICS on layer 99 of the deep linear network: the sweep file is valid, but the
-    # model (built only inside the Ray worker) has no such layer, so the trial raises every time it starts.
+    # The `broken` grid asks for device cuda:99: the sweep file is valid, but no worker has that device, so the
+    # trial raises every time it starts.
     sweep = SWEEPS / "faults_crash.yaml"
     sw = load(str(sweep), "smoke")
     ids = {c.trial_id for c in sw.configs}
-    (broken,) = [c.trial_id for c in sw.configs if c.ics_layers == (99,)]
+    (broken,) = [c.trial_id for c in sw.configs if c.device == "cuda:99"]
     results = tmp_path / "results"
     out = run_to_end(bnsweep_cmd("run", str(sweep), "--scale", "smoke", "--results", str(results),
                                  "--num-cpus", "2"), ray_env, tmp_path / "run.log", timeout=300)
 
     trials = check_one_row_each(results, ids)
     assert trials.loc[broken, "status"] == "failed"
-    assert "layer #99 does not exist" in trials.loc[broken, "error"]
+    assert "'cuda:99' requested but no CUDA GPU is available" in trials.loc[broken, "error"]
     assert trials.loc[broken, "attempt"] == sw.max_failures + 1
     assert len(attempt_files(results, broken)) == sw.max_failures + 1
     for t in ids - {broken}:

@@ -143,6 +143,45 @@ def test_the_queue_runs_the_costliest_trials_first():
         assert _makespan(costs, workers) <= _makespan([expected_cost(c) for c in configs], workers)
 
 
+def _most_at_once(results) -> int:
+    """The most trials that ran at the same moment: each from its first start marker to its `trials` file."""
+    spans = []
+    for folder in (results / "_attempts").iterdir():
+        start = min(int(p.name.split("-")[0]) for p in folder.iterdir())
+        spans.append((start, (results / "trials" / f"{folder.name}.parquet").stat().st_mtime_ns))
+    return max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+
+
+def test_fractional_gpus_pack_several_trials_on_one_gpu(tmp_path):
+    """A Ray GPU is a logical resource: with one GPU declared on this CPU machine (the trials themselves run on the
+    CPU), the sweep's `resources.gpu` fraction, not the cores, decides how many trials share the GPU at once."""
+    import ray
+
+    path = write(tmp_path, """
+        description: GPU packing test
+        base: {arch: dln, probe_every: 0, steps: 1500, eval_every: 500}
+        grids:
+          dln: {norm: none, lr: [1e-7, 2e-7, 4e-7, 8e-7]}
+        resources: {cpu: 0.5, gpu: 0.25}
+        threads: 1
+        checkpoint_every: 0
+        """)
+    packed = {}
+    for gpu in (0.5, 0.25):
+        results = tmp_path / f"gpu{gpu}"
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+                 object_store_memory=150 * 1024**2, log_to_driver=False)
+        try:
+            run_sweep(path, scale="paper", results=str(results), sets=[f"resources.gpu={gpu}"],
+                      stream=open(os.devnull, "w"))
+        finally:
+            ray.shutdown()
+        assert len(pd.read_parquet(results / "trials")) == 4
+        packed[gpu] = _most_at_once(results)
+    assert packed[0.5] == 2  # two halves of the GPU, though the 2 cores had room for four 0.5-CPU trials
+    assert packed[0.25] >= 3, packed  # quarters: up to four at once
+
+
 def test_smoke_lr_grid_one_row_per_grid_point_and_resume_reruns_nothing(smoke_results):
     results, log = smoke_results
     assert log.splitlines()[0].startswith("scale: smoke (")
