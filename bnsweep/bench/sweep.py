@@ -1,14 +1,17 @@
 """Parallel efficiency of `bnsweep run`: the sweep's wall time against the same trials run one after another.
 
 Evidence (2026-11-25, 2-core x86_64 dev machine, no GPU, torch 2.14.1, ray 2.60.0, otherwise idle):
-    8 trials of vgg11 width 0.125, 600 steps, evaluations every 200, probes every 100, 1 thread each
-    one after another in one process: 176.6 s   on Ray (2 at a time): 99.4 s
-    efficiency: 0.889 (sequential / (sweep wall x 2 cores))
-    Ray overhead per trial: 2.77 core-seconds
-Before the queue ran the costliest trials first it was 0.792 (185.9 s against 117.4 s): the grid's order put the
-four batch trials (27 s each) on one worker and the four none trials (21 s) on the other, which then sat idle for
-23 s. What is left is mostly fixed: Ray's start (about 6 s before the first trial starts), each worker's imports
-and data on its first trial, and Ray's shutdown (1.4 s).
+    12 trials of vgg11 width 0.125, 600 steps, evaluations every 200, probes every 100, 1 thread each
+    one after another in one process: 277.5 s   on Ray (2 at a time): 152.8 s
+    the trials' own time: 275.5 s one after another, 282.8 s on Ray; outside the trials: 22.9 core-seconds
+    efficiency: 0.908 (sequential / (sweep wall x 2 cores))
+    Ray overhead per trial: 2.35 core-seconds
+With --trials 8 the same machine gave 0.829 to 0.889 over five runs: about 20 core-seconds of the sweep are fixed
+(Ray's start, about 6 s before the first trial runs; each worker's imports and data on its first trial; the last
+trial running alone; Ray's shutdown, 1.4 s), and two trials at once run 0 to 6% slower than one alone, as they
+share the memory system. Before the queue ran the costliest trials first, 8 trials gave 0.792 (185.9 s against
+117.4 s): the grid's order put the four batch trials (27 s each) on one worker and the four none trials (21 s) on
+the other, which then sat idle for 23 s. lr_grid's cpu scale runs 44 such trials.
 
 efficiency = (sum of the trials' times run one after another in one process, same thread count)
              / (the sweep's wall time on Ray x cores used)
@@ -27,6 +30,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from bnsweep.data import load_dataset
@@ -53,15 +57,19 @@ def write_sweep(folder: Path, steps: int, trials: int, width: float, gpu: float 
     return path
 
 
-def sequential(path: Path) -> float:
-    """The same trials, one after another, in this process, with the sweep's thread count."""
+def sequential(path: Path) -> tuple[float, float]:
+    """The same trials, one after another, in this process, with the sweep's thread count: the wall time, and
+    the trials' own time (their `wall_time_s`)."""
     sweep = load(str(path), "paper")
     torch.set_num_threads(sweep.threads)
     start = time.perf_counter()
     data = load_dataset("fashion-mnist")  # loaded once, as a sweep worker does
+    own = 0.0
     for config in sweep.configs:
-        Trial(config, data).run()
-    return time.perf_counter() - start
+        trial = Trial(config, data)
+        trial.run()
+        own += trial.wall_time
+    return time.perf_counter() - start, own
 
 
 def on_ray(path: Path, results: Path, num_cpus: int | None = None) -> float:
@@ -72,7 +80,7 @@ def on_ray(path: Path, results: Path, num_cpus: int | None = None) -> float:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bnsweep.bench sweep")
-    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--trials", type=int, default=12)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--width", type=float, default=0.125)
     a = p.parse_args(argv)
@@ -83,10 +91,15 @@ def main(argv: list[str]) -> int:
         n = len(load(str(path), "paper").configs)
         used = min(cores, n)
         print(f"bench sweep: {n} trials of vgg11 width {a.width}, {a.steps} steps, evaluations every 200, probes "
-              f"every 100 (lr_grid's cpu-scale trials), 1 thread each, {cores} cores, torch {torch.__version__}")
-        t_seq = sequential(path)
+              f"every 100 (lr_grid's cpu-scale trials; that sweep runs 44), 1 thread each, {cores} cores, "
+              f"torch {torch.__version__}")
+        t_seq, own_seq = sequential(path)
         t_par = on_ray(path, folder / "results")
+        own_par = float(pd.read_parquet(folder / "results" / "trials", columns=["wall_time_s"]).wall_time_s.sum())
         print(f"one after another in one process: {t_seq:.1f} s   on Ray ({used} at a time): {t_par:.1f} s")
+        print(f"the trials' own time (sum of wall_time_s): {own_seq:.1f} s one after another, {own_par:.1f} s on "
+              f"Ray ({used} at a time share the memory system); outside the trials on Ray: "
+              f"{t_par * used - own_par:.1f} core-seconds")
         print(f"efficiency: {t_seq / (t_par * used):.3f} (sequential / (sweep wall x {used} cores))")
         print(f"Ray overhead per trial: {(t_par * used - t_seq) / n:.2f} core-seconds")
         if torch.cuda.is_available():
