@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bnsweep.bench probes")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--probe-every", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--noise-steps", type=int, default=40, help="steps per run of the noisy_batch timing")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--eval-subset", type=int, default=2000)
