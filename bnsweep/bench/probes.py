@@ -1,12 +1,12 @@
 """What the probes cost: a trial with probes at the default cadence over the same trial without them.
 
-Evidence (last run; rerun to refresh): `python -m bnsweep.bench probes` (defaults below), 2-core x86-64 VM
-shared with other jobs, CPU only, torch 2.14.1, Python 3.11, 1 thread:
-    training step without probes: 69 ms CPU; one probe: 0.38 s CPU in the probe calls (= 5.5 steps)
-    ratio (trial with probes / without, wall clock, median of 3): 1.049
-    ratio (same, process CPU time): 1.060
-    ratio excluding evaluation (training steps only): wall 1.074, CPU 1.082
-    noisy_batch step time / batch step time (probes off, 40 steps, median of 3): wall 1.379, CPU 1.486
+Evidence (2026-11-25, fresh clone): `python -m bnsweep.bench probes` (defaults below), 2-core x86-64 VM, CPU only,
+torch 2.14.1, Python 3.11, 1 thread, otherwise idle:
+    training step without probes: 70 ms CPU; one probe: 0.39 s CPU in the probe calls (= 5.5 steps)
+    ratio (trial with probes / without, wall clock, median of 5): 1.080 (1.057 in the acceptance run before it)
+    ratio (same, process CPU time): 1.080
+    ratio excluding evaluation (training steps only): wall 1.086, CPU 1.086
+    noisy_batch step time / batch step time (probes off, 40 steps, median of 5): wall 1.564, CPU 1.565
 Goal <= 1.10 met. With 2 threads on that loaded machine the figures were noise (0.27 to 6 between runs): OpenMP
 threads spin while a neighbour holds the other core, so one thread is the default here; pass --threads N on an
 idle machine.
