@@ -7,7 +7,7 @@ torch 2.14.1, Python 3.11, 1 thread, otherwise idle:
     ratio (same, process CPU time): 1.080
     ratio excluding evaluation (training steps only): wall 1.086, CPU 1.086
     noisy_batch step time / batch step time (probes off, 40 steps, median of 5): wall 1.564, CPU 1.565
-Goal <= 1.10 met. With 2 threads on that loaded machine the figures were noise (0.27 to 6 between runs): OpenMP
+Goal <= 1.10 met. With 2 threads on a loaded machine the figures were noise (0.27 to 6 between runs): OpenMP
 threads spin while a neighbour holds the other core, so one thread is the default here; pass --threads N on an
 idle machine.
 
