@@ -67,6 +67,11 @@ class Net(nn.Module):
             )
         return self.blocks[i - 1]
 
+    def check_layers(self, layers: tuple[int, ...] | str) -> None:
+        """Every layer of `layers` ("all" or numbers) exists; the first that does not raises block()'s error."""
+        for i in range(1, self.num_layers + 1) if layers == "all" else layers:
+            self.block(i)
+
     def layer_params(self, i: int) -> list[nn.Parameter]:
         """Parameters of layer #i: weight, bias (if any), then the norm's gamma/beta (if any)."""
         blk = self.block(i)

@@ -305,25 +305,27 @@ def ensure_data(configs: list[TrialConfig], data_root: str | None) -> None:
         _SHAPES[name, data_seed] = (data.in_shape, data.num_outputs, int(data.train_x.shape[0]))
 
 
-@functools.cache
-def layer_count(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int) -> int:
+@functools.lru_cache(maxsize=8)
+def _model(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int):
+    """The unnormalized model of a cell, built once in the driver for its checks and cost estimate."""
     from bnsweep.models import build_model
 
-    return build_model(arch, width=width, in_shape=in_shape, num_outputs=num_outputs).num_layers
+    return build_model(arch, width=width, in_shape=in_shape, num_outputs=num_outputs)
 
 
 def preflight(configs: list[TrialConfig], data_root: str | None, source: str) -> None:
     """What would make every start of a trial fail, found here before Ray starts: a missing data set, a layer
-    number the model does not have. (A bad layer in `bnsweep trial` fails the same way, in Trial.)"""
+    number the model does not have (the check Trial makes, with the sweep named)."""
     ensure_data(configs, data_root)
     for c in configs:
-        n = layer_count(c.arch, c.width, *_SHAPES[c.dataset, c.data_seed][:2])
+        model = _model(c.arch, c.width, *_SHAPES[c.dataset, c.data_seed][:2])
         for key in ("ics_layers", "activation_layers"):
             layers = getattr(c, key)
-            bad = [] if layers == "all" else [i for i in layers if not 1 <= i <= n]
-            if bad:
-                raise BnsweepError(f"{source}: {key}={','.join(map(str, layers))} for {c.arch}: layer #{bad[0]} "
-                                   f"does not exist, {c.arch} has layers 1..{n}; fix the sweep file or use --set")
+            try:
+                model.check_layers(layers)
+            except BnsweepError as e:
+                shown = layers if layers == "all" else ",".join(map(str, layers))
+                raise BnsweepError(f"{source}: {key}={shown}: {e}; fix the sweep file or use --set") from None
 
 
 # Time per step of each variant against `none`'s, measured on this project's 2-core CPU machine with VGG-11 at
@@ -341,20 +343,20 @@ def flops_per_example(arch: str, width: float, in_shape: tuple[int, ...], num_ou
     import torch
     from torch import nn
 
-    from bnsweep.models import build_model
-
-    model = build_model(arch, width=width, in_shape=in_shape, num_outputs=num_outputs)
+    model = _model(arch, width, in_shape, num_outputs)
     total = 0
 
     def count(module: nn.Module, inputs, out: torch.Tensor) -> None:
         nonlocal total
         total += 2 * out.numel() * module.weight[0].numel()  # each output sums weight[0].numel() products
 
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            module.register_forward_hook(count)
-    with torch.no_grad():
-        model(torch.zeros(1, *in_shape))
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return total
 
 

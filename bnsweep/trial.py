@@ -87,9 +87,7 @@ class Trial:
                                  noise_generator=self.noise_generator, init=c.init,
                                  generator=init_generator).to(self.device)
         for key in ("ics_layers", "activation_layers"):  # a layer that does not exist fails before training
-            layers = getattr(c, key)
-            for i in range(1, self.model.num_layers + 1) if layers == "all" else layers:
-                self.model.block(i)
+            self.model.check_layers(getattr(c, key))
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.params, lr=c.lr, momentum=c.momentum,

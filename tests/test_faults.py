@@ -50,32 +50,35 @@ def ray_env():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def group_members(pgid: int) -> dict[int, str]:
-    """Live (non-zombie) processes of a process group: pid -> command line."""
+def live_processes() -> dict[int, tuple[int, int]]:
+    """Every live (non-zombie) process: pid -> (parent pid, process group)."""
     found = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                found[int(entry)] = cmd.strip()
-        except (OSError, ValueError, IndexError):
-            continue
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] != "Z":
+                    found[int(entry)] = (int(fields[1]), int(fields[2]))
     return found
+
+
+def command_line(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    return ""
+
+
+def group_members(pgid: int) -> dict[int, str]:
+    """Live processes of a process group: pid -> command line."""
+    return {pid: command_line(pid) for pid, (_, group) in live_processes().items() if group == pgid}
 
 
 def descendants(pid: int) -> set[int]:
     """Live processes below `pid` in the process tree. Ray's trial workers are among them but in process groups
     of their own (Ray calls setpgrp), so a process-group listing misses them."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                if fields[0] != "Z":
-                    children.setdefault(int(fields[1]), []).append(int(entry))
+    for child, (parent, _) in live_processes().items():
+        children.setdefault(parent, []).append(child)
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -86,18 +89,7 @@ def descendants(pid: int) -> set[int]:
 
 def alive(pids: set[int]) -> set[int]:
     """The pids that still run (zombies count as gone)."""
-    out = set()
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                out.add(pid)
-    return out
-
-
-def command_line(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    return ""
+    return pids & set(live_processes())
 
 
 def kill_group(pgid: int, timeout: float = 15) -> None:
