@@ -428,3 +428,14 @@ class BatchSampler:
         perm = state["perm"]
         self._perm = None if perm is None else perm.to(self.device)
         self._pos = int(state["pos"])
+
+
+if __name__ == "__main__":  # `python -m bnsweep.data NAME`: find or download a data set (make's set-up step)
+    import sys
+
+    try:
+        for dataset_name in sys.argv[1:]:
+            print(f"{dataset_name}: {load_dataset(dataset_name).source}")
+    except BnsweepError as e:
+        print(f"bnsweep: {e}", file=sys.stderr)
+        sys.exit(2)
