@@ -29,6 +29,7 @@ from bnsweep import records
 from bnsweep.config import TrialConfig
 from bnsweep.data import BatchSampler, Dataset, augment, load_dataset
 from bnsweep.errors import BnsweepError
+from bnsweep.estimate import StepCosts
 from bnsweep.models import build_model
 from bnsweep.norms import NormOptions
 
@@ -214,6 +215,43 @@ class Trial:
         if self.task == "classification":
             return float(total_loss) / n, float(correct) / n
         return float(total_loss), math.nan  # regression: summed squared error, the paper's training loss
+
+    # -- cost ------------------------------------------------------------------------------------------
+    def measure_costs(self, timed: int = 3) -> StepCosts:
+        """Seconds per plain step, extra seconds per probed step, seconds per evaluated example, from a few
+        real steps of this trial (for the sweep's time estimate; the trial is spent afterwards). Its steps must
+        reach the first probe step after the timed ones, plus one."""
+        def clock() -> float:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+
+        self.train_step(0)  # warm-up: allocations, kernel choice (and the probe at step 0)
+        self.train_step(1)
+        start = clock()
+        for t in range(2, 2 + timed):
+            self.train_step(t)
+        step = (clock() - start) / timed
+        probe = 0.0
+        every = self.config.probe_every
+        if self.probes is not None and every:
+            t = -(-(2 + timed) // every) * every  # the first probe step after the timed ones
+            start = clock()
+            self.train_step(t)
+            self.train_step(t + 1)  # a probed step's activations are compared with the next step's
+            probe = max(0.0, clock() - start - 2 * step)
+        x, y = self.data.train_x[:EVAL_BATCH], self.data.train_y[:EVAL_BATCH]
+        self.model.eval()
+        with torch.no_grad():
+            start = clock()
+            self._evaluate_on(x, y)
+            per_example = (clock() - start) / x.shape[0]
+        self.model.train()
+        return StepCosts(step=step, probe=probe, eval_example=per_example)
+
+    def eval_examples(self) -> int:
+        """Examples one evaluation reads: the fixed training subset and the test set."""
+        return int(self.eval_index.shape[0] + self.data.test_x.shape[0])
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -348,3 +348,24 @@ def test_augment_crops_and_flips():
     assert len(shifts) > 50  # crops move content around (81 possible offsets)
     with pytest.raises(BnsweepError):
         augment(x[0], torch.Generator())
+
+
+class _RunsCode:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):
+    write_fake_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(BnsweepError, match="data_batch_3") as e:
+        load_dataset("cifar10", root=tmp_path, download=False)
+    assert "is not part of a CIFAR-10 batch" in str(e.value) and not marker.exists()
