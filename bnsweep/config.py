@@ -64,6 +64,8 @@ class TrialConfig:
     # What is measured.
     eval_every: int = _f(250, "evaluate on a training subset and the test set every N steps (and at the end)")
     eval_subset: int = _f(10000, "size of the fixed training subset used for evaluation")
+    test_subset: int | None = _f(None, "size of a fixed subset of the test set used for evaluation "
+                                       "(default: the whole test set)", omit_default=True)
     # Outcome rules (recorded with every trial).
     diverge_factor: float = _f(10.0, "diverged: a non-finite minibatch loss or one above this multiple of "
                                     "the initial loss")
@@ -140,6 +142,8 @@ class TrialConfig:
         for key, value in non_negative.items():
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise BnsweepError(f"{key} must be a number >= 0, got {value!r}")
+        if self.test_subset is not None and not (isinstance(self.test_subset, int) and self.test_subset > 0):
+            raise BnsweepError(f"test_subset must be a positive number of test examples, got {self.test_subset!r}")
         if any(not (isinstance(e, int | float) and e > 0) for e in self.etas or ()):
             raise BnsweepError(f"etas must be positive multiples of lr, got {self.etas!r}")
         for key in ("ics_layers", "activation_layers"):

@@ -99,6 +99,12 @@ class Trial:
                                   if c.augment else None)
         subset = torch.randperm(n, generator=torch.Generator().manual_seed(c.data_seed))[:c.eval_subset]
         self.eval_index = subset.sort().values.to(self.device)
+        n_test = self.data.test_x.shape[0]
+        # A fixed test subset makes evaluations cheap where they dominate a short trial (cpu scale); its own
+        # generator, so the training subset is the same with or without it.
+        test = torch.randperm(n_test, generator=torch.Generator().manual_seed(stream_seed(c.data_seed, "test")))
+        self.test_index = (test[:c.test_subset].sort().values.to(self.device) if c.test_subset is not None
+                           and c.test_subset < n_test else None)
 
         self.history = torch.full((c.steps, len(CURVE_COLUMNS)), math.nan, device=self.device)
         self.evals: dict[int, dict[str, float]] = {}
@@ -196,7 +202,10 @@ class Trial:
         """Loss and accuracy on the fixed training subset and the test set, in eval mode."""
         self.model.eval()
         train = self._evaluate_on(self.data.train_x[self.eval_index], self.data.train_y[self.eval_index])
-        test = self._evaluate_on(self.data.test_x, self.data.test_y)
+        if self.test_index is None:
+            test = self._evaluate_on(self.data.test_x, self.data.test_y)
+        else:
+            test = self._evaluate_on(self.data.test_x[self.test_index], self.data.test_y[self.test_index])
         self.model.train()
         self.evals[t] = {"train_loss": train[0], "train_acc": train[1], "test_loss": test[0], "test_acc": test[1]}
 
@@ -251,7 +260,8 @@ class Trial:
 
     def eval_examples(self) -> int:
         """Examples one evaluation reads: the fixed training subset and the test set."""
-        return int(self.eval_index.shape[0] + self.data.test_x.shape[0])
+        tests = self.data.test_x.shape[0] if self.test_index is None else self.test_index.shape[0]
+        return int(self.eval_index.shape[0] + tests)
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
