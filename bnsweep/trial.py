@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from functools import cache
@@ -126,7 +127,7 @@ class Trial:
     # -- training --------------------------------------------------------------------------------------
     def train_step(self, t: int) -> None:
         index = self.sampler.next()
-        x, y = self.data.train_x[index], self.data.train_y[index]
+        x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
         if self.augment_generator is not None:
             x = augment(x, self.augment_generator)
         probing = self.probes is not None and self.probes.begin(t)
@@ -213,7 +214,7 @@ class Trial:
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.float64)
         for i in range(0, x.shape[0], EVAL_BATCH):
-            out = self.model(x[i:i + EVAL_BATCH])
+            out = self.model(self.data.inputs(x[i:i + EVAL_BATCH]))
             yb = y[i:i + EVAL_BATCH]
             if self.task == "classification":
                 total_loss += F.cross_entropy(out, yb, reduction="sum")
@@ -339,7 +340,8 @@ class Trial:
                   else f"cpu ({platform.processor() or platform.machine()})")
         return {"bnsweep_version": bnsweep.__version__, "git_commit": commit, "git_dirty": dirty,
                 "torch_version": torch.__version__, "device_name": device, "device_type": self.device.type,
-                "torch_threads": torch.get_num_threads(), "data_checksum": self.data.checksum,
+                "torch_threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
+                "data_checksum": self.data.checksum,
                 "data_source": self.data.source, "hostname": socket.gethostname(),
                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "schema_version": records.SCHEMA_VERSION}
@@ -361,7 +363,7 @@ OUTCOME_SCHEMA: dict[str, pa.DataType] = {
     "best_test_acc": pa.float64(), "wall_time_s": pa.float64(), "error": pa.string(), "attempt": pa.int64(),
     "bnsweep_version": pa.string(), "git_commit": pa.string(), "git_dirty": pa.bool_(),
     "torch_version": pa.string(), "device_name": pa.string(), "device_type": pa.string(),
-    "torch_threads": pa.int64(), "data_checksum": pa.string(), "data_source": pa.string(),
+    "torch_threads": pa.int64(), "peak_rss_mb": pa.float64(), "data_checksum": pa.string(), "data_source": pa.string(),
     "hostname": pa.string(), "finished_at": pa.string(), "schema_version": pa.int64(),
 }
 
@@ -399,6 +401,16 @@ def failed_trials_table(config: TrialConfig, error: str, attempt: int | None = N
 def _base_type(annotation: str) -> type | None:
     head = str(annotation).split("|")[0].strip()
     return {"bool": bool, "int": int, "float": float}.get(head)
+
+
+def peak_rss_mb() -> float | None:
+    """The peak resident memory of this process so far, in MB (a Ray worker's, over every trial it ran)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 1024**2  # KB on Linux, bytes on macOS
 
 
 @cache
