@@ -88,6 +88,8 @@ class TrialConfig:
     # Not part of the trial's identity: where and how it runs.
     device: str = _f("auto", "cpu, cuda, cuda:N or auto", identity=False)
     threads: int = _f(0, "torch intra-op threads; 0 = torch's default", identity=False)
+    channels_last: bool | None = _f(None, "channels_last memory format for convolutional networks (default: on "
+                                          "the CPU, where oneDNN runs it ~25% faster)", identity=False)
     data_root: str | None = _f(None, "data root (default: $BNSWEEP_DATA, then the usual places)", identity=False)
 
     def resolved(self) -> TrialConfig:
