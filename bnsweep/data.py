@@ -363,6 +363,12 @@ def _quadratic(data_seed: int, curvature: float, dev: torch.device) -> Dataset:
     )
 
 
+def release_raw_cache() -> None:
+    """Forget the parsed files kept for the next load_dataset call: a Ray worker, which keeps its one Dataset
+    for trial after trial, does not need them (55 MB for Fashion-MNIST, 180 MB for CIFAR-10)."""
+    _RAW_CACHE.clear()
+
+
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  data_seed: int = 0, download: bool = True, curvature: float = 1.0) -> Dataset:
     """Load a whole data set as tensors on `device`. `data_seed` only matters for generated data, `curvature`

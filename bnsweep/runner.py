@@ -141,7 +141,7 @@ _DATA: dict[tuple, Any] = {}  # per worker process: Tune reuses a worker for tri
 
 def _data_for(config: TrialConfig):
     """The trial's data set, loaded once per worker process (trials only read it)."""
-    from bnsweep.data import load_dataset
+    from bnsweep.data import load_dataset, release_raw_cache
     from bnsweep.trial import pick_device
 
     device = pick_device(config.device)
@@ -150,6 +150,7 @@ def _data_for(config: TrialConfig):
         _DATA.clear()  # keep one data set resident, not one per data set ever seen
         _DATA[key] = load_dataset(config.dataset, root=config.data_root, device=device,
                                   data_seed=config.data_seed, curvature=config.curvature)
+        release_raw_cache()
     return _DATA[key]
 
 

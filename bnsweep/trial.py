@@ -35,7 +35,7 @@ from bnsweep.models import build_model
 from bnsweep.norms import NormOptions
 
 CHECK_EVERY = 25  # steps between reads of the loss history (divergence check); a sync per chunk, not per step
-EVAL_BATCH = 1000
+EVAL_BATCH = 500  # faster on a CPU than 1000 (4,000 VGG-11 examples: 0.25 s against 0.37 s), half the memory
 FINAL_WINDOW = 20  # final_loss is the mean minibatch loss over the last steps, which smooths batch noise
 
 CURVE_COLUMNS = ("loss", "accuracy", "grad_norm")
