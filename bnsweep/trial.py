@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from torch.optim.sgd import sgd
 
 import bnsweep
 from bnsweep import records
@@ -66,6 +67,44 @@ def loss_function(task: str):
     return F.cross_entropy
 
 
+class SGD:
+    """torch.optim.SGD's update through torch's own functional `sgd`, the function SGD.step calls: the same
+    arithmetic bit for bit (a test compares them). Not torch.optim.SGD itself: the first use of any
+    torch.optim.Optimizer imports torch's compiler stack (torch._dynamo, sympy), 150 MB in every Ray worker,
+    for nothing a plain loop uses."""
+
+    def __init__(self, params: list[torch.Tensor], *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        self.params, self.lr, self.momentum, self.weight_decay = list(params), lr, momentum, weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)  # momentum buffers, made on step 1
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]  # as SGD: params without a grad wait
+        buffers = [self.buffers[i] for i in live]
+        sgd([self.params[i] for i in live], [self.params[i].grad for i in live], buffers, foreach=True,
+            weight_decay=self.weight_decay, momentum=self.momentum, lr=self.lr, dampening=0.0, nesterov=False,
+            maximize=False)
+        for i, b in zip(live, buffers, strict=True):
+            self.buffers[i] = b
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"momentum_buffers": list(self.buffers)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "state" in state:  # a checkpoint written by torch.optim.SGD (bnsweep before 2026-11-30)
+            buffers = [state["state"].get(i, {}).get("momentum_buffer") for i in range(len(self.params))]
+        else:
+            buffers = state["momentum_buffers"]
+        if len(buffers) != len(self.params):
+            raise BnsweepError(f"optimizer checkpoint has {len(buffers)} momentum buffers for {len(self.params)} "
+                               "parameters: resume with the same architecture and variant")
+        self.buffers = [None if b is None else b.to(p.device) for b, p in zip(buffers, self.params, strict=True)]
+
+
 class Trial:
     """A trial's full state: model, optimizer, random streams, histories. Checkpointable at any chunk."""
 
@@ -97,8 +136,7 @@ class Trial:
             self.model.check_layers(getattr(c, key))
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(self.params, lr=c.lr, momentum=c.momentum,
-                                         weight_decay=c.weight_decay, foreach=True)
+        self.optimizer = SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         n = self.data.train_x.shape[0]
         self.sampler = BatchSampler(n, c.batch_size or n, seed=stream_seed(c.seed, "batches"), device=self.device)
         self.augment_generator = (torch.Generator(self.device).manual_seed(stream_seed(c.seed, "augment"))
@@ -140,7 +178,7 @@ class Trial:
         probing = self.probes is not None and self.probes.begin(t)
         out = self.model(x)
         loss = self.loss_fn(out, y)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in self.params])))
         if probing:

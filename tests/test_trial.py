@@ -119,3 +119,31 @@ def test_a_test_subset_is_fixed_and_evaluates_only_those_examples(fmnist):
     acc = part.evals[9]["test_acc"]
     assert abs(acc * 300 - round(acc * 300)) < 1e-9 and part.eval_examples() == 500 + 300
     assert whole.config.trial_id != part.config.trial_id  # a different measurement, a different record
+
+
+def test_the_step_is_torch_sgd_bit_for_bit_without_importing_the_compiler():
+    import subprocess
+    import sys
+
+    from bnsweep.trial import SGD
+
+    torch.manual_seed(0)
+    ours_net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 2), torch.nn.Linear(2, 2))
+    torch_net = copy.deepcopy(ours_net)
+    ours = SGD(list(ours_net.parameters()), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    reference = torch.optim.SGD(torch_net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=True)
+    x = torch.randn(16, 6)
+    for step in range(4):
+        for net, opt in ((ours_net, ours), (torch_net, reference)):
+            opt.zero_grad()
+            out = net[:2](x) if step == 1 else net(x)  # a step where the last layer gets no gradient
+            out.pow(2).sum().backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours_net.parameters(), torch_net.parameters(), strict=True))
+    restored = SGD(list(ours_net.parameters()), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    restored.load_state_dict(reference.state_dict())  # a checkpoint of torch.optim.SGD's
+    assert all(torch.equal(a, b) for a, b in zip(restored.buffers, ours.buffers, strict=True))
+    code = ("import sys, torch; from bnsweep.trial import SGD; p = torch.zeros(2, requires_grad=True); "
+            "p.grad = torch.ones(2); SGD([p], lr=0.1, momentum=0.9).step(); "
+            "print(any(m.startswith('torch._dynamo') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
