@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 
 from bnsweep.config import FIELDS, TrialConfig
@@ -82,26 +83,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MESSAGE = 400  # characters of an error line: bad values are shown cut already; this bounds the rest
+
+
+def option(name: str) -> str:
+    """The CLI spelling of a trial option: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
 def trial_config_from_args(args: argparse.Namespace) -> TrialConfig:
     from bnsweep.config import make_config
 
     values = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     if getattr(args, "no_probes", False):
         values["probe_every"] = 0
-    return make_config(values)
+    return make_config(values, labels={name: option(name) for name in FIELDS})
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
     from bnsweep import records
     from bnsweep.trial import run_trial, summary_line
 
+    records.check_location(args.results, "--results")
     config = trial_config_from_args(args)
     records.check_writable(args.results)
     if config.trial_id in records.finished_trial_ids(args.results) and not args.force:
         print(f"{config.trial_id}: already recorded in {args.results} (pass --force to rerun and replace it)")
         return 0
-    trial = run_trial(config, args.results)
-    print(summary_line(trial))
+    trial = run_trial(config)
+    print(summary_line(trial))  # first: a disk that filled up during training cannot lose the outcome
+    try:
+        records.write_trial(args.results, config.trial_id, trial.tables())
+    except BnsweepError as e:
+        raise BnsweepError(f"trial {config.trial_id} ran (outcome above) but was not recorded: {e}") from None
     if trial.status == "failed":
         print(f"bnsweep: trial failed: {trial.error}", file=sys.stderr)
         return 1
@@ -136,21 +150,29 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from bnsweep import records
     from bnsweep.runner import status_report
 
+    records.check_location(args.results, "results", exists=True)
     print(status_report(args.results))
     return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from analysis.commands import figures
+    from bnsweep import records
 
+    records.check_location(args.results, "results")
+    if args.out is not None:
+        records.check_location(args.out, "--out")
     return figures(args.results, args.out)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from analysis.commands import check
+    from bnsweep import records
 
+    records.check_location(args.results, "results")
     return check(args.results)
 
 
@@ -167,19 +189,36 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return COMMANDS[args.command](args)
     except BnsweepError as e:
-        print(f"bnsweep: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     except BrokenPipeError:  # output piped into head/less that closed early
         return 0
+    except OSError as e:
+        # A disk that filled up or went read-only under a write that is not one of records' (Tune's state):
+        # the user's problem to fix, not bnsweep's bug.
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        return _error(f"cannot write {e.filename or 'the results'} ({e.strerror}): free space or choose a "
+                      "writable --results; the files written before are intact")
     except Exception as e:
         # analysis/ raises its own AnalysisError (it never imports bnsweep's training code).
         if type(e).__name__ != "AnalysisError":
             raise
-        print(f"bnsweep: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     except KeyboardInterrupt:
         print("bnsweep: interrupted", file=sys.stderr)
         return 130
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def _error(message: str) -> int:
+    """Bad input: one line on stderr, at most MAX_MESSAGE characters, exit code 2."""
+    line = " ".join(message.split())
+    if len(line) > MAX_MESSAGE:
+        line = line[:MAX_MESSAGE - 1] + "…"
+    print(f"bnsweep: error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

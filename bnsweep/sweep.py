@@ -44,6 +44,7 @@ from bnsweep.config import (
     FIELDS,
     MAX_TRIALS,
     RESOURCE_RULES,
+    RUN_ARG_RULES,
     RUN_RULES,
     SEARCH_RULES,
     TrialConfig,
@@ -412,6 +413,18 @@ def _expand(path: Path, name: str, scale: str, merged: dict[str, Any], threads: 
         except BnsweepError as e:
             raise BnsweepError(f"{path}: grid {name!r} at scale {scale}: {e}") from None
     return out
+
+
+def check_run_arguments(results: str | None, data_root: str | None, num_cpus: int | None) -> None:
+    """The arguments of `bnsweep run` / bnsweep.run_sweep that are not in the sweep file, in their valid ranges
+    (--seeds and --set are checked by `load`)."""
+    if results is not None and not str(results).strip():
+        raise BnsweepError(f"--results={str(results)!r}: an empty path; give a results directory or an "
+                           "s3://bucket/prefix URI (or leave it out for results/SWEEP)")
+    if data_root is not None:
+        check_field("data_root", data_root, "--data-root")
+    if num_cpus is not None:
+        check(RUN_ARG_RULES["num_cpus"], num_cpus, "--num-cpus")
 
 
 def rough_cost(sweep: Sweep) -> str:
