@@ -192,24 +192,37 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(e))
     except BrokenPipeError:  # output piped into head/less that closed early
         return 0
-    except OSError as e:
-        # A disk that filled up or went read-only under a write that is not one of records' (Tune's state):
-        # the user's problem to fix, not bnsweep's bug.
-        if e.errno not in WRITE_ERRNOS:
-            raise
-        return _error(f"cannot write {e.filename or 'the results'} ({e.strerror}): free space or choose a "
-                      "writable --results; the files written before are intact")
     except Exception as e:
         # analysis/ raises its own AnalysisError (it never imports bnsweep's training code).
-        if type(e).__name__ != "AnalysisError":
+        if type(e).__name__ == "AnalysisError":
+            return _error(str(e))
+        cause = user_error_in(e)
+        if cause is None:
             raise
-        return _error(str(e))
+        return _error(cause)
     except KeyboardInterrupt:
         print("bnsweep: interrupted", file=sys.stderr)
         return 130
 
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def user_error_in(e: BaseException) -> str | None:
+    """The message of bad input or a full, read-only disk found in `e` or the exceptions it was raised from, or
+    None (a bug: its traceback is shown). Ray Tune re-raises an error of a callback (the driver recording a failed
+    trial on a full disk) as a TuneError raised while handling it, so the chain is searched, not just `e`."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, BnsweepError):
+            return str(e)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            # Tune's own state or checkpoints, written outside bnsweep's records.
+            return (f"cannot write {e.filename or 'the results'} ({e.strerror}): free space or choose a writable "
+                    "--results; the files written before are intact")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _error(message: str) -> int:

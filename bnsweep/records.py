@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -82,8 +83,11 @@ def check_location(results: str | os.PathLike, label: str, exists: bool = False)
 
 
 def _reason(e: BaseException) -> str:
-    """The one-line reason of an I/O error ("No space left on device")."""
+    """The one-line reason of an I/O error ("No space left on device"), also from pyarrow's wordier messages
+    ("Error writing bytes to file. Detail: [errno 28] No space left on device")."""
     text = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    detail = re.search(r"\[errno \d+\] (.+)", text)
+    text = detail.group(1) if detail else text
     return text if len(text) <= 200 else text[:199] + "…"
 
 
@@ -93,9 +97,12 @@ def check_writable(results: str | os.PathLike) -> None:
     probe = f"{root}/.bnsweep-write-test-{uuid.uuid4().hex}"
     try:
         fs.create_dir(root, recursive=True)
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
+        try:
+            with fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+        finally:
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_file(probe)
     except (OSError, pa.ArrowException) as e:
         raise BnsweepError(f"cannot write results to {str(results)!r} ({_reason(e)}): choose a writable "
                            "--results directory") from None
@@ -173,17 +180,17 @@ def read_table(results: str | os.PathLike, table: str, trial_ids: Iterable[str] 
     elif isinstance(required, pa.Schema):
         required = {f.name: kind(f.type) for f in required}
     parts = []
-    for path in files:
+    for path in files:  # every file read before any is judged foreign: a corrupt file is the first to fix
         try:
-            part = pq.read_table(path, filesystem=fs)
+            parts.append(pq.read_table(path, filesystem=fs))
         except (OSError, pa.ArrowException) as e:
             raise BnsweepError(f"corrupt Parquet file {path}: {_reason(e)}; delete it and rerun the "
                                "trial (bnsweep run resumes it)") from None
+    for path, part in zip(files, parts, strict=True):
         problem = schema_problem(part.schema, required)
         if problem:
             raise BnsweepError(f"{path} is not a bnsweep {table} file ({problem}): move it out of "
-                               f"{root}/{table}") from None
-        parts.append(part)
+                               f"{root}/{table}")
     if not parts:
         return pa.table({})
     try:
