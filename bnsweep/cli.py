@@ -221,7 +221,7 @@ def user_error_in(e: BaseException) -> str | None:
             # Tune's own state or checkpoints, written outside bnsweep's records.
             return (f"cannot write {e.filename or 'the results'} ({e.strerror}): free space or choose a writable "
                     "--results; the files written before are intact")
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
     return None
 
 
