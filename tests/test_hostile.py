@@ -413,8 +413,14 @@ HOSTILE_SCALARS = st.one_of(
 )
 HOSTILE = st.recursive(HOSTILE_SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=8)
+SPLICES = [b"&a ", b"*a", b"<<: *a\n", b"!!set ", b"!!binary ", b"!!python/name:os.system ", b"? ", b": ", b"- ",
+           b"[", b"]", b"{", b"}", b"\n  ", b"\t", b"'", b'"', b"#", b"%YAML 1.1\n", b"---\n", b"...\n",
+           b"\xef\xbb\xbf", b"\xff", b"\x00", b"1e999", b"-.inf", b".nan", b"0o777", b"2001-12-14"]
 SWEEPS = sorted(p for p in sweeps_dir().glob("*.yaml"))
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+# 150 examples per test, the same every run (derandomized: `make test` does not flake); BNSWEEP_FUZZ_EXAMPLES=N
+# runs N fresh random ones instead, to hunt for new cases.
+EXPLORE = int(os.environ.get("BNSWEEP_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=EXPLORE or 150, deadline=None, derandomize=not EXPLORE, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -470,6 +476,10 @@ def test_fuzz_sweep_files(tmp_path_factory, data):
         _set(tree, path, DROP if drop else data.draw(HOSTILE, label="value"))
     text = yaml.safe_dump(tree, allow_unicode=True)
     raw = text.encode()
+    for _ in range(data.draw(st.integers(0, 2), label="splices")):  # YAML syntax where it does not belong
+        at = data.draw(st.integers(0, len(raw)), label="at")
+        token = data.draw(st.sampled_from(SPLICES), label="token")
+        raw = raw[:at] + token + raw[at:]
     if data.draw(st.booleans(), label="bit flips"):
         flips = data.draw(st.lists(st.integers(0, len(raw) * 8 - 1), max_size=3), label="bits")
         buf = bytearray(raw)
