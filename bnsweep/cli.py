@@ -9,6 +9,7 @@ import sys
 
 from bnsweep.config import FIELDS, TrialConfig
 from bnsweep.errors import BnsweepError
+from bnsweep.rules import Items, Nullable, Number, Rule
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,13 +26,21 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{f.metadata['help']} [default: {shown}]"
+        help_text = f"{f.metadata['help']} [default: {shown}{_valid_range(f.metadata['valid'])}]"
         if str(f.type).startswith("bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=None, help=help_text)
     parser.add_argument("--no-probes", action="store_true", help="switch every probe off (same as --probe-every 0)")
+
+
+def _valid_range(rule: Rule) -> str:
+    """The valid range of a numeric or list option for --help ("; 1 to 10000000"); words list their choices."""
+    inner = rule.rule if isinstance(rule, Nullable) else rule
+    if not isinstance(inner, Number | Items):
+        return ""
+    return "; valid: " + inner.describe().removeprefix("use ").replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:

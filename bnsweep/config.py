@@ -199,7 +199,7 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
     if c.arch == "linear" and c.norm != "none":
         out.append(("norm", "arch 'linear' has no hidden layer to normalize: use norm none"))
     if c.dataset != "quadratic" and c.curvature != FIELDS["curvature"].default:
-        out.append(("curvature", f"only applies to dataset quadratic, not {c.dataset!r}: leave it at 1"))
+        out.append(("curvature", f"curvature only applies to dataset quadratic, not {c.dataset!r}: leave it at 1"))
     examples = TRAIN_EXAMPLES.get(c.dataset or "")
     if examples is not None and c.batch_size is not None and c.batch_size > examples:
         out.append(("batch_size", f"larger than the {examples} training examples of {c.dataset}; use 1 to "

@@ -522,3 +522,19 @@ def test_fuzz_trial_options(tmp_path_factory, monkeypatch, options):
     code, err = cli("trial", "--steps", "3", "--results", str(results), *args)
     assert_clean(code, err)
     assert code == 2
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"seeds": 0}, "seeds"),
+    ({"results": ""}, "results"),
+    ({"data_root": "/no/such/bnsweep/data"}, "/no/such/bnsweep/data"),
+    ({"num_cpus": -1}, "num-cpus"),
+    ({"sets": ["report_every=0"]}, "report_every"),
+    ({"sets": ["noise_r_sigma=-1"]}, "noise_r_sigma"),
+])
+def test_the_python_api_checks_the_same_ranges(kwargs, word):
+    import bnsweep
+
+    with pytest.raises(BnsweepError, match=word) as e:
+        bnsweep.run_sweep("lr_grid", scale="smoke", dry_run=True, stream=io.StringIO(), **kwargs)
+    assert "\n" not in str(e.value)
