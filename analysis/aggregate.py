@@ -81,6 +81,18 @@ def reference_lr(trials: pd.DataFrame, setting: str) -> float | None:
     return float(lrs[len(lrs) // 2])
 
 
+def nearest_measured_lr(trials: pd.DataFrame, setting: str, needed: Sequence[str], lr: float | None) -> float | None:
+    """The rate nearest `lr` (in log; the smaller on a tie) at which batch and one of the `needed` variants
+    both ran: a figure comparing them still draws when the reference rate is not on their grid."""
+    df = trials[trials["setting"] == setting]
+    rates = set(df.loc[df["norm"].isin(list(needed)), "lr"]) & set(df.loc[df["norm"] == "batch", "lr"])
+    if not rates:
+        return None
+    if lr is None or not lr > 0:
+        return float(max(rates))
+    return float(min(sorted(rates), key=lambda r: abs(math.log(r / lr))))
+
+
 def failing_lr(trials: pd.DataFrame, setting: str) -> float | None:
     """The smallest learning rate at which batch trains and none does not (the paper's 0.5), if any."""
     df = trials[trials["setting"] == setting]

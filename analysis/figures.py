@@ -22,6 +22,7 @@ from analysis.aggregate import (
     binned,
     brackets,
     failing_lr,
+    nearest_measured_lr,
     outcome,
     over_seeds,
     reference_lr,
@@ -337,14 +338,17 @@ def fig_activations(results: Results) -> alt.TopLevelMixin:
 # -- 4. noisy BatchNorm ---------------------------------------------------------------------------------------
 
 def variant_curves(results: Results, norms: Sequence[str], needed: Sequence[str]) -> alt.TopLevelMixin:
-    """Training progress of the given variants at each setting's reference rate, a panel per setting."""
+    """Training progress of the given variants, a panel per setting, at its reference rate or, where the
+    `needed` variants did not run at it, at the nearest rate where they and batch did."""
     curves, trials = table(results, "curves"), table(results, "trials")
     if not curves["norm"].isin(list(needed)).any():
         raise MissingData(f"needs the `curves` table with {' or '.join(needed)} trials")
-    df = at_reference(curves, trials, norms)
+    lrs = {s: [lr] for s in settings_of(trials)
+           if (lr := nearest_measured_lr(trials, s, needed, reference_lr(trials, s))) is not None}
+    df = rows_at(curves, norms, lrs)
     df = df[df["setting"].isin(df.loc[df["norm"].isin(list(needed)), "setting"].unique())]
     if df.empty:
-        raise MissingData(f"needs the `curves` table with {' or '.join(needed)} trials at the reference rate")
+        raise MissingData(f"needs the `curves` table with {' or '.join(needed)} and batch trials at one rate")
     agg = progress_curves(df)
     charts = []
     for setting in settings_of(df):
@@ -360,7 +364,8 @@ def variant_curves(results: Results, norms: Sequence[str], needed: Sequence[str]
 
 @figure("fig4_noisy_batchnorm", "Noisy BatchNorm converges like BatchNorm",
         "Training accuracy (loss for the deep linear network) over training for noisy_batch, batch and none at "
-        "the reference learning rate: noise that shifts the activations at every step barely slows BatchNorm "
+        "the reference learning rate (or the measured rate nearest it): noise that shifts the activations at "
+        "every step barely slows BatchNorm "
         "(paper Fig. 2).",
         needs="the `curves` table with noisy_batch trials")
 def fig_noisy_batchnorm(results: Results) -> alt.TopLevelMixin:
@@ -465,7 +470,8 @@ def fig_landscape(results: Results) -> alt.TopLevelMixin:
 
 @figure("fig7_lp_variants", "The lp normalizations train like BatchNorm",
         "Training accuracy (loss for the deep linear network) over training for the l1, l2 and l-infinity "
-        "variants against batch and none at the reference learning rate (paper Fig. 5).",
+        "variants against batch and none at the reference learning rate, or the rate nearest it where they ran "
+        "(paper Fig. 5).",
         needs="the `curves` table with l1_batch, l2_batch or linf_batch trials")
 def fig_lp_variants(results: Results) -> alt.TopLevelMixin:
     return variant_curves(results, ["none", "batch", *LP_NORMS], LP_NORMS)

@@ -314,7 +314,7 @@ def _converged(cell_list: list[Cell], ratio: float) -> int:
 
 def run_search(sw: Sweep, results: str, *, address: str | None = None, verbose: bool = False,
                data_root: str | None = None, num_cpus: int | None = None, dry_run: bool = False,
-               command: str | None = None, stream=sys.stdout) -> str:
+               command: str | None = None, keep_checkpoints: bool = False, stream=sys.stdout) -> str:
     """Search the critical learning rate of every cell of `sw` (a sweep with a `search` block), in rounds."""
     from bnsweep import runner
 
@@ -349,7 +349,7 @@ def run_search(sw: Sweep, results: str, *, address: str | None = None, verbose: 
             if not ray_started:
                 runner.preflight(todo, data_root, f"sweep {sw.name} ({sw.path})")
                 ray_started = runner._start_ray(address, sw, verbose, num_cpus)
-            runner._tune(sw, todo, results, address, verbose, num_cpus, stream)
+            runner._tune(sw, todo, results, address, verbose, num_cpus, stream, keep_checkpoints)
             fresh |= {c.trial_id for c in todo}
             known = recorded(results)
             for cell in cell_list:

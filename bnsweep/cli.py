@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the trials and stop")
     run.add_argument("--verbose", action="store_true", help="show Ray's own output")
     run.add_argument("--data-root", default=None, help="data root [default: $BNSWEEP_DATA, then the usual places]")
+    run.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep each finished trial's checkpoints [default: deleted once its records are written]")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray [default: all]")
 
     sweeps = sub.add_parser("sweeps", help="list the sweeps with their grids and sizes per scale")
@@ -136,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run_sweep(args.sweep, scale=args.scale, results=args.results, address=args.address, sets=args.sets,
               seeds=args.seeds, dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root,
-              num_cpus=args.num_cpus, command=resume_command(sys.argv[1:]))
+              num_cpus=args.num_cpus, command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints)
     return 0
 
 

@@ -90,6 +90,9 @@ class TrialConfig:
     eval_every: int = _f(250, "evaluate on a training subset and the test set every N steps (and at the end)",
                          _n(int, 1, MAX_STEPS))
     eval_subset: int = _f(10000, "size of the fixed training subset used for evaluation", _n(int, 1, 1_000_000))
+    test_subset: int | None = _f(None, "size of a fixed subset of the test set used for evaluation "
+                                       "(default: the whole test set)", Nullable(_n(int, 1, 1_000_000)),
+                                 omit_default=True)
     # Outcome rules (recorded with every trial).
     diverge_factor: float = _f(10.0, "diverged: a non-finite minibatch loss or one above this multiple of "
                                     "the initial loss", _n(float, 0, 1e12, True))

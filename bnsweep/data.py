@@ -54,10 +54,20 @@ class Dataset:
     num_outputs: int
     checksum: str  # sha256[:16] of the raw bytes (train then test), before normalization
     source: str
+    # Images stay uint8 on the device (4x less memory than float32) and are normalized a batch at a time.
+    mean: torch.Tensor | None = field(default=None, repr=False)  # (1, C, 1, 1) on the device
+    std: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored examples (rows of train_x or test_x) -> what the network sees: uint8 images scaled to [0, 1]
+        and normalized (the same float operations, in the same order, as normalizing the whole set at load)."""
+        if x.dtype != torch.uint8:
+            return x
+        return x.float().div_(255).sub_(self.mean).div_(self.std)
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -123,16 +133,14 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def _normalize(x_u8: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], dev: torch.device,
-               pad: int = 0) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 on dev, zero-padded by `pad` raw pixels, scaled to [0,1], normalized."""
-    x = _tensor(x_u8).to(dev)  # move as uint8: 4x less traffic than float32
-    if pad:
-        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    x = x.float().div_(255)
-    m = torch.tensor(mean, device=dev).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=dev).view(1, -1, 1, 1)
-    return x.sub_(m).div_(s)
+def _images(x_u8: np.ndarray, dev: torch.device, pad: int = 0) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 on dev, zero-padded by `pad` raw pixels (normalized later, per batch)."""
+    x = _tensor(x_u8).to(dev)
+    return torch.nn.functional.pad(x, (pad, pad, pad, pad)) if pad else x.clone()  # never alias the cache
+
+
+def _scale(values: tuple[float, ...], dev: torch.device) -> torch.Tensor:
+    return torch.tensor(values, device=dev).view(1, -1, 1, 1)
 
 
 def _labels(y_u8: np.ndarray, dev: torch.device) -> torch.Tensor:
@@ -142,10 +150,24 @@ def _labels(y_u8: np.ndarray, dev: torch.device) -> torch.Tensor:
 # ---------------------------------------------------------------- CIFAR-10
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles: a dict of bytes, lists of ints and one uint8 array. Only the
+    globals such an array needs are found; any other (os.system, ...) is refused before it can run."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how pickle protocol 2 writes Python 3 bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d[b"labels"], dtype=np.int64)
     except Exception as e:  # truncated file, wrong format, missing keys
@@ -190,11 +212,11 @@ def _load_cifar(root: Path | None, download: bool, dev: torch.device) -> Dataset
     return Dataset(
         name="cifar10", task="classification",
         # data rows are CHW row-major, so a plain reshape gives (N, 3, 32, 32)
-        train_x=_normalize(train_x.reshape(-1, 3, 32, 32), CIFAR_MEAN, CIFAR_STD, dev),
+        train_x=_images(train_x.reshape(-1, 3, 32, 32), dev),
         train_y=_labels(train_y, dev),
-        test_x=_normalize(test_x.reshape(-1, 3, 32, 32), CIFAR_MEAN, CIFAR_STD, dev),
+        test_x=_images(test_x.reshape(-1, 3, 32, 32), dev),
         test_y=_labels(test_y, dev),
-        num_outputs=10, checksum=checksum, source=str(d),
+        num_outputs=10, checksum=checksum, source=str(d), mean=_scale(CIFAR_MEAN, dev), std=_scale(CIFAR_STD, dev),
     )
 
 
@@ -277,8 +299,9 @@ def _load_fmnist(root: Path | None, download: bool, dev: torch.device) -> Datase
     return Dataset(
         name="fashion-mnist", task="classification",
         # 28x28 -> 32x32 with a 2-pixel border of raw 0 (background), so VGG layouts match CIFAR
-        train_x=_normalize(tr_x[:, None], FMNIST_MEAN, FMNIST_STD, dev, pad=2), train_y=_labels(tr_y, dev),
-        test_x=_normalize(te_x[:, None], FMNIST_MEAN, FMNIST_STD, dev, pad=2), test_y=_labels(te_y, dev),
+        train_x=_images(tr_x[:, None], dev, pad=2), train_y=_labels(tr_y, dev),
+        test_x=_images(te_x[:, None], dev, pad=2), test_y=_labels(te_y, dev),
+        mean=_scale(FMNIST_MEAN, dev), std=_scale(FMNIST_STD, dev),
         num_outputs=10, checksum=checksum, source=str(files[0].parent),
     )
 

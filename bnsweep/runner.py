@@ -10,11 +10,13 @@ RESULTS/_ray/<sweep>/<trial_id>/.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
 import math
 import os
+import pickle
 import shlex
 import sys
 import tempfile
@@ -29,6 +31,7 @@ import pyarrow.fs as pafs
 from bnsweep import records
 from bnsweep.config import TrialConfig, make_config
 from bnsweep.errors import BnsweepError
+from bnsweep.estimate import TIMED_STEPS, Estimate, StepCosts, calibrate
 from bnsweep.sweep import Sweep, check_run_arguments, load, rough_cost
 
 ATTEMPTS = "_attempts"  # RESULTS/_attempts/<trial_id>/<uuid>: one empty file per start of a trial
@@ -73,12 +76,25 @@ def mark_attempt(results: str, trial_id: str) -> int:
     return count_attempts(results, trial_id)
 
 
-def _read_state(fs: pafs.FileSystem, path: str) -> dict | None:
+def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> dict | None:
+    """A trial's checkpoint, or None when it cannot be used: cut off mid-write, or holding anything but
+    tensors and plain types. A results directory may be a shared bucket, so a checkpoint is data, never code:
+    torch.load(weights_only=True) refuses every pickled object outside that set without running it."""
     import torch
 
     try:
-        with fs.open_input_stream(path) as f:
-            return torch.load(io.BytesIO(f.read()), weights_only=False)
+        if fs is None:
+            with open(path, "rb") as f:
+                blob = f.read()
+        else:
+            with fs.open_input_stream(path) as f:
+                blob = f.read()
+        return torch.load(io.BytesIO(blob), weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        print(f"bnsweep: warning: refusing checkpoint {path}: it holds more than tensors and plain types "
+              f"({reason}); resuming from an older checkpoint or step 0", file=sys.stderr, flush=True)
+        return None
     except (OSError, pa.ArrowException, RuntimeError, EOFError):
         return None  # a checkpoint cut off mid-write: fall back to an older one or step 0
 
@@ -98,10 +114,26 @@ def latest_checkpoint(results: str, sweep_name: str, trial_id: str) -> dict | No
             except (OSError, ValueError, pa.ArrowException):
                 continue
     for _, path in sorted(candidates, reverse=True):
-        state = _read_state(fs, f"{path}/trial.pt")
+        state = read_checkpoint(f"{path}/trial.pt", fs)
         if state is not None:
             return state
     return None
+
+
+def prune_checkpoints(results: str, sweep_name: str, trial_ids: list[str] | set[str]) -> int:
+    """Delete the checkpoints of trials whose records are written (they will never resume); returns how many
+    checkpoint folders went. Tune's own result files in the trial's folder stay."""
+    fs, root = records.filesystem(results)
+    gone = 0
+    for trial_id in trial_ids:
+        found = fs.get_file_info(pafs.FileSelector(f"{root}/{RAY_DIR}/{sweep_name}/{trial_id}",
+                                                   allow_not_found=True))
+        for info in found:
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                with contextlib.suppress(OSError, pa.ArrowException):  # already gone: fine
+                    fs.delete_dir(info.path)
+                    gone += 1
+    return gone
 
 
 _DATA: dict[tuple, Any] = {}  # per worker process: Tune reuses a worker for trial after trial
@@ -121,6 +153,18 @@ def _data_for(config: TrialConfig):
     return _DATA[key]
 
 
+def _release_memory() -> None:
+    """Hand a finished trial's memory back to the system. Tune runs each trial in a new thread, and glibc gives
+    each thread's allocations an arena of its own that keeps freed memory: without this a reused worker grows
+    by a few hundred MB per trial."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
     """Ray Tune function trainable: one grid point, checkpointed, its records written before its last report."""
     import torch
@@ -136,8 +180,8 @@ def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> Non
     checkpoint = tune.get_checkpoint()  # set when Tune retries this trial in the same run
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "trial.pt", weights_only=False)
-    elif attempt > 1:
+            state = read_checkpoint(str(Path(d) / "trial.pt"))
+    if state is None and attempt > 1:
         state = latest_checkpoint(results, spec["sweep"], trial_id)
 
     def report(trial) -> None:
@@ -156,8 +200,10 @@ def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> Non
                       callback_every=spec["report_every"], state=state, catch=False, attempt=attempt)
     records.write_trial(results, trial_id, trial.tables())
     outcome = trial.outcome()
+    del trial, state
+    _release_memory()
     final_loss = outcome["final_loss"]
-    tune.report({"step": trial.step, "loss": final_loss if math.isfinite(final_loss) else float("nan"),
+    tune.report({"step": outcome["steps_done"], "loss": final_loss if math.isfinite(final_loss) else float("nan"),
                  "status": outcome["status"], "trained": outcome["trained"], "done": True})
 
 
@@ -179,11 +225,15 @@ def _make_stopper():
     return DivergenceStopper()
 
 
-def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.stdout):
+def _make_progress(total: int, results: str, specs: dict[str, dict], estimate: Estimate | None,
+                   stream=sys.stdout):
     from ray.tune import Callback
 
     class Progress(Callback):
-        """One live line: done / diverged / failed / running of N, elapsed, estimate of the rest."""
+        """One live line: done / diverged / failed / running of N, elapsed, the estimate of the rest.
+
+        Running trials are counted from the trial starts and ends Tune announces, not from Tune's status
+        fields: with reused actors those lag, and the line said `running 1` while two trials ran."""
 
         def __init__(self, stream) -> None:  # an argument, not a closure: see __getstate__
             self.counts = {"completed": 0, "diverged": 0, "failed": 0}
@@ -192,6 +242,7 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
             self.last_draw = 0.0
             self.stream = stream
             self.tty = stream.isatty()
+            self.estimate = estimate
 
         def draw(self, force: bool = False) -> None:
             now = time.monotonic()
@@ -200,21 +251,33 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
             self.last_draw = now
             done = sum(self.counts.values())
             elapsed = now - self.started
-            left = f"~{_duration(elapsed / done * (total - done))} left" if done else "estimating"
+            if self.estimate is not None and self.estimate.ready:
+                left = f"~{_duration(self.estimate.left(now))} left"
+            else:
+                left = f"~{_duration(elapsed / done * (total - done))} left" if done else "estimating"
             line = (f"[{done}/{total}] completed {self.counts['completed']}  diverged {self.counts['diverged']}  "
                     f"failed {self.counts['failed']}  running {len(self.running)}  |  {_duration(elapsed)} "
                     f"elapsed, {left}")
             self.stream.write(("\r" + line.ljust(100)) if self.tty else line + "\n")
             self.stream.flush()
 
+        def _ended(self, trial_id: str, fraction_done: float = 1.0) -> None:
+            self.running.discard(trial_id)
+            if self.estimate is not None:
+                self.estimate.finish(trial_id, time.monotonic(), fraction_done)
+
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self.running = {t.trial_id for t in trials if t.status == "RUNNING"} | {trial.trial_id}
+            self.running.add(trial.trial_id)
+            if self.estimate is not None:
+                self.estimate.start(trial.config["trial_id"], time.monotonic())
             self.draw()
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            self.running = {t.trial_id for t in trials if t.status == "RUNNING"}
             if result.get("done"):
-                self.counts[result.get("status", "completed")] = self.counts.get(result.get("status"), 0) + 1
+                status = result.get("status", "completed")
+                self.counts[status] = self.counts.get(status, 0) + 1
+                steps = specs[trial.config["trial_id"]]["config"]["steps"]
+                self._ended(trial.config["trial_id"], result.get("step", steps) / max(steps, 1))
                 self.running.discard(trial.trial_id)
                 self.draw(force=True)
 
@@ -223,6 +286,7 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             # Retries are spent: record the trial as failed, with its error, so the sweep goes on honestly.
+            self._ended(trial.config["trial_id"], 0.0)
             self.running.discard(trial.trial_id)
             self.counts["failed"] += 1
             from bnsweep.trial import failed_trials_table
@@ -245,6 +309,21 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], stream=sys.
                 self.stream.write("\n")
 
     return Progress(stream)
+
+
+def _make_pruner(results: str, sweep_name: str):
+    from ray.tune import Callback
+
+    class PruneCheckpoints(Callback):
+        """A finished trial's checkpoints go as soon as it ends: its records are written, it never resumes.
+        A failed trial keeps them: the next run retries it from there."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            trial_id = trial.config["trial_id"]
+            if trial_id in records.finished_trial_ids(results):
+                prune_checkpoints(results, sweep_name, [trial_id])
+
+    return PruneCheckpoints()
 
 
 def _trial_error(trial) -> str:
@@ -389,8 +468,10 @@ def pending(sweep: Sweep, results: str) -> tuple[list[TrialConfig], int]:
 def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str | None = None,
               address: str | None = None, sets: list[str] | tuple[str, ...] = (), seeds: int | None = None,
               dry_run: bool = False, verbose: bool = False, data_root: str | None = None,
-              num_cpus: int | None = None, command: str | None = None, stream=sys.stdout) -> str:
-    """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`."""
+              num_cpus: int | None = None, command: str | None = None, keep_checkpoints: bool = False,
+              stream=sys.stdout) -> str:
+    """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`.
+    A finished trial's checkpoints are deleted once its records are written, unless `keep_checkpoints`."""
     check_run_arguments(results, data_root, num_cpus)
     _quiet_ray_env()
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -406,7 +487,7 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
         from bnsweep.boundary import run_search
 
         return run_search(sw, results, address=address, verbose=verbose, data_root=data_root, num_cpus=num_cpus,
-                          dry_run=dry_run, command=command, stream=stream)
+                          dry_run=dry_run, command=command, keep_checkpoints=keep_checkpoints, stream=stream)
     if dry_run:
         for c in sw.configs:
             print(f"  {c.trial_id}  arch={c.arch} width={c.width:g} norm={c.norm} lr={c.lr:g} seed={c.seed} "
@@ -418,8 +499,10 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
           file=stream)
     if todo:
         preflight(todo, data_root, f"sweep {sw.name} ({sw.path})")
-        _tune(sw, todo, results, address, verbose, num_cpus, stream)
+        _tune(sw, todo, results, address, verbose, num_cpus, stream, keep_checkpoints)
     left, _ = pending(sw, results)
+    if not keep_checkpoints:  # also what an interrupted earlier run left behind
+        prune_checkpoints(results, sw.name, {c.trial_id for c in sw.configs} - {c.trial_id for c in left})
     print(summary_table(results, [c.trial_id for c in sw.configs]), file=stream)
     if left:
         again = command or f"bnsweep run {sweep} --scale {scale} --results {results}"
@@ -427,19 +510,69 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
     return results
 
 
+def slots(resources: dict[str, float]) -> int:
+    """How many trials the running Ray cluster holds at once with these per-trial resources (0: none now,
+    e.g. a cluster whose GPU workers have not started yet)."""
+    import ray
+
+    have = ray.cluster_resources()
+    fits = [int(have.get(key.upper(), 0) / need + 1e-9) for key, need in resources.items() if need > 0]
+    return min(fits) if fits else 0
+
+
+def measure_trial(config: TrialConfig) -> tuple[StepCosts, int]:
+    """A few real steps, a probed step and an evaluation batch of one trial of this kind, here."""
+    import torch
+
+    from bnsweep.trial import Trial
+
+    every = config.probe_every
+    steps = -(-(2 + TIMED_STEPS) // every) * every + 2 if every else TIMED_STEPS + 3
+    c = dataclasses.replace(config, steps=steps, eval_every=steps)
+    data = _data_for(c)
+
+    threads = torch.get_num_threads()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # the probes' one-line findings belong to real trials
+            trial = Trial(c, data)
+            return trial.measure_costs(TIMED_STEPS), trial.eval_examples()
+    finally:
+        torch.set_num_threads(threads)  # the driver keeps its own thread count
+
+
+def _estimate(sw: Sweep, todo: list[TrialConfig], address: str | None, stream) -> Estimate | None:
+    """Measure this machine, print the whole sweep's estimated wall time, and return the running estimate.
+    On a cluster the driver's machine is not where trials run: the estimate waits for the first trials."""
+    resources = {k: v for k, v in sw.resources.items() if v}
+    n = slots(resources)
+    if address:
+        predicted = {c.trial_id: expected_cost(c) for c in todo}  # relative until trials finish
+        print(f"estimate: after the first trials finish ({n} trials fit the cluster now)", file=stream)
+        return Estimate(predicted, n, measured=False)
+    started = time.perf_counter()
+    predicted = calibrate(todo, measure_trial, expected_cost)
+    _DATA.clear()  # the driver keeps no data set; the workers load their own
+    estimate = Estimate(predicted, n)
+    print(f"estimate: {_duration(estimate.total())} for {len(todo)} trials on {n} parallel slots here "
+          f"(measured in {time.perf_counter() - started:.1f}s: a few steps of each kind of trial)", file=stream)
+    return estimate
+
+
 def _tune(sw: Sweep, todo: list[TrialConfig], results: str, address: str | None, verbose: bool,
-          num_cpus: int | None, stream) -> None:
+          num_cpus: int | None, stream, keep_checkpoints: bool = False) -> None:
     from ray import tune
 
     todo = longest_first(todo)
     started_here = _start_ray(address, sw, verbose, num_cpus)
+    estimate = _estimate(sw, todo, address, stream)
     fs, root = records.filesystem(results)
     # The grid is over trial ids; each trial's full spec travels once, in the trainable's parameters.
     specs = {c.trial_id: {"config": c.identity() | {"threads": c.threads, "device": c.device,
                                                     "data_root": c.data_root},
                           "results": results, "sweep": sw.name, "checkpoint_every": sw.checkpoint_every,
                           "report_every": sw.report_every} for c in todo}
-    progress = _make_progress(len(todo), results, specs, stream)
+    progress = _make_progress(len(todo), results, specs, estimate, stream)
+    callbacks = [progress] if keep_checkpoints else [progress, _make_pruner(results, sw.name)]
     resources = {k: v for k, v in sw.resources.items() if v}
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_trial, specs=specs), resources),
@@ -449,7 +582,7 @@ def _tune(sw: Sweep, todo: list[TrialConfig], results: str, address: str | None,
                                     trial_name_creator=lambda t: t.config["trial_id"]),
         run_config=tune.RunConfig(
             name=sw.name, storage_path=f"{root}/{RAY_DIR}", storage_filesystem=fs,
-            stop=_make_stopper(), callbacks=[progress], verbose=2 if verbose else 0,
+            stop=_make_stopper(), callbacks=callbacks, verbose=2 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=sw.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )

@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from functools import cache
@@ -29,6 +30,7 @@ from bnsweep import records
 from bnsweep.config import TrialConfig
 from bnsweep.data import BatchSampler, Dataset, augment, load_dataset
 from bnsweep.errors import BnsweepError
+from bnsweep.estimate import StepCosts
 from bnsweep.models import build_model
 from bnsweep.norms import NormOptions
 
@@ -98,6 +100,12 @@ class Trial:
                                   if c.augment else None)
         subset = torch.randperm(n, generator=torch.Generator().manual_seed(c.data_seed))[:c.eval_subset]
         self.eval_index = subset.sort().values.to(self.device)
+        n_test = self.data.test_x.shape[0]
+        # A fixed test subset makes evaluations cheap where they dominate a short trial (cpu scale); its own
+        # generator, so the training subset is the same with or without it.
+        test = torch.randperm(n_test, generator=torch.Generator().manual_seed(stream_seed(c.data_seed, "test")))
+        self.test_index = (test[:c.test_subset].sort().values.to(self.device) if c.test_subset is not None
+                           and c.test_subset < n_test else None)
 
         self.history = torch.full((c.steps, len(CURVE_COLUMNS)), math.nan, device=self.device)
         self.evals: dict[int, dict[str, float]] = {}
@@ -119,7 +127,7 @@ class Trial:
     # -- training --------------------------------------------------------------------------------------
     def train_step(self, t: int) -> None:
         index = self.sampler.next()
-        x, y = self.data.train_x[index], self.data.train_y[index]
+        x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
         if self.augment_generator is not None:
             x = augment(x, self.augment_generator)
         probing = self.probes is not None and self.probes.begin(t)
@@ -195,7 +203,10 @@ class Trial:
         """Loss and accuracy on the fixed training subset and the test set, in eval mode."""
         self.model.eval()
         train = self._evaluate_on(self.data.train_x[self.eval_index], self.data.train_y[self.eval_index])
-        test = self._evaluate_on(self.data.test_x, self.data.test_y)
+        if self.test_index is None:
+            test = self._evaluate_on(self.data.test_x, self.data.test_y)
+        else:
+            test = self._evaluate_on(self.data.test_x[self.test_index], self.data.test_y[self.test_index])
         self.model.train()
         self.evals[t] = {"train_loss": train[0], "train_acc": train[1], "test_loss": test[0], "test_acc": test[1]}
 
@@ -203,7 +214,7 @@ class Trial:
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.float64)
         for i in range(0, x.shape[0], EVAL_BATCH):
-            out = self.model(x[i:i + EVAL_BATCH])
+            out = self.model(self.data.inputs(x[i:i + EVAL_BATCH]))
             yb = y[i:i + EVAL_BATCH]
             if self.task == "classification":
                 total_loss += F.cross_entropy(out, yb, reduction="sum")
@@ -214,6 +225,44 @@ class Trial:
         if self.task == "classification":
             return float(total_loss) / n, float(correct) / n
         return float(total_loss), math.nan  # regression: summed squared error, the paper's training loss
+
+    # -- cost ------------------------------------------------------------------------------------------
+    def measure_costs(self, timed: int = 3) -> StepCosts:
+        """Seconds per plain step, extra seconds per probed step, seconds per evaluated example, from a few
+        real steps of this trial (for the sweep's time estimate; the trial is spent afterwards). Its steps must
+        reach the first probe step after the timed ones, plus one."""
+        def clock() -> float:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+
+        self.train_step(0)  # warm-up: allocations, kernel choice (and the probe at step 0)
+        self.train_step(1)
+        start = clock()
+        for t in range(2, 2 + timed):
+            self.train_step(t)
+        step = (clock() - start) / timed
+        probe = 0.0
+        every = self.config.probe_every
+        if self.probes is not None and every:
+            t = -(-(2 + timed) // every) * every  # the first probe step after the timed ones
+            start = clock()
+            self.train_step(t)
+            self.train_step(t + 1)  # a probed step's activations are compared with the next step's
+            probe = max(0.0, clock() - start - 2 * step)
+        x, y = self.data.train_x[:EVAL_BATCH], self.data.train_y[:EVAL_BATCH]
+        self.model.eval()
+        with torch.no_grad():
+            start = clock()
+            self._evaluate_on(x, y)
+            per_example = (clock() - start) / x.shape[0]
+        self.model.train()
+        return StepCosts(step=step, probe=probe, eval_example=per_example)
+
+    def eval_examples(self) -> int:
+        """Examples one evaluation reads: the fixed training subset and the test set."""
+        tests = self.data.test_x.shape[0] if self.test_index is None else self.test_index.shape[0]
+        return int(self.eval_index.shape[0] + tests)
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -291,7 +340,8 @@ class Trial:
                   else f"cpu ({platform.processor() or platform.machine()})")
         return {"bnsweep_version": bnsweep.__version__, "git_commit": commit, "git_dirty": dirty,
                 "torch_version": torch.__version__, "device_name": device, "device_type": self.device.type,
-                "torch_threads": torch.get_num_threads(), "data_checksum": self.data.checksum,
+                "torch_threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
+                "data_checksum": self.data.checksum,
                 "data_source": self.data.source, "hostname": socket.gethostname(),
                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "schema_version": records.SCHEMA_VERSION}
@@ -313,7 +363,7 @@ OUTCOME_SCHEMA: dict[str, pa.DataType] = {
     "best_test_acc": pa.float64(), "wall_time_s": pa.float64(), "error": pa.string(), "attempt": pa.int64(),
     "bnsweep_version": pa.string(), "git_commit": pa.string(), "git_dirty": pa.bool_(),
     "torch_version": pa.string(), "device_name": pa.string(), "device_type": pa.string(),
-    "torch_threads": pa.int64(), "data_checksum": pa.string(), "data_source": pa.string(),
+    "torch_threads": pa.int64(), "peak_rss_mb": pa.float64(), "data_checksum": pa.string(), "data_source": pa.string(),
     "hostname": pa.string(), "finished_at": pa.string(), "schema_version": pa.int64(),
 }
 
@@ -351,6 +401,16 @@ def failed_trials_table(config: TrialConfig, error: str, attempt: int | None = N
 def _base_type(annotation: str) -> type | None:
     head = str(annotation).split("|")[0].strip()
     return {"bool": bool, "int": int, "float": float}.get(head)
+
+
+def peak_rss_mb() -> float | None:
+    """The peak resident memory of this process so far, in MB (a Ray worker's, over every trial it ran)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 1024**2  # KB on Linux, bytes on macOS
 
 
 @cache

@@ -272,3 +272,17 @@ def test_frames_are_tidy_for_pandas_users(paper):
     ics = load(paper)["ics"]
     medians = ics.groupby(["setting", "norm", "lr"], observed=True)["l2_diff"].median()
     assert isinstance(medians, pd.Series) and medians.index.names == ["setting", "norm", "lr"]
+
+
+def test_lp_and_noisy_figures_draw_when_the_reference_rate_is_off_their_grid(tmp_path):
+    # The reference rate (none and batch both train) is 0.1 here, but the lp variants ran only at 0.05 and noisy
+    # BatchNorm only at 0.5: the figures use the measured rate nearest the reference, and say which.
+    fakes = [f for f in paper_like() if not (f.norm == "l2_batch" and f.lr != 0.05)
+             and not (f.norm == "noisy_batch" and f.lr != 0.5)]
+    results = load(write_set(tmp_path, fakes))
+    assert analysis.aggregate.reference_lr(results["trials"], "vgg11") == 0.1
+    drawn = {d.figure.name: d for d in build_all(results)}
+    for name, lr, norm in (("fig7_lp_variants", 0.05, "l2_batch"), ("fig4_noisy_batchnorm", 0.5, "noisy_batch")):
+        assert drawn[name].spec is not None, drawn[name].reason
+        rows = [row for rows in drawn[name].spec["datasets"].values() for row in rows]
+        assert {row["lr"] for row in rows} == {lr} and norm in {row["norm"] for row in rows}

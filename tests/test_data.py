@@ -54,17 +54,18 @@ def test_cifar_fake_batches_load(tmp_path):
     assert (ds.name, ds.task, ds.num_outputs) == ("cifar10", "classification", 10)
     assert ds.train_x.shape == (200, 3, 32, 32) and ds.test_x.shape == (50, 3, 32, 32)
     assert ds.in_shape == (3, 32, 32)
-    assert ds.train_x.dtype == torch.float32 and ds.train_y.dtype == torch.int64
+    assert ds.train_x.dtype == torch.uint8 and ds.train_y.dtype == torch.int64  # normalized per batch
+    assert ds.inputs(ds.train_x).dtype == torch.float32
     want_train_y = sum((batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), [])
     assert ds.train_y.tolist() == want_train_y
     assert ds.test_y.tolist() == batches["test_batch"][b"labels"]
     assert str(tmp_path / "cifar-10-batches-py") in ds.source
     # Pixel (channel 1, row 5, col 7) of image 3 of data_batch_2 is train image 43; rows are CHW row-major.
     raw = int(batches["data_batch_2"][b"data"][3, 1 * 1024 + 5 * 32 + 7])
-    got = ds.train_x[40 + 3, 1, 5, 7]
+    got = ds.inputs(ds.train_x)[40 + 3, 1, 5, 7]
     assert torch.isclose(got, normalized(raw, D.CIFAR_MEAN[1], D.CIFAR_STD[1]), atol=1e-6)
     raw = int(batches["test_batch"][b"data"][49, 2 * 1024 + 31 * 32 + 0])
-    assert torch.isclose(ds.test_x[49, 2, 31, 0], normalized(raw, D.CIFAR_MEAN[2], D.CIFAR_STD[2]), atol=1e-6)
+    assert torch.isclose(ds.inputs(ds.test_x)[49, 2, 31, 0], normalized(raw, D.CIFAR_MEAN[2], D.CIFAR_STD[2]), atol=1e-6)
 
 
 def test_cifar_checksum_stable_and_sensitive_to_one_byte(tmp_path):
@@ -86,7 +87,7 @@ def test_cifar_checksum_stable_and_sensitive_to_one_byte(tmp_path):
     os.utime(path, ns=(old + 10**9, old + 10**9))  # coarse file clocks could otherwise give the same mtime
     changed = load_dataset("cifar10", root=a, download=False)
     assert changed.checksum != first
-    assert torch.isclose(changed.test_x[-1, 2, 31, 31],
+    assert torch.isclose(changed.inputs(changed.test_x)[-1, 2, 31, 31],
                          normalized(int(batch[b"data"][-1, -1]), D.CIFAR_MEAN[2], D.CIFAR_STD[2]), atol=1e-6)
 
 
@@ -198,9 +199,9 @@ def test_fmnist_tiny_flat_plain_files(tmp_path):
     assert ds.train_x.shape == (7, 1, 32, 32) and ds.test_x.shape == (3, 1, 32, 32)
     assert ds.train_y.tolist() == tr_y.tolist() and ds.test_y.tolist() == te_y.tolist()
     m, s = D.FMNIST_MEAN[0], D.FMNIST_STD[0]
-    assert torch.isclose(ds.train_x[5, 0, 2 + 3, 2 + 27], normalized(int(tr_x[5, 3, 27]), m, s), atol=1e-6)
-    assert torch.isclose(ds.test_x[2, 0, 2, 2], normalized(int(te_x[2, 0, 0]), m, s), atol=1e-6)
-    assert torch.isclose(ds.train_x[0, 0, 1, 2], normalized(0, m, s), atol=1e-6)  # padding
+    assert torch.isclose(ds.inputs(ds.train_x)[5, 0, 2 + 3, 2 + 27], normalized(int(tr_x[5, 3, 27]), m, s), atol=1e-6)
+    assert torch.isclose(ds.inputs(ds.test_x)[2, 0, 2, 2], normalized(int(te_x[2, 0, 0]), m, s), atol=1e-6)
+    assert torch.isclose(ds.inputs(ds.train_x)[0, 0, 1, 2], normalized(0, m, s), atol=1e-6)  # padding
 
     write_idx(tmp_path / "train-labels-idx1-ubyte", tr_y, 2051, compress=False)  # wrong magic
     with pytest.raises(BnsweepError, match="magic 2049"):
@@ -219,7 +220,7 @@ def test_fmnist_debian_files(fmnist, monkeypatch):
     assert ds.train_y.shape == (60000,) and ds.test_y.shape == (10000,) and ds.train_y.dtype == torch.int64
     assert ds.in_shape == (1, 32, 32) and ds.num_outputs == 10
     zero = normalized(0, D.FMNIST_MEAN[0], D.FMNIST_STD[0])
-    for x in (ds.train_x, ds.test_x):
+    for x in (ds.inputs(ds.train_x), ds.inputs(ds.test_x)):
         border = torch.cat([x[..., :2, :].flatten(), x[..., 30:, :].flatten(),
                             x[..., :, :2].flatten(), x[..., :, 30:].flatten()])
         assert torch.allclose(border, zero.expand_as(border), atol=1e-6, rtol=0)
@@ -228,7 +229,7 @@ def test_fmnist_debian_files(fmnist, monkeypatch):
     assert len(counts) == 10 and ((counts - 6000).abs() <= 300).all()
     assert ((torch.bincount(ds.test_y, minlength=10) - 1000).abs() <= 100).all()
     # unpadded images normalized with these constants are ~N(0,1); the zero border pulls the mean down
-    inner = ds.train_x[:2000, :, 2:30, 2:30]
+    inner = ds.inputs(ds.train_x[:2000])[:, :, 2:30, 2:30]
     assert abs(inner.mean().item()) < 0.1 and abs(inner.std().item() - 1) < 0.1
     assert load_dataset("fashion-mnist", download=False).checksum == ds.checksum
 
@@ -348,3 +349,34 @@ def test_augment_crops_and_flips():
     assert len(shifts) > 50  # crops move content around (81 possible offsets)
     with pytest.raises(BnsweepError):
         augment(x[0], torch.Generator())
+
+
+class _RunsCode:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):
+    write_fake_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(BnsweepError, match="data_batch_3") as e:
+        load_dataset("cifar10", root=tmp_path, download=False)
+    assert "is not part of a CIFAR-10 batch" in str(e.value) and not marker.exists()
+
+
+def test_images_stay_uint8_and_normalize_per_batch_exactly_as_the_whole_set(fmnist):
+    # Normalizing a batch gives bit for bit what normalizing the whole set at load gave (the same float ops).
+    whole = fmnist.train_x[:512].float().div(255).sub(fmnist.mean).div(fmnist.std)
+    index = torch.tensor([3, 0, 511, 7])
+    assert torch.equal(fmnist.inputs(fmnist.train_x[index]), whole[index])
+    assert fmnist.train_x.element_size() == 1  # a quarter of float32's memory
+    x = torch.randn(4, 10)
+    assert fmnist.inputs(x) is x  # float data (generated sets) pass through

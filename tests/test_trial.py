@@ -103,3 +103,19 @@ def test_an_error_in_training_is_recorded_as_failed(fmnist, tmp_path, monkeypatc
     assert not row.trained
     with pytest.raises(RuntimeError):
         run_trial(config(norm="batch", lr=0.1, steps=20), None, data=fmnist, catch=False)
+
+
+def test_a_test_subset_is_fixed_and_evaluates_only_those_examples(fmnist):
+    whole = Trial(config(norm="batch", lr=0.1, steps=10, eval_every=10), fmnist)
+    part = Trial(config(norm="batch", lr=0.1, steps=10, eval_every=10, test_subset=300), fmnist)
+    assert whole.test_index is None and part.test_index.shape == (300,)
+    assert part.test_index.unique().numel() == 300 and bool((part.test_index.diff() > 0).all())
+    assert torch.equal(whole.eval_index, part.eval_index)  # the training subset does not move
+    again = Trial(config(norm="batch", lr=0.1, steps=10, eval_every=10, test_subset=300, seed=3), fmnist)
+    assert torch.equal(part.test_index, again.test_index)  # fixed by data_seed, not the trial's seed
+    whole.run()
+    part.run()
+    assert torch.equal(whole.history, part.history)  # training is untouched
+    acc = part.evals[9]["test_acc"]
+    assert abs(acc * 300 - round(acc * 300)) < 1e-9 and part.eval_examples() == 500 + 300
+    assert whole.config.trial_id != part.config.trial_id  # a different measurement, a different record

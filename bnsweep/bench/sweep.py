@@ -95,13 +95,17 @@ def main(argv: list[str]) -> int:
               f"torch {torch.__version__}")
         t_seq, own_seq = sequential(path)
         t_par = on_ray(path, folder / "results")
-        own_par = float(pd.read_parquet(folder / "results" / "trials", columns=["wall_time_s"]).wall_time_s.sum())
+        ray_trials = pd.read_parquet(folder / "results" / "trials", columns=["wall_time_s", "peak_rss_mb"])
+        own_par = float(ray_trials.wall_time_s.sum())
         print(f"one after another in one process: {t_seq:.1f} s   on Ray ({used} at a time): {t_par:.1f} s")
         print(f"the trials' own time (sum of wall_time_s): {own_seq:.1f} s one after another, {own_par:.1f} s on "
               f"Ray ({used} at a time share the memory system); outside the trials on Ray: "
               f"{t_par * used - own_par:.1f} core-seconds")
-        print(f"efficiency: {t_seq / (t_par * used):.3f} (sequential / (sweep wall x {used} cores))")
+        print(f"peak resident memory per worker: {ray_trials.peak_rss_mb.max():.0f} MB (the largest of the "
+              f"workers' peaks, each over every trial it ran; median trial's {ray_trials.peak_rss_mb.median():.0f} "
+              f"MB; torch alone takes ~500 MB of it)")
         print(f"Ray overhead per trial: {(t_par * used - t_seq) / n:.2f} core-seconds")
+        print(f"efficiency: {t_seq / (t_par * used):.3f} (sequential / (sweep wall x {used} cores))")
         if torch.cuda.is_available():
             for packed in (1, 2, 4):
                 gpath = write_sweep(folder, a.steps * 4, 4 * packed, 0.5, gpu=1 / packed)

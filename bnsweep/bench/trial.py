@@ -66,7 +66,7 @@ def hand_loop(data, steps: int, lr: float, width: float, eval_subset: int) -> fl
             perm, pos = torch.randperm(n, generator=g), 0
         idx = perm[pos:pos + 128]
         pos += 128
-        x, y = data.train_x[idx], data.train_y[idx]
+        x, y = data.inputs(data.train_x[idx]), data.train_y[idx]  # uint8 images, normalized per batch
         out = model(x)
         loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
@@ -78,7 +78,7 @@ def hand_loop(data, steps: int, lr: float, width: float, eval_subset: int) -> fl
     with torch.no_grad():
         for xs, ys in ((eval_x, eval_y), (data.test_x, data.test_y)):
             for i in range(0, xs.shape[0], 1000):
-                out = model(xs[i:i + 1000])
+                out = model(data.inputs(xs[i:i + 1000]))
                 F.cross_entropy(out, ys[i:i + 1000], reduction="sum").item()
                 (out.argmax(1) == ys[i:i + 1000]).sum().item()
     return time.perf_counter() - start

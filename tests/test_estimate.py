@@ -1,0 +1,53 @@
+"""bnsweep.estimate: the schedule arithmetic and the calibration, without Ray."""
+
+import pytest
+
+from bnsweep.config import make_config
+from bnsweep.estimate import Estimate, StepCosts, calibrate, kind, makespan, trial_seconds
+
+
+def test_makespan_is_list_scheduling_in_queue_order():
+    assert makespan([], 2) == 0
+    assert makespan([5, 3, 3, 2], 1) == 13
+    assert makespan([5, 3, 3, 2], 2) == 7  # 5 | 3+3, then 2 after 5
+    assert makespan([4, 4], 4) == 4
+    assert makespan([1], 2, busy=[6]) == 6  # a running trial holds a slot for its rest
+    assert makespan([3, 3], 2, busy=[2, 2]) == 5
+
+
+def test_trial_seconds_counts_steps_probes_and_evaluations():
+    c = make_config({"arch": "dln", "steps": 600, "probe_every": 100, "eval_every": 200})
+    costs = StepCosts(step=0.01, probe=0.05, eval_example=1e-4)
+    assert trial_seconds(c, costs, 1000) == pytest.approx(600 * 0.01 + 6 * 0.05 + 3 * 1000 * 1e-4)
+
+
+def test_calibrate_measures_each_kind_once_and_scales_the_rest():
+    configs = [make_config({"arch": "dln", "norm": n, "lr": lr, "steps": 100, "probe_every": 0})
+               for n in ("none", "batch") for lr in (1e-7, 1e-6)]
+    measured = []
+
+    def measure(c):
+        measured.append(c.norm)
+        return StepCosts(step=0.02 if c.norm == "batch" else 0.01, probe=0, eval_example=0), 0
+
+    cost = {"none": 1.0, "batch": 2.0}
+    predicted = calibrate(configs, measure, lambda c: cost[c.norm])
+    assert measured == ["batch", "none"]  # costliest kind first, each kind once
+    assert predicted == {c.trial_id: 100 * (0.02 if c.norm == "batch" else 0.01) for c in configs}
+    assert kind(configs[0]) == kind(configs[1]) != kind(configs[2])
+    # With no budget left after the first kind, the other is scaled by the relative cost.
+    predicted = calibrate(configs, measure, lambda c: cost[c.norm], budget_s=0)
+    assert predicted[configs[0].trial_id] == pytest.approx(1.0)
+
+
+def test_the_running_estimate_learns_from_finished_trials():
+    e = Estimate({"a": 10.0, "b": 10.0, "c": 10.0, "d": 10.0}, slots=2)
+    assert e.total() == 20
+    e.start("a", 0)
+    e.start("b", 0)
+    e.finish("a", 20)  # took twice the prediction
+    assert e.scale == 2
+    e.start("c", 20)
+    assert e.left(20) == pytest.approx(20)  # b is due now (20 s predicted x 2 - 20 s run): d takes its slot, c runs on
+    e.finish("b", 25, fraction_done=0.25)  # diverged after a quarter of its steps, in 25 s
+    assert e.scale == pytest.approx((20 + 25) / (10 + 10 * 0.25))
