@@ -280,7 +280,9 @@ def _read_blocks(path: Path, raw: dict[str, Any], scale: str) -> _Blocks:
     _check_keys(path, "the top level", raw, TOP_KEYS)
     if "description" in raw:
         check(Text(), raw["description"], f"{path}: description")
-    grids = _check_keys(path, "grids", raw.get("grids"), {k for k in raw.get("grids") or {} if isinstance(k, str)})
+    block = raw.get("grids")
+    grids = _check_keys(path, "grids", block, {k for k in block if isinstance(k, str)} if isinstance(block, dict)
+                        else set())
     if not grids:
         raise BnsweepError(f"{path}: a sweep needs a 'grids' mapping with at least one grid")
     base = _check_trial_block(path, "base", raw.get("base"))

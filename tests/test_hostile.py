@@ -119,6 +119,7 @@ MUTATIONS = {  # name: (sweep, change, word the one-line error must name)
     "device junk": (LR_GRID, put("base", "device", value="junk"), "device"),
     "batch larger than the data": (LR_GRID, put("grids", "dln", "batch_size", value=5000), "batch_size"),
     "layer the model lacks": (LR_GRID, put("grids", "dln", "ics_layers", value=[9, 30]), "ics_layers"),
+    "grids true": (LR_GRID, put("grids", value=True), "grids"),
     "description a mapping": (LR_GRID, put("description", value={"a": 1}), "description"),
     "grid size": (LR_GRID, put("grids", "vgg", "seed", value=list(range(2000))), "maximum"),
 }
