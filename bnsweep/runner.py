@@ -540,22 +540,25 @@ def measure_trial(config: TrialConfig) -> tuple[StepCosts, int]:
         torch.set_num_threads(threads)  # the driver keeps its own thread count
 
 
-def _estimate(sw: Sweep, todo: list[TrialConfig], address: str | None, stream) -> Estimate | None:
-    """Measure this machine, print the whole sweep's estimated wall time, and return the running estimate.
-    On a cluster the driver's machine is not where trials run: the estimate waits for the first trials."""
+def _estimate(sw: Sweep, todo: list[TrialConfig], address: str | None,
+              stream) -> tuple[list[TrialConfig], Estimate]:
+    """Measure this machine, print the whole sweep's estimated wall time, and return the queue, costliest
+    first by the measured seconds, with the running estimate. On a cluster the driver's machine is not where
+    trials run: the queue keeps the FLOP model's order and the estimate waits for the first trials."""
     resources = {k: v for k, v in sw.resources.items() if v}
     n = slots(resources)
     if address:
         predicted = {c.trial_id: expected_cost(c) for c in todo}  # relative until trials finish
         print(f"estimate: after the first trials finish ({n} trials fit the cluster now)", file=stream)
-        return Estimate(predicted, n, measured=False)
+        return todo, Estimate(predicted, n, measured=False)
     started = time.perf_counter()
-    predicted = calibrate(todo, measure_trial, expected_cost)
+    seconds = calibrate(todo, measure_trial, expected_cost)
     _DATA.clear()  # the driver keeps no data set; the workers load their own
-    estimate = Estimate(predicted, n)
+    todo = sorted(todo, key=lambda c: seconds[c.trial_id], reverse=True)  # stable: ties keep the FLOP order
+    estimate = Estimate({c.trial_id: seconds[c.trial_id] for c in todo}, n)
     print(f"estimate: {_duration(estimate.total())} for {len(todo)} trials on {n} parallel slots here "
           f"(measured in {time.perf_counter() - started:.1f}s: a few steps of each kind of trial)", file=stream)
-    return estimate
+    return todo, estimate
 
 
 def _tune(sw: Sweep, todo: list[TrialConfig], results: str, address: str | None, verbose: bool,
@@ -564,7 +567,7 @@ def _tune(sw: Sweep, todo: list[TrialConfig], results: str, address: str | None,
 
     todo = longest_first(todo)
     started_here = _start_ray(address, sw, verbose, num_cpus)
-    estimate = _estimate(sw, todo, address, stream)
+    todo, estimate = _estimate(sw, todo, address, stream)
     fs, root = records.filesystem(results)
     # The grid is over trial ids; each trial's full spec travels once, in the trainable's parameters.
     specs = {c.trial_id: {"config": c.identity() | {"threads": c.threads, "device": c.device,

@@ -88,6 +88,11 @@ class Trial:
                                  num_outputs=self.data.num_outputs, norm_options=options,
                                  noise_generator=self.noise_generator, init=c.init,
                                  generator=init_generator).to(self.device)
+        if c.channels_last is None:  # resolved here, where the device is known, and recorded so
+            self.config = c = dataclasses.replace(c, channels_last=self.device.type == "cpu"
+                                                  and len(self.data.in_shape) == 3)
+        if c.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         for key in ("ics_layers", "activation_layers"):  # a layer that does not exist fails before training
             self.model.check_layers(getattr(c, key))
         self.model.train()
@@ -128,6 +133,8 @@ class Trial:
     def train_step(self, t: int) -> None:
         index = self.sampler.next()
         x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.augment_generator is not None:
             x = augment(x, self.augment_generator)
         probing = self.probes is not None and self.probes.begin(t)

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHES = ("trial", "probes", "sweep", "figures")
+BENCHES = ("trial", "probes", "sweep", "figures", "paper")
 
 
 def main() -> int:

@@ -51,9 +51,11 @@ def hand_vgg11(width: float, in_channels: int, classes: int, seed: int) -> nn.Mo
     return model
 
 
-def hand_loop(data, steps: int, lr: float, width: float, eval_subset: int) -> float:
+def hand_loop(data, steps: int, lr: float, width: float, eval_subset: int, channels_last: bool) -> float:
     """Seconds for `steps` SGD steps plus the final evaluation, written by hand."""
     model = hand_vgg11(width, data.in_shape[0], data.num_outputs, seed=0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     n = data.train_x.shape[0]
     g = torch.Generator().manual_seed(0)
@@ -67,6 +69,7 @@ def hand_loop(data, steps: int, lr: float, width: float, eval_subset: int) -> fl
         idx = perm[pos:pos + 128]
         pos += 128
         x, y = data.inputs(data.train_x[idx]), data.train_y[idx]  # uint8 images, normalized per batch
+        x = x.contiguous(memory_format=layout)
         out = model(x)
         loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
@@ -84,11 +87,12 @@ def hand_loop(data, steps: int, lr: float, width: float, eval_subset: int) -> fl
     return time.perf_counter() - start
 
 
-def bnsweep_trial(data, steps: int, lr: float, width: float, eval_subset: int, threads: int) -> float:
+def bnsweep_trial(data, steps: int, lr: float, width: float, eval_subset: int, threads: int,
+                  channels_last: bool) -> float:
     """Seconds for the same work done by bnsweep's Trial (what `bnsweep trial` runs), probes off."""
     config = make_config({"arch": "vgg11", "width": width, "norm": "batch", "lr": lr, "steps": steps,
                           "dataset": data.name, "eval_every": steps, "eval_subset": eval_subset,
-                          "probe_every": 0, "threads": threads, "device": "cpu"})
+                          "probe_every": 0, "threads": threads, "device": "cpu", "channels_last": channels_last})
     trial = Trial(config, data)
     start = time.perf_counter()
     trial.run()
@@ -102,17 +106,21 @@ def main(argv: list[str]) -> int:
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--eval-subset", type=int, default=2000)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--contiguous", action="store_true",
+                   help="both loops in the NCHW layout [default: channels_last, bnsweep's choice on the CPU]")
     a = p.parse_args(argv)
+    cl = not a.contiguous
     torch.set_num_threads(a.threads)
     data = load_dataset("fashion-mnist")
     print(f"bench trial: vgg11 width {a.width} batch 128, {a.steps} steps + final eval, fashion-mnist, "
-          f"{a.threads} threads, torch {torch.__version__}, {a.repeats} interleaved repeats")
-    bnsweep_trial(data, 5, 0.1, a.width, a.eval_subset, a.threads)  # warm-up: allocator, kernels
-    hand_loop(data, 5, 0.1, a.width, a.eval_subset)
+          f"{a.threads} threads, {'channels_last' if cl else 'NCHW'}, torch {torch.__version__}, {a.repeats} "
+          "interleaved repeats")
+    bnsweep_trial(data, 5, 0.1, a.width, a.eval_subset, a.threads, cl)  # warm-up: allocator, kernels
+    hand_loop(data, 5, 0.1, a.width, a.eval_subset, cl)
     ratios, ours, hands = [], [], []
     for _ in range(a.repeats):
-        t_ours = bnsweep_trial(data, a.steps, 0.1, a.width, a.eval_subset, a.threads)
-        t_hand = hand_loop(data, a.steps, 0.1, a.width, a.eval_subset)
+        t_ours = bnsweep_trial(data, a.steps, 0.1, a.width, a.eval_subset, a.threads, cl)
+        t_hand = hand_loop(data, a.steps, 0.1, a.width, a.eval_subset, cl)
         ours.append(t_ours / a.steps)
         hands.append(t_hand / a.steps)
         ratios.append(t_ours / t_hand)
