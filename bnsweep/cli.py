@@ -26,7 +26,8 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{f.metadata['help']} [default: {shown}{_valid_range(f.metadata['valid'])}]"
+        # argparse %-formats help texts: a literal % ("~25% faster") must be doubled.
+        help_text = f"{f.metadata['help']} [default: {shown}{_valid_range(f.metadata['valid'])}]".replace("%", "%%")
         if str(f.type).startswith("bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
@@ -40,7 +41,7 @@ def _valid_range(rule: Rule) -> str:
     inner = rule.rule if isinstance(rule, Nullable) else rule
     if not isinstance(inner, Number | Items):
         return ""
-    return "; valid: " + inner.describe().removeprefix("use ").replace("%", "%%")
+    return "; valid: " + inner.describe().removeprefix("use ")
 
 
 def build_parser() -> argparse.ArgumentParser:
