@@ -37,6 +37,14 @@ TRIALS = "trials"
 # observation with everything needed to group it).
 SEQUENCES = ("probes", "etas", "ics_layers", "activation_layers")  # stored as JSON text in `trials`
 KEYS = ("setting", "arch", "width", "dataset", "task", "norm", "lr", "seed")
+# Columns every file of a table must have for the figures and claims to read it, by kind: a file written by
+# something else (another schema, no `status`) is named in a one-line AnalysisError instead of a KeyError.
+REQUIRED: dict[str, dict[str, str]] = {
+    TRIALS: {"trial_id": "string", "arch": "string", "norm": "string", "lr": "float", "seed": "int",
+             "status": "string", "trained": "bool", "final_loss": "float", "final_train_acc": "float"},
+    "boundaries": {"arch": "string", "norm": "string", "width": "float", "dataset": "string", "lower": "float",
+                   "upper": "float", "ratio": "float", "all_seeds": "bool"},
+}
 
 
 class AnalysisError(ValueError):
@@ -100,19 +108,41 @@ def table_names(fs: pafs.FileSystem, root: str) -> list[str]:
                   and not i.base_name.startswith((".", "_")) and _parquet_files(fs, i.path))
 
 
-def read_table(fs: pafs.FileSystem, folder: str, uniform: bool = True) -> pa.Table:
+def _kind(data_type: pa.DataType) -> str:
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    checks = (("string", pa.types.is_string), ("string", pa.types.is_large_string), ("bool", pa.types.is_boolean),
+              ("int", pa.types.is_integer), ("float", pa.types.is_floating), ("null", pa.types.is_null))
+    return next((name for name, test in checks if test(data_type)), "other")
+
+
+def schema_problem(schema: pa.Schema, required: Mapping[str, str]) -> str | None:
+    """What a file's schema lacks of `required` ({column: kind}), or None (an all-null column fits any kind,
+    an int column a float one)."""
+    for name, wanted in required.items():
+        if name not in schema.names:
+            return f"no column {name!r}"
+        got = _kind(schema.field(name).type)
+        if got not in (wanted, "null") and not (wanted == "float" and got == "int"):
+            return f"column {name!r} holds {got}, not {wanted}"
+    return None
+
+
+def read_table(fs: pafs.FileSystem, folder: str, uniform: bool = True,
+               required: Mapping[str, str] | None = None) -> pa.Table:
     """Every published file of one table, concatenated; a corrupt file is an AnalysisError naming it.
 
     `uniform` tables (one schema for every trial: curves and the probe tables) are read as one pyarrow dataset,
-    multithreaded in C++; `trials`, whose columns grew between versions, and any read that fails are read file
-    by file and concatenated with their schemas unified, which also names a corrupt file.
+    multithreaded in C++; `trials`, whose columns grew between versions, tables with `required` columns and any
+    read that fails are read file by file and concatenated with their schemas unified, which also names a
+    corrupt or foreign file.
     """
     files = _parquet_files(fs, folder)
     if not files:
         return pa.table({})
     # trial_id as a dictionary column: a million repeated strings become one small dictionary.
     options = ds.ParquetReadOptions(dictionary_columns={"trial_id"})
-    if uniform:
+    if uniform and not required:
         try:
             return ds.dataset(files, format=ds.ParquetFileFormat(read_options=options), filesystem=fs).to_table()
         except (OSError, pa.ArrowException):
@@ -120,10 +150,15 @@ def read_table(fs: pafs.FileSystem, folder: str, uniform: bool = True) -> pa.Tab
 
     def read(path: str) -> pa.Table:
         try:
-            return pq.read_table(path, filesystem=fs, read_dictionary=["trial_id"])
+            table = pq.read_table(path, filesystem=fs, read_dictionary=["trial_id"])
         except (OSError, pa.ArrowException) as e:
             raise AnalysisError(f"corrupt Parquet file {path} ({str(e).splitlines()[0]}): delete it and rerun "
                                 "that trial (bnsweep run resumes it)") from None
+        problem = schema_problem(table.schema, required or {})
+        if problem:
+            raise AnalysisError(f"{path} is not a bnsweep {folder.rstrip('/').rsplit('/', 1)[-1]} file ({problem}):"
+                                f" move it out of {folder}")
+        return table
 
     # Threads, not processes: pyarrow releases the GIL while it decodes, and S3 reads are mostly waiting.
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
@@ -263,11 +298,15 @@ def load(results: str | os.PathLike) -> Results:
         raise AnalysisError(f"{str(results)!r} is not a results directory with finished trials (no "
                             f"{TRIALS}/*.parquet): pass the --results directory of a bnsweep run or trial, or "
                             "wait until its first trial finishes")
-    trials = type_trials(to_pandas(read_table(fs, f"{root}/{TRIALS}", uniform=False), categorical_text=False))
+    raw = read_table(fs, f"{root}/{TRIALS}", uniform=False, required=REQUIRED[TRIALS])
+    if raw.num_rows == 0:
+        raise AnalysisError(f"{root}/{TRIALS} holds no rows (its files are empty): pass the --results directory "
+                            "of a bnsweep run or trial with finished trials")
+    trials = type_trials(to_pandas(raw, categorical_text=False))
     tables = {TRIALS: trials}
     for name in names:
         if name == TRIALS:
             continue
-        df = to_pandas(read_table(fs, f"{root}/{name}"))
+        df = to_pandas(read_table(fs, f"{root}/{name}", required=REQUIRED.get(name)))
         tables[name] = attach_keys(df, trials) if "trial_id" in df else df
     return Results(root=str(results), tables=tables)

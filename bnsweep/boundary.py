@@ -299,7 +299,9 @@ def report(results: str) -> str | None:
     """The boundaries table of a results directory, formatted; None if it has none."""
     if not records.list_trial_files(results, BOUNDARIES):
         return None
-    rows = records.read_table(results, BOUNDARIES).to_pylist()
+    rows = records.read_table(results, BOUNDARIES, required=SCHEMA).to_pylist()
+    if not rows:  # only zero-row files: nothing to report
+        return None
     rows.sort(key=lambda r: (r["arch"], r["norm"], r["all_seeds"], r["cell"], r["seed"]))
     return format_table(rows)
 

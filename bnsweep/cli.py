@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 
 from bnsweep.config import FIELDS, TrialConfig
 from bnsweep.errors import BnsweepError
+from bnsweep.rules import Items, Nullable, Number, Rule
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,13 +26,22 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{f.metadata['help']} [default: {shown}]"
+        # argparse %-formats help texts: a literal % ("~25% faster") must be doubled.
+        help_text = f"{f.metadata['help']} [default: {shown}{_valid_range(f.metadata['valid'])}]".replace("%", "%%")
         if str(f.type).startswith("bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=None, help=help_text)
     parser.add_argument("--no-probes", action="store_true", help="switch every probe off (same as --probe-every 0)")
+
+
+def _valid_range(rule: Rule) -> str:
+    """The valid range of a numeric or list option for --help ("; 1 to 10000000"); words list their choices."""
+    inner = rule.rule if isinstance(rule, Nullable) else rule
+    if not isinstance(inner, Number | Items):
+        return ""
+    return "; valid: " + inner.describe().removeprefix("use ")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,26 +95,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MESSAGE = 400  # characters of an error line: bad values are shown cut already; this bounds the rest
+
+
+def option(name: str) -> str:
+    """The CLI spelling of a trial option: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
 def trial_config_from_args(args: argparse.Namespace) -> TrialConfig:
     from bnsweep.config import make_config
 
     values = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     if getattr(args, "no_probes", False):
         values["probe_every"] = 0
-    return make_config(values)
+    return make_config(values, labels={name: option(name) for name in FIELDS})
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
     from bnsweep import records
     from bnsweep.trial import run_trial, summary_line
 
+    records.check_location(args.results, "--results")
     config = trial_config_from_args(args)
     records.check_writable(args.results)
     if config.trial_id in records.finished_trial_ids(args.results) and not args.force:
         print(f"{config.trial_id}: already recorded in {args.results} (pass --force to rerun and replace it)")
         return 0
-    trial = run_trial(config, args.results)
-    print(summary_line(trial))
+    trial = run_trial(config)
+    print(summary_line(trial))  # first: a disk that filled up during training cannot lose the outcome
+    try:
+        records.write_trial(args.results, config.trial_id, trial.tables())
+    except BnsweepError as e:
+        raise BnsweepError(f"trial {config.trial_id} ran (outcome above) but was not recorded: {e}") from None
     if trial.status == "failed":
         print(f"bnsweep: trial failed: {trial.error}", file=sys.stderr)
         return 1
@@ -138,21 +162,29 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from bnsweep import records
     from bnsweep.runner import status_report
 
+    records.check_location(args.results, "results", exists=True)
     print(status_report(args.results))
     return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from analysis.commands import figures
+    from bnsweep import records
 
+    records.check_location(args.results, "results")
+    if args.out is not None:
+        records.check_location(args.out, "--out")
     return figures(args.results, args.out)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from analysis.commands import check
+    from bnsweep import records
 
+    records.check_location(args.results, "results")
     return check(args.results)
 
 
@@ -169,19 +201,49 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return COMMANDS[args.command](args)
     except BnsweepError as e:
-        print(f"bnsweep: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     except BrokenPipeError:  # output piped into head/less that closed early
         return 0
     except Exception as e:
         # analysis/ raises its own AnalysisError (it never imports bnsweep's training code).
-        if type(e).__name__ != "AnalysisError":
+        if type(e).__name__ == "AnalysisError":
+            return _error(str(e))
+        cause = user_error_in(e)
+        if cause is None:
             raise
-        print(f"bnsweep: error: {e}", file=sys.stderr)
-        return 2
+        return _error(cause)
     except KeyboardInterrupt:
         print("bnsweep: interrupted", file=sys.stderr)
         return 130
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def user_error_in(e: BaseException) -> str | None:
+    """The message of bad input or a full, read-only disk found in `e` or the exceptions it was raised from, or
+    None (a bug: its traceback is shown). Ray Tune re-raises an error of a callback (the driver recording a failed
+    trial on a full disk) as a TuneError raised while handling it, so the chain is searched, not just `e`."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, BnsweepError):
+            return str(e)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            # Tune's own state or checkpoints, written outside bnsweep's records.
+            return (f"cannot write {e.filename or 'the results'} ({e.strerror}): free space or choose a writable "
+                    "--results; the files written before are intact")
+        e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
+    return None
+
+
+def _error(message: str) -> int:
+    """Bad input: one line on stderr, at most MAX_MESSAGE characters, exit code 2."""
+    line = " ".join(message.split())
+    if len(line) > MAX_MESSAGE:
+        line = line[:MAX_MESSAGE - 1] + "…"
+    print(f"bnsweep: error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bnsweep.errors import BnsweepError
+from bnsweep.rules import Choice, Device, Directory, Flag, Items, Nullable, Number, Rule, check, show
 
 ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear")
 NORMS = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group")
@@ -21,79 +22,118 @@ DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction")
 DEFAULT_PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms")
 
+# Sizes that are fixed by the architecture or the data set, known before either is built (tests/test_hostile.py
+# checks them against bnsweep.models and bnsweep.data): a batch larger than the training set, or a layer number
+# the network lacks, is refused where it is written, not in a Ray worker.
+TRAIN_EXAMPLES = {"cifar10": 50_000, "fashion-mnist": 60_000, "gaussian-linear": 1_000, "quadratic": 64}
+NUM_LAYERS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "mlp": 4, "dln": 25, "linear": 1}
+# The default ICS layers: VGG's #5 and #10 (the paper's figure), a middle and the last hidden layer otherwise.
+DEFAULT_ICS_LAYERS = {"vgg11": (5, 10), "vgg13": (5, 10), "vgg16": (5, 10), "mlp": (2, 3), "dln": (9, 17),
+                      "linear": (1,)}
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+# Upper bounds of counts and sizes: far above any sensible trial, far below what exhausts memory or overflows.
+MAX_STEPS = 10_000_000
+MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**64; int64 columns hold up to 2**63 - 1
+MAX_THREADS = 1024
+MAX_WIDTH = 8.0  # VGG at width 8: 4096 channels per layer
+MAX_LAYER = 1000
+MAX_TRIALS = 10_000  # trials of one sweep (a search: cells x budget)
+
+
+def _f(default: Any, help: str, valid: Rule, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, "valid": valid, **kw})
+
+
+def _n(kind: type, low: float, high: float, low_open: bool = False) -> Number:
+    return Number(kind, low, high, low_open)
 
 
 @dataclass
 class TrialConfig:
-    """Everything that defines one trial. `None` means "the paper's default for this architecture"."""
+    """Everything that defines one trial. `None` means "the paper's default for this architecture".
+
+    Each field's `valid` rule is its valid range, checked wherever a value enters (check_field)."""
 
     # What is trained.
-    arch: str = _f("vgg11", "network: " + ", ".join(ARCHS))
-    width: float = _f(1.0, "channel/unit width multiplier (VGG, MLP)")
-    norm: str = _f("batch", "normalization variant: " + ", ".join(NORMS))
+    arch: str = _f("vgg11", "network: " + ", ".join(ARCHS), Choice(ARCHS))
+    width: float = _f(1.0, "channel/unit width multiplier (VGG, MLP)", _n(float, 0, MAX_WIDTH, True))
+    norm: str = _f("batch", "normalization variant: " + ", ".join(NORMS), Choice(NORMS))
     dataset: str | None = _f(None, "data set: " + ", ".join(DATASETS) + " (default: fashion-mnist; "
-                             "gaussian-linear for dln, quadratic for linear)")
+                             "gaussian-linear for dln, quadratic for linear)", Nullable(Choice(DATASETS)))
     curvature: float = _f(1.0, "quadratic: top eigenvalue of the loss's Hessian (full-batch GD diverges above "
-                               "2/curvature)", omit_default=True)
+                               "2/curvature)", _n(float, 0, 1e6, True), omit_default=True)
     # How it is trained (protocol.md §1: plain SGD, fixed LR, batch 128, no augmentation).
-    lr: float = _f(0.1, "learning rate (fixed, no schedule)")
-    steps: int = _f(1000, "number of optimizer steps")
-    batch_size: int | None = _f(None, "minibatch size; 0 = full batch (default: 128; full batch for dln "
-                                               "and linear)")
-    momentum: float = _f(0.0, "SGD momentum (the paper used none)")
-    weight_decay: float = _f(0.0, "SGD weight decay (the paper used none)")
-    seed: int = _f(0, "initialization, batch-order and noise seed")
+    lr: float = _f(0.1, "learning rate (fixed, no schedule)", _n(float, 0, 1e6, True))
+    steps: int = _f(1000, "number of optimizer steps", _n(int, 1, MAX_STEPS))
+    batch_size: int | None = _f(None, "minibatch size, at most the training set's size; 0 = full batch (default: "
+                                      "128; full batch for dln and linear)", Nullable(_n(int, 0, 1_000_000)))
+    momentum: float = _f(0.0, "SGD momentum (the paper used none)", _n(float, 0, 1))
+    weight_decay: float = _f(0.0, "SGD weight decay (the paper used none)", _n(float, 0, 1))
+    seed: int = _f(0, "initialization, batch-order and noise seed", _n(int, 0, MAX_SEED))
     data_seed: int = _f(0, "seed of generated data (gaussian-linear's A and x, quadratic's X and y), "
-                           "separate from --seed")
-    init: str = _f("glorot", "weight initialization: glorot (the paper's) or torch")
-    augment: bool = _f(False, "random crop + flip on the device (the paper used none)")
+                           "separate from --seed", _n(int, 0, MAX_SEED))
+    init: str = _f("glorot", "weight initialization: glorot (the paper's) or torch", Choice(("glorot", "torch")))
+    augment: bool = _f(False, "random crop + flip on the device (the paper used none)", Flag())
     # Normalization constants (protocol.md §2 for the noise).
-    bn_eps: float = _f(1e-5, "epsilon of every normalization")
-    bn_momentum: float = _f(0.1, "running-statistics momentum (torch convention)")
-    noise_mu: float = _f(0.5, "noisy_batch: per-unit shift mean ~ U(-noise_mu, noise_mu)")
-    noise_sigma: float = _f(1.25, "noisy_batch: per-unit scale mean ~ U(1, noise_sigma)")
-    noise_r_mu: float = _f(0.1, "noisy_batch: per-element shift ~ U(mu - r, mu + r)")
-    noise_r_sigma: float = _f(0.1, "noisy_batch: per-element scale ~ N(sigma, r) (r is a std)")
-    noise_placement: str = _f("after_affine", "noisy_batch: after_affine (default) or before_affine")
+    bn_eps: float = _f(1e-5, "epsilon of every normalization", _n(float, 0, 1, True))
+    bn_momentum: float = _f(0.1, "running-statistics momentum (torch convention)", _n(float, 0, 1))
+    noise_mu: float = _f(0.5, "noisy_batch: per-unit shift mean ~ U(-noise_mu, noise_mu)", _n(float, 0, 100))
+    noise_sigma: float = _f(1.25, "noisy_batch: per-unit scale mean ~ U(1, noise_sigma)", _n(float, 1, 100))
+    noise_r_mu: float = _f(0.1, "noisy_batch: per-element shift ~ U(mu - r, mu + r)", _n(float, 0, 100))
+    noise_r_sigma: float = _f(0.1, "noisy_batch: per-element scale ~ N(sigma, r) (r is a std)", _n(float, 0, 100))
+    noise_placement: str = _f("after_affine", "noisy_batch: after_affine (default) or before_affine",
+                              Choice(("after_affine", "before_affine")))
     noise_at_eval: str = _f("expected", "noisy_batch in eval mode: expected (noise replaced by its mean, as "
-                            "dropout) or none")
-    groups: int = _f(32, "group norm: number of groups (largest divisor of C not above it)")
+                            "dropout) or none", Choice(("expected", "none")))
+    groups: int = _f(32, "group norm: number of groups (largest divisor of C not above it)", _n(int, 1, 4096))
     # What is measured.
-    eval_every: int = _f(250, "evaluate on a training subset and the test set every N steps (and at the end)")
-    eval_subset: int = _f(10000, "size of the fixed training subset used for evaluation")
+    eval_every: int = _f(250, "evaluate on a training subset and the test set every N steps (and at the end)",
+                         _n(int, 1, MAX_STEPS))
+    eval_subset: int = _f(10000, "size of the fixed training subset used for evaluation", _n(int, 1, 1_000_000))
     test_subset: int | None = _f(None, "size of a fixed subset of the test set used for evaluation "
-                                       "(default: the whole test set)", omit_default=True)
+                                       "(default: the whole test set)", Nullable(_n(int, 1, 1_000_000)),
+                                 omit_default=True)
     # Outcome rules (recorded with every trial).
     diverge_factor: float = _f(10.0, "diverged: a non-finite minibatch loss or one above this multiple of "
-                                    "the initial loss")
-    trained_acc: float = _f(0.5, "trained (classification): final training-subset accuracy at least this")
+                                    "the initial loss", _n(float, 0, 1e12, True))
+    trained_acc: float = _f(0.5, "trained (classification): final training-subset accuracy at least this",
+                            _n(float, 0, 1))
     trained_loss_fraction: float = _f(0.1, "trained (regression): final loss below this fraction of the "
-                                           "initial loss")
+                                           "initial loss", _n(float, 0, 1))
     # Probes (protocol.md §3, §4).
-    probe_every: int = _f(100, "probe the landscape, ICS, activations every N steps; 0 switches probes off")
-    probes: tuple[str, ...] = _f(DEFAULT_PROBES, "probes to run: " + ", ".join(PROBES), sequence=True)
+    probe_every: int = _f(100, "probe the landscape, ICS, activations every N steps; 0 switches probes off",
+                          _n(int, 0, MAX_STEPS))
+    probes: tuple[str, ...] = _f(DEFAULT_PROBES, "probes to run: " + ", ".join(PROBES), Items(Choice(PROBES)),
+                                 sequence=True)
     etas: tuple[float, ...] | None = _f(None, "landscape step sizes as multiples of lr "
-                                        "(default 0.5,1,2,4; dln 0.01,0.1,1,10,30)", sequence=True)
+                                        "(default 0.5,1,2,4; dln 0.01,0.1,1,10,30)",
+                                        Nullable(Items(_n(float, 0, 1e6, True))), sequence=True)
     ics_layers: tuple[int, ...] | str | None = _f(None, "layers for ICS: numbers or 'all' (default 5,10; "
-                                                  "dln 9,17)", sequence=True)
+                                                  "mlp 2,3; dln 9,17)",
+                                                  Nullable(Items(_n(int, 1, MAX_LAYER), all_allowed=True)),
+                                                  sequence=True)
     activation_layers: tuple[int, ...] | str | None = _f(None, "layers for activation statistics: numbers or "
-                                                         "'all' (default: every layer)", sequence=True)
-    noise_in_probes: str = _f("reuse", "noisy_batch probes: reuse the step's noise (reuse) or draw fresh (fresh)")
-    bn_identity_tol: float = _f(1e-3, "relative tolerance of the BatchNorm gradient identity check")
-    hessian_iters: int = _f(20, "power iterations for the top Hessian eigenvalue probe")
+                                                         "'all' (default: every layer)",
+                                                         Nullable(Items(_n(int, 1, MAX_LAYER), all_allowed=True)),
+                                                         sequence=True)
+    noise_in_probes: str = _f("reuse", "noisy_batch probes: reuse the step's noise (reuse) or draw fresh (fresh)",
+                              Choice(("reuse", "fresh")))
+    bn_identity_tol: float = _f(1e-3, "relative tolerance of the BatchNorm gradient identity check",
+                                _n(float, 0, 1, True))
+    hessian_iters: int = _f(20, "power iterations for the top Hessian eigenvalue probe", _n(int, 1, 10_000))
 
     # Not part of the trial's identity: where and how it runs.
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto", identity=False)
-    threads: int = _f(0, "torch intra-op threads; 0 = torch's default", identity=False)
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto", Device(), identity=False)
+    threads: int = _f(0, "torch intra-op threads; 0 = torch's default", _n(int, 0, MAX_THREADS), identity=False)
     channels_last: bool | None = _f(None, "channels_last memory format for convolutional networks (default: on "
-                                          "the CPU, where oneDNN runs it ~25% faster)", identity=False)
-    data_root: str | None = _f(None, "data root (default: $BNSWEEP_DATA, then the usual places)", identity=False)
+                                          "the CPU, where oneDNN runs it ~25% faster)", Nullable(Flag()),
+                                    identity=False)
+    data_root: str | None = _f(None, "data root, an existing directory (default: $BNSWEEP_DATA, then the usual "
+                                     "places)", Nullable(Directory()), identity=False)
 
-    def resolved(self) -> TrialConfig:
-        """Fill the per-architecture defaults and validate; returns a new config."""
+    def resolved(self, labels: Mapping[str, str] | None = None) -> TrialConfig:
+        """Fill the per-architecture defaults and validate; returns a new config. `labels` name the keys in
+        messages as the user wrote them (--batch-size, grids.vgg.batch_size)."""
         c = dataclasses.replace(self)
         dln, linear = c.arch == "dln", c.arch == "linear"
         if c.dataset is None:
@@ -103,57 +143,21 @@ class TrialConfig:
         if c.etas is None:
             c.etas = (0.01, 0.1, 1.0, 10.0, 30.0) if dln else (0.5, 1.0, 2.0, 4.0)
         if c.ics_layers is None:
-            c.ics_layers = (9, 17) if dln else (1,) if linear else (5, 10)
+            c.ics_layers = DEFAULT_ICS_LAYERS.get(c.arch, (1,))
         if c.activation_layers is None:
             c.activation_layers = "all"
-        c.validate()
+        c.validate(labels)
         return c
 
-    def validate(self) -> None:
-        def choose(key: str, value: Any, allowed: tuple) -> None:
-            if value not in allowed:
-                raise BnsweepError(f"unknown {key} {value!r}: choose one of {', '.join(map(str, allowed))}")
-
-        choose("arch", self.arch, ARCHS)
-        choose("norm", self.norm, NORMS)
-        choose("dataset", self.dataset, DATASETS)
-        choose("init", self.init, ("glorot", "torch"))
-        choose("noise_placement", self.noise_placement, ("after_affine", "before_affine"))
-        choose("noise_at_eval", self.noise_at_eval, ("expected", "none"))
-        choose("noise_in_probes", self.noise_in_probes, ("reuse", "fresh"))
-        for p in self.probes:
-            choose("probe", p, PROBES)
-        if ((self.arch == "dln") != (self.dataset == "gaussian-linear")
-                or (self.arch == "linear") != (self.dataset == "quadratic")):
-            raise BnsweepError(f"arch {self.arch!r} cannot train on dataset {self.dataset!r}: dln goes with "
-                               "gaussian-linear, linear with quadratic, the image networks with cifar10 or "
-                               "fashion-mnist")
-        if self.arch == "linear" and self.norm != "none":
-            raise BnsweepError(f"arch 'linear' has no hidden layer to normalize: use norm none, not {self.norm!r}")
-        if self.dataset != "quadratic" and self.curvature != FIELDS["curvature"].default:
-            raise BnsweepError(f"curvature only applies to dataset quadratic, not {self.dataset!r}: leave it at 1")
-        positive = {"lr": self.lr, "width": self.width, "steps": self.steps, "eval_every": self.eval_every,
-                    "eval_subset": self.eval_subset, "diverge_factor": self.diverge_factor,
-                    "bn_eps": self.bn_eps, "groups": self.groups, "curvature": self.curvature}
-        for key, value in positive.items():
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise BnsweepError(f"{key} must be a positive number, got {value!r}")
-        non_negative = {"momentum": self.momentum, "weight_decay": self.weight_decay,
-                        "batch_size": self.batch_size, "probe_every": self.probe_every,
-                        "threads": self.threads, "seed": self.seed, "data_seed": self.data_seed}
-        for key, value in non_negative.items():
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise BnsweepError(f"{key} must be a number >= 0, got {value!r}")
-        if self.test_subset is not None and not (isinstance(self.test_subset, int) and self.test_subset > 0):
-            raise BnsweepError(f"test_subset must be a positive number of test examples, got {self.test_subset!r}")
-        if any(not (isinstance(e, int | float) and e > 0) for e in self.etas or ()):
-            raise BnsweepError(f"etas must be positive multiples of lr, got {self.etas!r}")
-        for key in ("ics_layers", "activation_layers"):
-            value = getattr(self, key)
-            if isinstance(value, str) and value != "all":
-                raise BnsweepError(f"{key} must be layer numbers or 'all', got {value!r}")
-            if not isinstance(value, str) and any(not isinstance(i, int) or i < 1 for i in value or ()):
-                raise BnsweepError(f"{key} must be layer numbers 1..k or 'all', got {value!r}")
+    def validate(self, labels: Mapping[str, str] | None = None) -> None:
+        """Every field in its valid range, then the rules between fields (arch and data set, batch and data set
+        size, layers and architecture). BnsweepError names the first bad value."""
+        labels = labels or {}
+        for f in dataclasses.fields(self):
+            check_field(f.name, getattr(self, f.name), labels.get(f.name))
+        for problem in _cross_field_problems(self):
+            key, text = problem
+            raise BnsweepError(f"{labels.get(key, key)}={show(getattr(self, key))}: {text}")
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the experiment (not where it ran), JSON-ready. A field added later
@@ -176,56 +180,73 @@ def _jsonable(value: Any) -> Any:
 FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 
 
-def parse_value(key: str, raw: Any) -> Any:
-    """Coerce a raw value (CLI string, YAML scalar or list) to the field's type; BnsweepError if impossible.
+def check_field(key: str, raw: Any, label: str | None = None) -> Any:
+    """The valid value of trial option `key` from a raw value (CLI text, YAML scalar or list, Python object).
 
-    YAML reads `1e-3` as a string, so numbers are parsed from strings too.
-    """
+    The one place a trial option is checked: `bnsweep trial`, sweep files, `--set` and bnsweep.run_sweep all
+    come through here. BnsweepError: `<label>=<value>: <what is wrong>; <valid range>`."""
     if key not in FIELDS:
-        raise BnsweepError(f"unknown option {key!r}: choose one of {', '.join(FIELDS)}")
-    f = FIELDS[key]
-    hint = str(f.type)
-    if raw is None or (isinstance(raw, str) and raw.lower() in ("null", "")):  # "none" is a norm variant
-        if "None" in hint:
-            return None
-        raise BnsweepError(f"{key} needs a value")
-    if f.metadata.get("sequence"):
-        if isinstance(raw, str) and raw == "all" and "str" in hint:
-            return "all"
-        items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
-        elem = float if "float" in hint else int if "int" in hint else str
-        return tuple(_scalar(key, elem, item) for item in items if str(item).strip() != "")
-    if hint.startswith("bool"):
-        if isinstance(raw, bool):
-            return raw
-        if str(raw).lower() in ("1", "true", "yes", "on"):
-            return True
-        if str(raw).lower() in ("0", "false", "no", "off"):
-            return False
-        raise BnsweepError(f"{key} must be true or false, got {raw!r}")
-    if hint.startswith("int"):
-        return _scalar(key, int, raw)
-    if hint.startswith("float"):
-        return _scalar(key, float, raw)
-    return str(raw)
+        raise BnsweepError(f"unknown option {show(key)}: choose one of {', '.join(FIELDS)}")
+    return check(FIELDS[key].metadata["valid"], raw, label or key)
 
 
-def _scalar(key: str, kind: type, raw: Any) -> Any:
-    if isinstance(raw, bool):
-        raise BnsweepError(f"{key} must be a number, got {raw!r}")
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        if kind is str:
-            return str(raw).strip()
-        raise BnsweepError(f"{key} must be a number, got {raw!r}") from None
-    if kind is int:
-        if not value.is_integer():
-            raise BnsweepError(f"{key} must be a whole number, got {raw!r}")
-        return int(value)
-    return value if kind is float else str(raw).strip()
+def parse_value(key: str, raw: Any) -> Any:
+    """Coerce a raw value to the field's type and range (check_field without a label)."""
+    return check_field(key, raw)
 
 
-def make_config(values: dict[str, Any]) -> TrialConfig:
-    """Build a resolved config from raw key/values (CLI, sweep file, --set)."""
-    return TrialConfig(**{k: parse_value(k, v) for k, v in values.items()}).resolved()
+def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
+    """(key, what is wrong; how to fix) for each rule between fields that `c` breaks, in a fixed order."""
+    out = []
+    if ((c.arch == "dln") != (c.dataset == "gaussian-linear")
+            or (c.arch == "linear") != (c.dataset == "quadratic")):
+        out.append(("dataset", f"arch {c.arch!r} cannot train on it: dln goes with gaussian-linear, linear with "
+                               "quadratic, the image networks with cifar10 or fashion-mnist"))
+    if c.arch == "linear" and c.norm != "none":
+        out.append(("norm", "arch 'linear' has no hidden layer to normalize: use norm none"))
+    if c.dataset != "quadratic" and c.curvature != FIELDS["curvature"].default:
+        out.append(("curvature", f"curvature only applies to dataset quadratic, not {c.dataset!r}: leave it at 1"))
+    examples = TRAIN_EXAMPLES.get(c.dataset or "")
+    if examples is not None and c.batch_size is not None and c.batch_size > examples:
+        out.append(("batch_size", f"larger than the {examples} training examples of {c.dataset}; use 1 to "
+                                  f"{examples}, or 0 for full batch"))
+    for key in ("ics_layers", "activation_layers"):
+        problem = layer_problem(c.arch, getattr(c, key))
+        if problem:
+            out.append((key, problem))
+    return out
+
+
+def layer_problem(arch: str, layers: tuple[int, ...] | str | None) -> str | None:
+    """Why `layers` do not exist in `arch` (and how to fix it), or None when they do."""
+    count = NUM_LAYERS.get(arch)
+    if count is None or layers is None or layers == "all":
+        return None
+    missing = [i for i in layers if not 1 <= i <= count]
+    if not missing:
+        return None
+    default = ",".join(map(str, DEFAULT_ICS_LAYERS[arch]))
+    return (f"layer #{missing[0]} does not exist in {arch}: layers are numbered 1..{count}; pick layers in "
+            f"1..{count} or 'all' (the default ICS layers of {arch} are {default})")
+
+
+def make_config(values: dict[str, Any], labels: Mapping[str, str] | None = None) -> TrialConfig:
+    """Build a resolved config from raw key/values (CLI, sweep file, --set); `labels` name the keys in messages."""
+    labels = labels or {}
+    parsed = {k: check_field(k, v, labels.get(k)) for k, v in values.items()}
+    return TrialConfig(**parsed).resolved(labels)
+
+
+# The valid ranges of a sweep's run options (its top level, scale blocks and --set), its `resources` and its
+# `search` block: the same rules as the trial options, in the same one-line messages.
+RUN_RULES: dict[str, Rule] = {
+    "seeds": _n(int, 1, 10_000), "threads": _n(int, 0, MAX_THREADS), "checkpoint_every": _n(int, 0, MAX_STEPS),
+    "report_every": _n(int, 1, MAX_STEPS), "max_failures": _n(int, 0, 100),
+}
+RESOURCE_RULES: dict[str, Rule] = {"cpu": _n(float, 0, 1024), "gpu": _n(float, 0, 64)}
+SEARCH_RULES: dict[str, Rule] = {
+    "ratio": _n(float, 1, 100, True), "budget": _n(int, 1, 1000), "points_per_round": _n(int, 1, 100),
+    "extend": _n(float, 1, 1000, True),
+}
+RUN_ARG_RULES: dict[str, Rule] = {"num_cpus": _n(int, 1, 100_000)}
+

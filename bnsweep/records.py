@@ -15,9 +15,11 @@ its metadata and `trials` also as a column. The columns are documented in README
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +30,12 @@ from bnsweep.errors import BnsweepError
 
 SCHEMA_VERSION = 1
 TRIALS = "trials"
+# Columns a table's every file must have, with their kinds, for bnsweep to read it (`status`, `figures`, resume):
+# a file written by something else is named in a one-line error instead of a KeyError deep in a summary.
+REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
+    TRIALS: {"trial_id": "string", "status": "string", "arch": "string", "norm": "string", "trained": "bool",
+             "error": "string"},
+}
 
 
 def filesystem(results: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -52,19 +60,52 @@ def is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
 
 
+def check_location(results: str | os.PathLike, label: str, exists: bool = False) -> None:
+    """A results location as given on the command line: not empty (which would mean the current directory),
+    and, with `exists`, present (a typo must not read as "no trials recorded yet")."""
+    text = str(results)
+    if not text.strip():
+        raise BnsweepError(f"{label}={text!r}: an empty path; give a results directory or an s3://bucket/prefix URI")
+    if not exists:
+        return
+    fs, root = filesystem(results)
+    try:
+        kind = fs.get_file_info(root).type
+    except (OSError, pa.ArrowException) as e:
+        raise BnsweepError(f"cannot read results location {text!r} ({_reason(e)}): check the path and your "
+                           "credentials") from None
+    if kind == pafs.FileType.NotFound:
+        raise BnsweepError(f"results directory {text!r} does not exist: pass the --results directory of a "
+                           "bnsweep run or trial")
+    if kind != pafs.FileType.Directory:
+        raise BnsweepError(f"{text!r} is a file, not a results directory: pass the --results directory of a "
+                           "bnsweep run or trial")
+
+
+def _reason(e: BaseException) -> str:
+    """The one-line reason of an I/O error ("No space left on device"), also from pyarrow's wordier messages
+    ("Error writing bytes to file. Detail: [errno 28] No space left on device")."""
+    text = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    detail = re.search(r"\[errno \d+\] (.+)", text)
+    text = detail.group(1) if detail else text
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def check_writable(results: str | os.PathLike) -> None:
     """Fail early, before any training, if results cannot be written there."""
     fs, root = filesystem(results)
     probe = f"{root}/.bnsweep-write-test-{uuid.uuid4().hex}"
     try:
         fs.create_dir(root, recursive=True)
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
+        try:
+            with fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+        finally:
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_file(probe)
     except (OSError, pa.ArrowException) as e:
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise BnsweepError(f"cannot write results to {str(results)!r} ({reason}): choose a writable --results "
-                           "directory") from None
+        raise BnsweepError(f"cannot write results to {str(results)!r} ({_reason(e)}): choose a writable "
+                           "--results directory") from None
 
 
 def write_table(results: str | os.PathLike, table: str, trial_id: str, data: pa.Table) -> None:
@@ -75,17 +116,29 @@ def write_table(results: str | os.PathLike, table: str, trial_id: str, data: pa.
     data = data.replace_schema_metadata({**(data.schema.metadata or {}),
                                          b"bnsweep.schema_version": str(SCHEMA_VERSION).encode(),
                                          b"bnsweep.table": table.encode()})
-    fs.create_dir(folder, recursive=True)
-    if not is_local(fs):
-        pq.write_table(data, final, filesystem=fs)  # one object PUT: atomic on S3
-        return
+    try:
+        fs.create_dir(folder, recursive=True)
+        if is_local(fs):
+            _publish_local(data, folder, trial_id, final)
+        else:
+            pq.write_table(data, final, filesystem=fs)  # one object PUT: atomic on S3
+    except (OSError, pa.ArrowException) as e:
+        # A full disk, a directory gone read-only, an S3 error: nothing half-written is left under a published
+        # name, and the files written before are untouched.
+        raise BnsweepError(f"cannot write {final} ({_reason(e)}): free space or choose a writable --results; "
+                           "the files written before are intact") from None
+
+
+def _publish_local(data: pa.Table, folder: str, trial_id: str, final: str) -> None:
+    """Write under a dot-prefixed temporary name, then rename: readers see the whole file or none."""
     tmp = f"{folder}/.{trial_id}.{uuid.uuid4().hex}.tmp"
     try:
         pq.write_table(data, tmp)
         os.replace(tmp, final)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with contextlib.suppress(OSError):
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def write_trial(results: str | os.PathLike, trial_id: str, tables: dict[str, pa.Table]) -> None:
@@ -113,20 +166,57 @@ def finished_trial_ids(results: str | os.PathLike) -> set[str]:
     return {Path(p).name.removesuffix(".parquet") for p in list_trial_files(results)}
 
 
-def read_table(results: str | os.PathLike, table: str, trial_ids: Iterable[str] | None = None) -> pa.Table:
-    """Read a table (all trials, or the given ones); a corrupt file is a one-line error naming it."""
-    fs, _ = filesystem(results)
+def read_table(results: str | os.PathLike, table: str, trial_ids: Iterable[str] | None = None,
+               required: Mapping[str, str] | pa.Schema | None = None) -> pa.Table:
+    """Read a table (all trials, or the given ones). A corrupt file, or one without the `required` columns
+    (default: REQUIRED_COLUMNS of the table), is a one-line error naming it."""
+    fs, root = filesystem(results)
     files = list_trial_files(results, table)
     if trial_ids is not None:
         wanted = set(trial_ids)
         files = [f for f in files if Path(f).name.removesuffix(".parquet") in wanted]
+    if required is None:
+        required = REQUIRED_COLUMNS.get(table, {})
+    elif isinstance(required, pa.Schema):
+        required = {f.name: kind(f.type) for f in required}
     parts = []
-    for path in files:
+    for path in files:  # every file read before any is judged foreign: a corrupt file is the first to fix
         try:
             parts.append(pq.read_table(path, filesystem=fs))
         except (OSError, pa.ArrowException) as e:
-            raise BnsweepError(f"corrupt Parquet file {path}: {str(e).splitlines()[0]}; delete it and rerun the "
+            raise BnsweepError(f"corrupt Parquet file {path}: {_reason(e)}; delete it and rerun the "
                                "trial (bnsweep run resumes it)") from None
+    for path, part in zip(files, parts, strict=True):
+        problem = schema_problem(part.schema, required)
+        if problem:
+            raise BnsweepError(f"{path} is not a bnsweep {table} file ({problem}): move it out of "
+                               f"{root}/{table}")
     if not parts:
         return pa.table({})
-    return pa.concat_tables(parts, promote_options="permissive")
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except pa.ArrowException as e:
+        raise BnsweepError(f"the files of {root}/{table} have incompatible schemas ({_reason(e)}): results of "
+                           "different bnsweep versions, or other files, cannot share a directory") from None
+
+
+def kind(data_type: pa.DataType) -> str:
+    """A column type's kind, as REQUIRED_COLUMNS names it: string, bool, int, float, list or other."""
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    checks = (("string", pa.types.is_string), ("string", pa.types.is_large_string), ("bool", pa.types.is_boolean),
+              ("int", pa.types.is_integer), ("float", pa.types.is_floating), ("list", pa.types.is_list),
+              ("null", pa.types.is_null))
+    return next((name for name, test in checks if test(data_type)), "other")
+
+
+def schema_problem(schema: pa.Schema, required: Mapping[str, str]) -> str | None:
+    """What a file's schema lacks of `required` ({column: kind}), or None. An all-null column (type null) and an
+    int where a float belongs are fine."""
+    for name, wanted in required.items():
+        if name not in schema.names:
+            return f"no column {name!r}"
+        got = kind(schema.field(name).type)
+        if got != wanted and got != "null" and not (wanted == "float" and got == "int"):
+            return f"column {name!r} holds {got}, not {wanted}"
+    return None

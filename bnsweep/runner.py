@@ -32,7 +32,7 @@ from bnsweep import records
 from bnsweep.config import TrialConfig, make_config
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import TIMED_STEPS, Estimate, StepCosts, calibrate
-from bnsweep.sweep import Sweep, load, rough_cost
+from bnsweep.sweep import Sweep, check_run_arguments, load, rough_cost
 
 ATTEMPTS = "_attempts"  # RESULTS/_attempts/<trial_id>/<uuid>: one empty file per start of a trial
 RAY_DIR = "_ray"  # Tune's experiment state and checkpoints; underscore: ignored by Parquet readers
@@ -473,6 +473,7 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
               stream=sys.stdout) -> str:
     """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`.
     A finished trial's checkpoints are deleted once its records are written, unless `keep_checkpoints`."""
+    check_run_arguments(results, data_root, num_cpus)
     _quiet_ray_env()
     address = address or os.environ.get("RAY_ADDRESS") or None
     scale, why = choose_scale(scale, address)

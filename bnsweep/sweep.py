@@ -40,15 +40,29 @@ from typing import Any
 
 import yaml
 
-from bnsweep.config import FIELDS, TrialConfig, make_config
+from bnsweep.config import (
+    FIELDS,
+    MAX_TRIALS,
+    RESOURCE_RULES,
+    RUN_ARG_RULES,
+    RUN_RULES,
+    SEARCH_RULES,
+    TrialConfig,
+    check_field,
+    make_config,
+)
 from bnsweep.errors import BnsweepError
+from bnsweep.rules import Text, check, show
 
 SCALES = ("paper", "cpu", "smoke")
-RUN_KEYS = {"seeds": int, "resources": dict, "threads": int, "checkpoint_every": int, "report_every": int,
-            "max_failures": int}
+RUN_KEYS = tuple(RUN_RULES) + ("resources",)
 SEARCH_DEFAULTS = {"ratio": 1.25, "budget": 12, "points_per_round": 3, "extend": 4.0}
 TOP_KEYS = {"description", "base", "grids", "scales", "search", *RUN_KEYS}
-RESOURCE_KEYS = ("cpu", "gpu")
+RESOURCE_KEYS = tuple(RESOURCE_RULES)
+MAX_SWEEP_BYTES = 1_000_000  # a sweep file is a page of YAML; 1 MB is thousands of grids
+MAX_DEPTH = 16  # nesting of YAML collections: a sweep file needs 4 (scales.smoke.vgg.lr)
+# The C parser when PyYAML has it: the pure-Python one takes minutes and gigabytes on a file near the size limit.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -108,73 +122,139 @@ def find(sweep: str) -> Path:
 
 
 def read(path: Path) -> dict[str, Any]:
+    """A sweep file's mapping: UTF-8 text of at most MAX_SWEEP_BYTES, safe YAML without aliases or deep nesting."""
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_SWEEP_BYTES + 1)
+    except OSError as e:
+        raise BnsweepError(f"cannot read sweep file {path}: {e.strerror}") from None
+    if len(data) > MAX_SWEEP_BYTES:
+        raise BnsweepError(f"{path}: larger than {MAX_SWEEP_BYTES:,} bytes: a sweep file is a page of YAML")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BnsweepError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): a sweep "
+                           "file is YAML text; save it as UTF-8") from None
+    data = parse_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise BnsweepError(f"{path}: a sweep file is a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    return data
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Safe YAML, checked first as an event stream (C parser, constant stack): an alias, which can expand
+    exponentially (a "billion laughs"), a collection nested deeper than MAX_DEPTH, or a mapping key that is
+    not a scalar are one-line errors naming the key path, before any object is built."""
+    try:
+        _check_events(yaml.parse(text, Loader=LOADER), source)
+        return yaml.load(text, Loader=LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise BnsweepError(f"{path}:{where} is not valid YAML ({problem})") from None
-    except OSError as e:
-        raise BnsweepError(f"cannot read sweep file {path}: {e.strerror}") from None
-    if not isinstance(data, dict):
-        raise BnsweepError(f"{path}: a sweep file is a mapping with keys {', '.join(sorted(TOP_KEYS))}")
-    return data
+        raise BnsweepError(f"{source}:{where} is not valid YAML ({show(problem)})") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
+        # A scalar PyYAML's constructors cannot build (an integer of more than 4,300 digits, a bad date).
+        raise BnsweepError(f"{source}: cannot read the YAML ({type(e).__name__}: {show(str(e))})") from None
+
+
+@dataclass
+class _Open:
+    """A collection being read by _check_events: where it is, and which child comes next."""
+
+    path: str
+    mapping: bool
+    key: str | None = None
+    index: int = 0
+    expect_key: bool = True
+
+    def child(self) -> str:
+        if self.mapping:
+            return f"{self.path}.{self.key}" if self.path else str(self.key)
+        return f"{self.path}[{self.index}]"
+
+    def advance(self) -> None:
+        if self.mapping:
+            self.expect_key = True
+        else:
+            self.index += 1
+
+
+def _check_events(events, source: str) -> None:
+    stack: list[_Open] = []
+    node = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
+    for event in events:
+        top = stack[-1] if stack else None
+        line = f"line {event.start_mark.line + 1}" if event.start_mark else "?"
+        if isinstance(event, node) and top is not None and top.mapping and top.expect_key:
+            if not isinstance(event, yaml.ScalarEvent):
+                raise BnsweepError(f"{source}: {top.path or 'the top level'} ({line}): a mapping key must be a "
+                                   "plain word or number")
+            top.key, top.expect_key = show(event.value).strip("'")[:40], False
+            continue
+        here = top.child() if top is not None else ""
+        if isinstance(event, yaml.AliasEvent):
+            raise BnsweepError(f"{source}: {here or 'the top level'} ({line}): YAML aliases (*{show(event.anchor)})"
+                               " are not allowed in sweep files: write the value out")
+        if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                raise BnsweepError(f"{source}: {here} ({line}): nested deeper than {MAX_DEPTH} levels: a sweep "
+                                   "file needs 4")
+            stack.append(_Open(here, isinstance(event, yaml.MappingStartEvent)))
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            stack.pop()
+            if stack:
+                stack[-1].advance()
+        elif isinstance(event, yaml.ScalarEvent) and top is not None:
+            top.advance()
 
 
 def _check_keys(path: Path, where: str, block: Any, allowed: set[str]) -> dict:
     if block is None:
         return {}
     if not isinstance(block, dict):
-        raise BnsweepError(f"{path}: {where} must be a mapping, got {type(block).__name__}")
+        raise BnsweepError(f"{path}: {where} must be a mapping, got {_kind(block)}")
     for key in block:
-        if key not in allowed:
-            raise BnsweepError(f"{path}: unknown key {key!r} in {where}: allowed keys are "
-                               f"{', '.join(sorted(allowed))}")
+        if not isinstance(key, str) or key not in allowed:
+            names = ", ".join(sorted(allowed))
+            raise BnsweepError(f"{path}: unknown key {show(key)} in {where}: allowed keys are {names}")
     return block
 
 
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list"}.get(type(value), f"{show(value)}")
+
+
+def _check_trial_block(path: Path, where: str, block: Any) -> dict[str, Any]:
+    """A block of trial options (base, a grid, a scale block's options): every value of every axis checked
+    where it is written, so the message names its key path."""
+    block = dict(_check_keys(path, where, block, set(FIELDS)))
+    for key, value in block.items():
+        _check_axis(f"{path}: {where}.{key}", key, value)
+    return block
+
+
+def _check_axis(label: str, key: str, value: Any) -> None:
+    values = _axis_values(key, value)
+    if not values:
+        raise BnsweepError(f"{label}=[]: an empty list is an empty grid axis, which gives no trials; list at "
+                           "least one value")
+    for i, v in enumerate(values):
+        check_field(key, v, label if len(values) == 1 and values[0] is value else f"{label}[{i}]")
+
+
 def _check_run_value(path: Path, where: str, key: str, value: Any) -> Any:
+    label = f"{path}: {where}.{key}" if where else f"{path}: {key}"
     if key == "resources":
-        _check_keys(path, f"{where}.resources", value, set(RESOURCE_KEYS))
-        out = {}
-        for k, v in value.items():
-            try:
-                out[k] = float(v)
-            except (TypeError, ValueError):
-                raise BnsweepError(f"{path}: {where}.resources.{k} must be a number, got {v!r}") from None
-            if not math.isfinite(out[k]) or out[k] < 0:
-                raise BnsweepError(f"{path}: {where}.resources.{k} must be >= 0, got {v!r}")
-        return out
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BnsweepError(f"{path}: {where}.{key} must be a whole number, got {value!r}") from None
-    if not number.is_integer() or number < 0:
-        raise BnsweepError(f"{path}: {where}.{key} must be a whole number >= 0, got {value!r}")
-    return int(number)
+        _check_keys(path, f"{where}.resources" if where else "resources", value, set(RESOURCE_KEYS))
+        return {k: check(RESOURCE_RULES[k], v, f"{label}.{k}") for k, v in (value or {}).items()}
+    return check(RUN_RULES[key], value, label)
 
 
 def _check_search(path: Path, where: str, block: Any) -> dict[str, Any]:
-    """A `search` block: ratio and extend > 1, budget and points_per_round whole numbers >= 1."""
+    """A `search` block: its keys in SEARCH_RULES' ranges."""
     _check_keys(path, where, block, set(SEARCH_DEFAULTS))
-    out: dict[str, Any] = {}
-    for key, value in (block or {}).items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if isinstance(value, bool) or not math.isfinite(number):
-            raise BnsweepError(f"{path}: {where}.{key} must be a number, got {value!r}")
-        if isinstance(SEARCH_DEFAULTS[key], int):
-            if not number.is_integer() or number < 1:
-                raise BnsweepError(f"{path}: {where}.{key} must be a whole number >= 1, got {value!r}")
-            out[key] = int(number)
-        else:
-            if number <= 1:
-                raise BnsweepError(f"{path}: {where}.{key} must be a number > 1, got {value!r}")
-            out[key] = number
-    return out
+    return {key: check(SEARCH_RULES[key], value, f"{path}: {where}.{key}") for key, value in (block or {}).items()}
 
 
 def _axis_values(key: str, value: Any) -> list[Any]:
@@ -186,97 +266,167 @@ def _axis_values(key: str, value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (), seeds: int | None = None) -> Sweep:
-    """Load, validate and expand a sweep at a scale, with `--set key=value` overrides."""
-    if scale not in SCALES:
-        raise BnsweepError(f"unknown scale {scale!r}: choose one of {', '.join(SCALES)}")
-    path = find(sweep)
-    raw = read(path)
+@dataclass
+class _Blocks:
+    """A sweep file's blocks at one scale, each value checked, before --set and the expansion into trials."""
+
+    base: dict[str, Any]
+    per_grid: dict[str, dict[str, Any]]
+    run: dict[str, Any]
+    search: dict[str, Any] | None
+
+
+def _read_blocks(path: Path, raw: dict[str, Any], scale: str) -> _Blocks:
     _check_keys(path, "the top level", raw, TOP_KEYS)
-    grids = _check_keys(path, "grids", raw.get("grids"), set(raw.get("grids") or {}))
+    if "description" in raw:
+        check(Text(), raw["description"], f"{path}: description")
+    block = raw.get("grids")
+    grids = _check_keys(path, "grids", block, {k for k in block if isinstance(k, str)} if isinstance(block, dict)
+                        else set())
     if not grids:
         raise BnsweepError(f"{path}: a sweep needs a 'grids' mapping with at least one grid")
-    trial_keys = set(FIELDS)
-    base = dict(_check_keys(path, "base", raw.get("base"), trial_keys))
-    per_grid = {name: dict(_check_keys(path, f"grids.{name}", block, trial_keys)) for name, block in grids.items()}
-    run = {k: _check_run_value(path, "the top level", k, raw[k]) for k in RUN_KEYS if k in raw}
+    base = _check_trial_block(path, "base", raw.get("base"))
+    per_grid = {name: _check_trial_block(path, f"grids.{name}", block) for name, block in grids.items()}
+    run = {k: _check_run_value(path, "", k, raw[k]) for k in RUN_KEYS if k in raw}
     search = _check_search(path, "search", raw["search"]) if "search" in raw else None
 
     scales = _check_keys(path, "scales", raw.get("scales"), set(SCALES))
-    if scale != "paper":
-        if scale not in scales:
-            raise BnsweepError(f"{path}: no {scale!r} block under scales: add one, or use --scale paper")
-        allowed = trial_keys | set(grids) | {"base", "search"} | set(RUN_KEYS)
-        block = _check_keys(path, f"scales.{scale}", scales[scale], allowed)
-        for key, value in block.items():
-            if key == "search":
-                search = {**(search or {}), **_check_search(path, f"scales.{scale}.search", value)}
-            elif key == "base":
-                base.update(_check_keys(path, f"scales.{scale}.base", value, trial_keys))
-            elif key in grids:
-                per_grid[key].update(_check_keys(path, f"scales.{scale}.{key}", value, trial_keys))
-            elif key in RUN_KEYS:
-                run[key] = _check_run_value(path, f"scales.{scale}", key, value)
-            else:
-                base[key] = value
+    if scale == "paper":
+        return _Blocks(base, per_grid, run, search)
+    if scale not in scales:
+        raise BnsweepError(f"{path}: no {scale!r} block under scales: add one, or use --scale paper")
+    where = f"scales.{scale}"
+    block = _check_keys(path, where, scales[scale], set(FIELDS) | set(grids) | {"base", "search"} | set(RUN_KEYS))
+    for key, value in block.items():
+        if key == "search":
+            search = {**(search or {}), **_check_search(path, f"{where}.search", value)}
+        elif key == "base":
+            base.update(_check_trial_block(path, f"{where}.base", value))
+        elif key in grids:
+            per_grid[key].update(_check_trial_block(path, f"{where}.{key}", value))
+        elif key in RUN_KEYS:
+            run[key] = _check_run_value(path, where, key, value)
+        else:
+            _check_axis(f"{path}: {where}.{key}", key, value)
+            base[key] = value
+    return _Blocks(base, per_grid, run, search)
+
+
+def _apply_sets(path: Path, blocks: _Blocks, sets: list[str] | tuple[str, ...]) -> tuple[dict, dict]:
+    """`--set key=value` overrides, each checked like the file's own values; returns (overrides, per grid)."""
     overrides: dict[str, Any] = {}  # --set wins over every block of the file, GRID.key over key
     grid_overrides: dict[str, dict[str, Any]] = {}
     for assignment in sets:
         key, sep, text = assignment.partition("=")
         if not sep:
-            raise BnsweepError(f"--set {assignment!r}: write key=value, e.g. --set steps=500")
-        value = yaml.safe_load(text) if text else None
+            raise BnsweepError(f"--set {show(assignment)}: write key=value, e.g. --set steps=500")
+        value = parse_yaml(text, f"--set {key}") if text else None
         grid, dot, sub = key.partition(".")
-        if dot and grid in grids:
-            _check_keys(path, f"--set {key}", {sub: value}, trial_keys)
+        label = f"--set {key}"
+        if dot and grid in blocks.per_grid:
+            _check_keys(path, label, {sub: value}, set(FIELDS))
+            _check_axis(label, sub, value)
             grid_overrides.setdefault(grid, {})[sub] = value
         elif dot and grid == "search":
-            search = {**(search or {}), **_check_search(path, "--set search", {sub: value})}
+            _check_keys(path, "--set search", {sub: value}, set(SEARCH_DEFAULTS))
+            blocks.search = {**(blocks.search or {}), sub: check(SEARCH_RULES[sub], value, label)}
         elif dot and grid == "resources":
-            run["resources"] = {**run.get("resources", {}),
-                                **_check_run_value(path, "--set", "resources", {sub: value})}
-        elif key in RUN_KEYS:
-            run[key] = _check_run_value(path, "--set", key, value)
-        elif key in trial_keys:
+            _check_keys(path, "--set resources", {sub: value}, set(RESOURCE_KEYS))
+            blocks.run["resources"] = {**blocks.run.get("resources", {}),
+                                       sub: check(RESOURCE_RULES[sub], value, label)}
+        elif key in RUN_RULES:
+            blocks.run[key] = check(RUN_RULES[key], value, label)
+        elif key in FIELDS:
+            _check_axis(label, key, value)
             overrides[key] = value
         else:
-            raise BnsweepError(f"--set {key}: unknown key; use a trial option ({', '.join(sorted(trial_keys))}), "
-                               f"a run option ({', '.join(RUN_KEYS)}), search.KEY or GRID.option with GRID "
-                               f"in {', '.join(grids)}")
+            raise BnsweepError(f"--set {show(key)}: unknown key; use a trial option (see bnsweep trial --help), "
+                               f"a run option ({', '.join(RUN_KEYS)}), search.KEY or GRID.option with GRID in "
+                               f"{', '.join(blocks.per_grid)}")
+    return overrides, grid_overrides
+
+
+def _grid_size(merged: dict[str, Any]) -> int:
+    return math.prod(len(_axis_values(k, v)) for k, v in merged.items())
+
+
+def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (), seeds: int | None = None) -> Sweep:
+    """Load, validate and expand a sweep at a scale, with `--set key=value` overrides."""
+    if scale not in SCALES:
+        raise BnsweepError(f"unknown scale {show(scale)}: choose one of {', '.join(SCALES)}")
+    path = find(sweep)
+    raw = read(path)
+    blocks = _read_blocks(path, raw, scale)
+    overrides, grid_overrides = _apply_sets(path, blocks, sets)
+    run = blocks.run
     if seeds is not None:
-        run["seeds"] = seeds
+        run["seeds"] = check(RUN_RULES["seeds"], seeds, "--seeds")
 
     resources = {"cpu": 1.0, "gpu": 0.0, **run.get("resources", {})}
     threads = run.get("threads") or max(1, int(resources["cpu"]))
-    configs: list[TrialConfig] = []
-    for name, block in per_grid.items():
-        merged = {**base, **block, **overrides, **grid_overrides.get(name, {})}
+    merged_grids = {}
+    for name, block in blocks.per_grid.items():
+        merged = {**blocks.base, **block, **overrides, **grid_overrides.get(name, {})}
         if "seed" not in merged:
             merged["seed"] = list(range(run.get("seeds", 1)))
-        keys = sorted(merged)
-        axes = [_axis_values(k, merged[k]) for k in keys]
-        for combo in itertools.product(*axes):
-            values = dict(zip(keys, combo, strict=True))
-            values["threads"] = threads
-            try:
-                configs.append(make_config(values))
-            except BnsweepError as e:
-                raise BnsweepError(f"{path}: grid {name!r} at scale {scale}: {e}") from None
+        merged_grids[name] = merged
+    sizes = {name: _grid_size(merged) for name, merged in merged_grids.items()}
+    if sum(sizes.values()) > MAX_TRIALS:
+        largest = max(sizes, key=sizes.get)
+        raise BnsweepError(f"{path}: {sum(sizes.values()):,} trials at scale {scale} (grid {largest!r}: "
+                           f"{sizes[largest]:,}): more than the maximum of {MAX_TRIALS:,} trials in one sweep; "
+                           "split it into several sweeps or shorten its axes")
+    configs = [config for name, merged in merged_grids.items() for config in _expand(path, name, scale, merged,
+                                                                                     threads)]
     ids = [c.trial_id for c in configs]
     if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
         raise BnsweepError(f"{path}: two grid points are the same trial ({dup}): remove the overlap")
+    search = blocks.search
     if search is not None:
         search = {**SEARCH_DEFAULTS, **search}
-        widest = max(cells(configs).values(), key=len)
+        groups = cells(configs)
+        widest = max(groups.values(), key=len)
         if len(widest) > search["budget"]:
             raise BnsweepError(f"{path}: search.budget ({search['budget']}) at scale {scale} is smaller than the "
                                f"{len(widest)} initial learning rates of cell {widest[0].arch}-{widest[0].norm}: "
                                "raise the budget or list fewer lr values")
+        if len(groups) * search["budget"] > MAX_TRIALS:
+            raise BnsweepError(f"{path}: {len(groups)} cells x search.budget {search['budget']} = "
+                               f"{len(groups) * search['budget']:,} trials at most at scale {scale}: more than the "
+                               f"maximum of {MAX_TRIALS:,}; lower the budget or split the sweep")
     return Sweep(name=path.stem, path=path, scale=scale, description=str(raw.get("description", "")),
                  configs=configs, resources=resources, threads=threads,
                  checkpoint_every=run.get("checkpoint_every", 1000), report_every=run.get("report_every", 100),
                  max_failures=run.get("max_failures", 2), search=search)
+
+
+def _expand(path: Path, name: str, scale: str, merged: dict[str, Any], threads: int) -> list[TrialConfig]:
+    """The trials of one grid: the product of its axes, each resolved and checked across fields."""
+    keys = sorted(merged)
+    axes = [_axis_values(k, merged[k]) for k in keys]
+    out = []
+    for combo in itertools.product(*axes):
+        values = dict(zip(keys, combo, strict=True))
+        values["threads"] = threads
+        try:
+            out.append(make_config(values))
+        except BnsweepError as e:
+            raise BnsweepError(f"{path}: grid {name!r} at scale {scale}: {e}") from None
+    return out
+
+
+def check_run_arguments(results: str | None, data_root: str | None, num_cpus: int | None) -> None:
+    """The arguments of `bnsweep run` / bnsweep.run_sweep that are not in the sweep file, in their valid ranges
+    (--seeds and --set are checked by `load`)."""
+    if results is not None and not str(results).strip():
+        raise BnsweepError(f"--results={str(results)!r}: an empty path; give a results directory or an "
+                           "s3://bucket/prefix URI (or leave it out for results/SWEEP)")
+    if data_root is not None:
+        check_field("data_root", data_root, "--data-root")
+    if num_cpus is not None:
+        check(RUN_ARG_RULES["num_cpus"], num_cpus, "--num-cpus")
 
 
 def rough_cost(sweep: Sweep) -> str:
