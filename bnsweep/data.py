@@ -266,11 +266,15 @@ def _read_fmnist(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return tr_x, tr_y, te_x, te_y, _checksum(tr_x, tr_y, te_x, te_y)
 
 
-def _load_fmnist(root: Path | None, download: bool, dev: torch.device) -> Dataset:
+def _load_fmnist(root: Path | None, download: bool, dev: torch.device, explicit: bool = False) -> Dataset:
     base = root if root is not None else _default_root()
     local = [base, base / "FashionMNIST" / "raw"]  # flat dir, or torchvision's layout
-    # An explicit root wins; otherwise the Debian package, then an earlier download into the default cache.
-    candidates = local + [DEBIAN_FASHION_MNIST] if root is not None else [DEBIAN_FASHION_MNIST] + local
+    # --data-root is the only place looked in: a user who names it must not silently get another copy. Otherwise
+    # $BNSWEEP_DATA first, then the Debian package, then an earlier download into the default cache.
+    if explicit:
+        candidates = local
+    else:
+        candidates = local + [DEBIAN_FASHION_MNIST] if root is not None else [DEBIAN_FASHION_MNIST] + local
     files = next((f for f in map(_fmnist_files, candidates) if f is not None), None)
 
     if files is None:
@@ -385,7 +389,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, device: st
             raise BnsweepError(f"bad curvature {curvature!r}: use a positive number")
         return _quadratic(int(data_seed), float(curvature), dev)
     r = data_root(root)
-    return _load_cifar(r, download, dev) if name == "cifar10" else _load_fmnist(r, download, dev)
+    explicit = root is not None and str(root) != ""
+    return _load_cifar(r, download, dev) if name == "cifar10" else _load_fmnist(r, download, dev, explicit)
 
 
 # ---------------------------------------------------------------- augmentation and batching

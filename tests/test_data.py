@@ -180,11 +180,20 @@ def test_fmnist_missing_lists_every_place(tmp_path, monkeypatch):
     nowhere = tmp_path / "no-debian"
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", nowhere)
     bogus = tmp_path / "bogus"
+    monkeypatch.setenv("BNSWEEP_DATA", str(bogus))  # a default root: the Debian copy is still looked for
     with pytest.raises(BnsweepError) as e:
-        load_dataset("fashion-mnist", root=bogus, download=False)
+        load_dataset("fashion-mnist", download=False)
     msg = str(e.value)
     assert str(bogus) in msg and str(bogus / "FashionMNIST" / "raw") in msg and str(nowhere) in msg
     assert "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_an_explicit_data_root_without_fashion_mnist_does_not_fall_back_to_debian(tmp_path):
+    # --data-root names the one place to read: a user who gives it must not silently get another copy.
+    assert FMNIST_DEBIAN.is_dir()
+    with pytest.raises(BnsweepError) as e:
+        load_dataset("fashion-mnist", root=tmp_path, download=False)
+    assert str(tmp_path) in str(e.value) and str(FMNIST_DEBIAN) not in str(e.value)
 
 
 def test_fmnist_tiny_flat_plain_files(tmp_path):
