@@ -147,7 +147,11 @@ def parse_yaml(text: str, source: str) -> Any:
     not a scalar are one-line errors naming the key path, before any object is built."""
     try:
         _check_events(yaml.parse(text, Loader=LOADER), source)
-        return yaml.load(text, Loader=LOADER)
+        loader = LOADER(text)  # a safe loader (see LOADER): what yaml.safe_load does, with the C parser
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
