@@ -12,18 +12,16 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import boto3  # noqa: E402
 import moto  # noqa: E402, F401
 import pytest
 
 from bnsweep import records
+from bnsweep.bench.paper import moto_s3
 from bnsweep.sweep import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +31,6 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
@@ -46,33 +38,11 @@ def kill_group(pgid: int) -> None:
 
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
-    """moto's S3 server on a free loopback port, with one bucket; yields the endpoint (host:port)."""
+    """moto's S3 server on a free loopback port, with one bucket; yields the endpoint (host:port) and a client."""
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)  # for pyarrow and boto3 in this process
-    port = free_port()
-    log = open(tmp_path / "moto.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto's server did not start:\n{(tmp_path / 'moto.log').read_text()}")
-            time.sleep(0.1)
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
-        client.create_bucket(Bucket=BUCKET)
-        yield f"127.0.0.1:{port}", client
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            kill_group(server.pid)
-            server.wait(timeout=10)
-        kill_group(server.pid)
-        log.close()
+    with moto_s3(BUCKET, tmp_path / "moto.log") as (endpoint, client):
+        yield endpoint, client
 
 
 @pytest.fixture

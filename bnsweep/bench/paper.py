@@ -56,13 +56,13 @@ def write_cifar(root: Path, per_batch: int = 10000, seed: int = 0) -> Path:
 
 @contextlib.contextmanager
 def moto_s3(bucket: str, log: Path):
-    """moto's S3 server on a free loopback port with one bucket; yields the endpoint (host:port)."""
+    """moto's S3 server on a free loopback port with one bucket; yields (endpoint host:port, boto3 client). The
+    caller sets AWS credentials in the environment (any values: moto accepts all)."""
     import boto3
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(CREDENTIALS)
     with open(log, "w") as out:
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -74,14 +74,17 @@ def moto_s3(bucket: str, log: Path):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"moto's server did not start: {log.read_text()[-500:]}")
             time.sleep(0.1)
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket=bucket)
-        yield f"127.0.0.1:{port}"
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+        client.create_bucket(Bucket=bucket)
+        yield f"127.0.0.1:{port}", client
     finally:
         server.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             server.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, 9)
+            os.killpg(server.pid, 9)  # whatever of its group outlived it
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
 
 
 def sizes(results: str) -> dict[str, dict[str, int]]:
@@ -117,7 +120,8 @@ def main(argv: list[str]) -> int:
         print(f"bench paper: CIFAR-10 format, 50,000 + 10,000 random images written in "
               f"{time.perf_counter() - started:.1f} s; lr_grid at paper scale, GPUs off, {a.steps} steps per trial, "
               f"probes every {every}, checkpoints every {every}, one rate per grid, results on S3 (moto)")
-        with moto_s3("bnsweep-bench", tmp_path / "moto.log") as endpoint:
+        os.environ.update(CREDENTIALS)
+        with moto_s3("bnsweep-bench", tmp_path / "moto.log") as (endpoint, _):
             results = f"s3://bnsweep-bench/lr_grid?endpoint_override={endpoint}&scheme=http"
             sets = ["resources.gpu=0", "device=cpu", f"steps={a.steps}", f"eval_every={a.steps}",
                     f"probe_every={every}", f"checkpoint_every={every}", f"report_every={every}",
