@@ -43,6 +43,10 @@ def _quiet_ray_env() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+    # Two glibc malloc arenas, not one per thread: a trial worker has ~26 threads, and each arena keeps what it
+    # freed (measured: a worker's peak resident memory 1195 -> 1119 MB, trial times unchanged). Local Ray's
+    # workers inherit the driver's environment.
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
 
 
 def choose_scale(scale: str | None, address: str | None) -> tuple[str, str]:
@@ -147,7 +151,8 @@ def _data_for(config: TrialConfig):
     device = pick_device(config.device)
     key = (config.dataset, config.data_root, config.data_seed, config.curvature, str(device))
     if key not in _DATA:
-        _DATA.clear()  # keep one data set resident, not one per data set ever seen
+        if len(_DATA) >= 2:  # a sweep mixes at most a few data sets; the queue alternates between them
+            _DATA.pop(next(iter(_DATA)))
         _DATA[key] = load_dataset(config.dataset, root=config.data_root, device=device,
                                   data_seed=config.data_seed, curvature=config.curvature)
         release_raw_cache()
@@ -155,13 +160,14 @@ def _data_for(config: TrialConfig):
 
 
 def _release_memory() -> None:
-    """Hand a finished trial's memory back to the system. Tune runs each trial in a new thread, and glibc gives
-    each thread's allocations an arena of its own that keeps freed memory: without this a reused worker grows
-    by a few hundred MB per trial."""
+    """Hand a finished trial's memory back to the system. Tune runs each trial in a new thread, glibc gives each
+    thread's allocations an arena of its own that keeps freed memory, and Arrow's allocator keeps what the
+    record tables freed: without this a reused worker grows by a few hundred MB per trial."""
     import ctypes
     import gc
 
     gc.collect()
+    pa.default_memory_pool().release_unused()  # Arrow's own allocator (mimalloc) keeps what the tables freed
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
