@@ -291,6 +291,12 @@ def _make_progress(total: int, results: str, specs: dict[str, dict], estimate: E
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.running.discard(trial.trial_id)
 
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            # A crashed trial waits in the queue for its retry: it runs again when Tune starts it again.
+            self.running.discard(trial.trial_id)
+            if self.estimate is not None:
+                self.estimate.started.pop(trial.config["trial_id"], None)
+
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             # Retries are spent: record the trial as failed, with its error, so the sweep goes on honestly.
             self._ended(trial.config["trial_id"], 0.0)
