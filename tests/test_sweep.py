@@ -138,9 +138,20 @@ def test_the_queue_runs_the_costliest_trials_first():
     assert all(c.arch == "dln" for c in queue[-14:])  # 3000 tiny full-batch steps cost less than 600 VGG steps
     vgg_batch = [c.lr for c in queue if c.arch == "vgg11" and c.norm == "batch"]
     assert vgg_batch == sorted(vgg_batch)  # equal costs keep the sweep file's order
-    # On 2 and 4 workers the costliest-first queue ends no later than the file's order would.
-    for workers in (2, 4):
-        assert _makespan(costs, workers) <= _makespan([expected_cost(c) for c in configs], workers)
+    # Costliest first is Graham's LPT rule: on 2 workers it ends within 7/6 of the best possible schedule (found
+    # here exactly, by subset sums on costs rounded to 1/20000 of the total). (Whether it also beats the file's
+    # order depends on the grid: since lr_grid's cpu scale runs noisy_batch on 4 rates and the lp variants on 1,
+    # the file's order happens to end 0.6% sooner under this FLOP model.)
+    unit = sum(costs) / 20000
+    sizes = [max(1, round(c / unit)) for c in costs]
+    reachable = 1
+    for size in sizes:
+        reachable |= reachable << size
+    best = min(max(load, sum(sizes) - load) for load in range(sum(sizes) + 1) if reachable >> load & 1)
+    slack = len(sizes) / 2  # rounding: each size is off by at most half a unit
+    assert _makespan(sizes, 2) <= (4 / 3 - 1 / 6) * (best + slack)
+    # Where one long trial comes last in the file, the file's order leaves a worker idle; costliest first does not.
+    assert _makespan([1, 1, 1, 1, 1, 1, 6], 2) == 9 and _makespan([6, 1, 1, 1, 1, 1, 1], 2) == 6
 
 
 def _most_at_once(results) -> int:
