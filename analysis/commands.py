@@ -88,7 +88,8 @@ def figures(results: str, out: str | None) -> int:
         print(f"{fig.name}.png/.svg  {fig.title}")
     title = f"bnsweep figures: {str(results).partition('?')[0]}"
     _write(fs, f"{root}/index.html", page(title, str(results), data.trials, shown, skipped))
-    print(f"{len(shown)} figures ({len(skipped)} skipped) and index.html in {out} "
+    left_out = f" ({len(skipped)} skipped)" if skipped else ""  # "skipped" only when one was: scripts grep it
+    print(f"{len(shown)} figures{left_out} and index.html in {out} "
           f"[built in {built - start:.1f}s, exported in {time.perf_counter() - built:.1f}s]")
     return 0
 

@@ -238,7 +238,7 @@ def test_figures_and_claims_from_the_smoke_sweep(smoke_results, tmp_path, capsys
     out = tmp_path / "figures"
     assert figures(str(results), str(out)) == 0
     printed = capsys.readouterr().out
-    assert "(0 skipped)" in printed and "\nskipped " not in printed
+    assert "9 figures and index.html in" in printed and "skipped" not in printed
     pngs, svgs = sorted(out.glob("*.png")), sorted(out.glob("*.svg"))
     assert len(pngs) == 9 and len(svgs) == 9 and (out / "index.html").stat().st_size > 100_000
     assert all(p.stat().st_size > 1000 for p in pngs)
