@@ -243,8 +243,6 @@ def test_defaults_fit_the_architecture(tmp_path, monkeypatch):
     for arch in NUM_LAYERS:
         config = make_config({"arch": arch, "norm": "none" if arch == "linear" else "batch"})
         assert all(1 <= i <= NUM_LAYERS[arch] for i in config.ics_layers)
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("BNSWEEP_DATA"):
-        pytest.skip("Fashion-MNIST is not installed")
     code, err = cli("trial", "--arch", "mlp", "--norm", "batch", "--lr", "0.1", "--steps", "5", "--dataset",
                     "fashion-mnist", "--results", str(tmp_path))
     assert code == 0, err
