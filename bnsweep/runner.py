@@ -333,7 +333,8 @@ def _make_pruner(results: str, sweep_name: str):
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             trial_id = trial.config["trial_id"]
-            if trial_id in records.finished_trial_ids(results):
+            fs, root = records.filesystem(results)  # one file's status, not a listing per finished trial
+            if fs.get_file_info(f"{root}/{records.TRIALS}/{trial_id}.parquet").type == pafs.FileType.File:
                 prune_checkpoints(results, sweep_name, [trial_id])
 
     return PruneCheckpoints()
