@@ -19,14 +19,15 @@ from bnsweep.rules import Choice, Device, Directory, Flag, Items, Nullable, Numb
 ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear")
 NORMS = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group")
 DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
-PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction")
+PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction", "sharpness",
+          "scale_invariance")
 DEFAULT_PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms")
 
 # Sizes that are fixed by the architecture or the data set, known before either is built (tests/test_hostile.py
 # checks them against bnsweep.models and bnsweep.data): a batch larger than the training set, or a layer number
 # the network lacks, is refused where it is written, not in a Ray worker.
 TRAIN_EXAMPLES = {"cifar10": 50_000, "fashion-mnist": 60_000, "gaussian-linear": 1_000, "quadratic": 64}
-NUM_LAYERS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "mlp": 4, "dln": 25, "linear": 1}
+NUM_LAYERS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "mlp": 4, "dln": 25, "linear": 1}  # mlp: at its default depth
 # The default ICS layers: VGG's #5 and #10 (the paper's figure), a middle and the last hidden layer otherwise.
 DEFAULT_ICS_LAYERS = {"vgg11": (5, 10), "vgg13": (5, 10), "vgg16": (5, 10), "mlp": (2, 3), "dln": (9, 17),
                       "linear": (1,)}
@@ -38,6 +39,8 @@ MAX_THREADS = 1024
 MAX_WIDTH = 8.0  # VGG at width 8: 4096 channels per layer
 MAX_LAYER = 1000
 MAX_TRIALS = 10_000  # trials of one sweep (a search: cells x budget)
+MAX_DEPTH = 200  # MLP weight layers: Yang et al.'s untrainable BatchNorm depths are ~50
+LOSSES = ("cross_entropy", "mse")
 
 
 def _f(default: Any, help: str, valid: Rule, **kw: Any) -> Any:
@@ -57,6 +60,8 @@ class TrialConfig:
     # What is trained.
     arch: str = _f("vgg11", "network: " + ", ".join(ARCHS), Choice(ARCHS))
     width: float = _f(1.0, "channel/unit width multiplier (VGG, MLP)", _n(float, 0, MAX_WIDTH, True))
+    depth: int | None = _f(None, "mlp: number of weight layers (hidden layers + the output layer; default 4)",
+                           Nullable(_n(int, 2, MAX_DEPTH)), omit_default=True)
     norm: str = _f("batch", "normalization variant: " + ", ".join(NORMS), Choice(NORMS))
     dataset: str | None = _f(None, "data set: " + ", ".join(DATASETS) + " (default: fashion-mnist; "
                              "gaussian-linear for dln, quadratic for linear)", Nullable(Choice(DATASETS)))
@@ -67,6 +72,15 @@ class TrialConfig:
     steps: int = _f(1000, "number of optimizer steps", _n(int, 1, MAX_STEPS))
     batch_size: int | None = _f(None, "minibatch size, at most the training set's size; 0 = full batch (default: "
                                       "128; full batch for dln and linear)", Nullable(_n(int, 0, 1_000_000)))
+    train_subset: int | None = _f(None, "train on a fixed subset of this many training examples (drawn with "
+                                        "--data-seed); with --batch-size 0, full-batch gradient descent on it",
+                                  Nullable(_n(int, 1, 1_000_000)), omit_default=True)
+    ghost_batch: int | None = _f(None, "split each batch into ghost batches of this size: normalization statistics per "
+                                       "ghost batch, gradients summed over them (the full-batch gradient); must "
+                                       "divide the batch size", Nullable(_n(int, 1, 1_000_000)), omit_default=True)
+    loss: str = _f("cross_entropy", "classification loss: cross_entropy or mse (half the squared error against "
+                                    "one-hot targets, summed over classes, mean over examples)",
+                   Choice(LOSSES), omit_default=True)
     momentum: float = _f(0.0, "SGD momentum (the paper used none)", _n(float, 0, 1))
     weight_decay: float = _f(0.0, "SGD weight decay (the paper used none)", _n(float, 0, 1))
     seed: int = _f(0, "initialization, batch-order and noise seed", _n(int, 0, MAX_SEED))
@@ -121,6 +135,8 @@ class TrialConfig:
     bn_identity_tol: float = _f(1e-3, "relative tolerance of the BatchNorm gradient identity check",
                                 _n(float, 0, 1, True))
     hessian_iters: int = _f(20, "power iterations for the top Hessian eigenvalue probe", _n(int, 1, 10_000))
+    sharpness_iters: int = _f(20, "Lanczos iterations (Hessian-vector products) of the sharpness probe",
+                              _n(int, 1, 1000), omit_default=True)
 
     # Not part of the trial's identity: where and how it runs.
     device: str = _f("auto", "cpu, cuda, cuda:N or auto", Device(), identity=False)
@@ -143,7 +159,7 @@ class TrialConfig:
         if c.etas is None:
             c.etas = (0.01, 0.1, 1.0, 10.0, 30.0) if dln else (0.5, 1.0, 2.0, 4.0)
         if c.ics_layers is None:
-            c.ics_layers = DEFAULT_ICS_LAYERS.get(c.arch, (1,))
+            c.ics_layers = default_ics_layers(c.arch, c.depth)
         if c.activation_layers is None:
             c.activation_layers = "all"
         c.validate(labels)
@@ -206,26 +222,53 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
         out.append(("norm", "arch 'linear' has no hidden layer to normalize: use norm none"))
     if c.dataset != "quadratic" and c.curvature != FIELDS["curvature"].default:
         out.append(("curvature", f"curvature only applies to dataset quadratic, not {c.dataset!r}: leave it at 1"))
+    if c.depth is not None and c.arch != "mlp":
+        out.append(("depth", f"depth only applies to arch mlp, not {c.arch!r}: leave it unset"))
+    if c.loss != "cross_entropy" and c.dataset not in ("cifar10", "fashion-mnist"):
+        out.append(("loss", f"loss applies to classification (cifar10, fashion-mnist); {c.dataset} is a regression "
+                            "task with the summed squared error already: leave it at cross_entropy"))
     examples = TRAIN_EXAMPLES.get(c.dataset or "")
+    if examples is not None and c.train_subset is not None and c.train_subset > examples:
+        out.append(("train_subset", f"larger than the {examples} training examples of {c.dataset}; use 1 to "
+                                    f"{examples}"))
+    elif c.train_subset is not None:
+        examples = c.train_subset
     if examples is not None and c.batch_size is not None and c.batch_size > examples:
-        out.append(("batch_size", f"larger than the {examples} training examples of {c.dataset}; use 1 to "
-                                  f"{examples}, or 0 for full batch"))
+        out.append(("batch_size", f"larger than the {examples} training examples of {c.dataset}"
+                                  f"{' (its --train-subset)' if c.train_subset else ''}; use 1 to {examples}, or 0 "
+                                  "for full batch"))
+    batch = c.batch_size or examples
+    if c.ghost_batch is not None and batch is not None and batch % c.ghost_batch:
+        out.append(("ghost_batch", f"does not divide the batch of {batch} examples: pick a divisor of it, so every "
+                                   "ghost batch has the same size"))
     for key in ("ics_layers", "activation_layers"):
-        problem = layer_problem(c.arch, getattr(c, key))
+        problem = layer_problem(c.arch, getattr(c, key), c.depth)
         if problem:
             out.append((key, problem))
     return out
 
 
-def layer_problem(arch: str, layers: tuple[int, ...] | str | None) -> str | None:
+def num_layers(arch: str, depth: int | None = None) -> int | None:
+    """Weight layers of `arch` (the MLP's at `depth`), or None for an architecture this table does not know."""
+    return depth if arch == "mlp" and depth is not None else NUM_LAYERS.get(arch)
+
+
+def default_ics_layers(arch: str, depth: int | None = None) -> tuple[int, ...]:
+    """VGG's #5 and #10, the DLN's #9 and #17; the MLP's middle and last hidden layer (2, 3 at depth 4)."""
+    if arch == "mlp" and depth is not None:
+        return tuple(sorted({max(1, depth // 2), max(1, depth - 1)}))
+    return DEFAULT_ICS_LAYERS.get(arch, (1,))
+
+
+def layer_problem(arch: str, layers: tuple[int, ...] | str | None, depth: int | None = None) -> str | None:
     """Why `layers` do not exist in `arch` (and how to fix it), or None when they do."""
-    count = NUM_LAYERS.get(arch)
+    count = num_layers(arch, depth)
     if count is None or layers is None or layers == "all":
         return None
     missing = [i for i in layers if not 1 <= i <= count]
     if not missing:
         return None
-    default = ",".join(map(str, DEFAULT_ICS_LAYERS[arch]))
+    default = ",".join(map(str, default_ics_layers(arch, depth)))
     return (f"layer #{missing[0]} does not exist in {arch}: layers are numbered 1..{count}; pick layers in "
             f"1..{count} or 'all' (the default ICS layers of {arch} are {default})")
 

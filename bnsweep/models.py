@@ -107,10 +107,12 @@ def _blocks_vgg(arch: str, width: float, in_shape: tuple[int, ...], num_outputs:
     return blocks
 
 
-def _blocks_mlp(width: float, in_shape: tuple[int, ...], num_outputs: int, norm) -> list[Block]:
-    """Flattened input -> 3 x [Linear(h) norm ReLU] -> Linear(num_outputs), h = round(512*width)."""
+def _blocks_mlp(width: float, in_shape: tuple[int, ...], num_outputs: int, norm,
+                depth: int | None = None) -> list[Block]:
+    """Flattened input -> (depth - 1) x [Linear(h) norm ReLU] -> Linear(num_outputs), h = round(512*width);
+    depth (weight layers) defaults to MLP_DEPTH + 1 = 4."""
     d, h, blocks = math.prod(in_shape), _scaled(MLP_HIDDEN, width), []
-    for _ in range(MLP_DEPTH):
+    for _ in range(MLP_DEPTH if depth is None else depth - 1):
         blocks.append(Block(nn.Linear(d, h), norm(h, False), nn.ReLU(), nn.Identity()))
         d = h
     blocks.append(Block(nn.Linear(d, num_outputs), nn.Identity(), nn.Identity(), nn.Identity()))
@@ -155,12 +157,14 @@ def init_weights(net: Net, init: str, generator: torch.Generator | None) -> None
 def build_model(arch: str, *, width: float = 1.0, norm: str = "none", in_shape: tuple[int, ...],
                 num_outputs: int, norm_options: NormOptions = DEFAULT_OPTIONS,
                 noise_generator: torch.Generator | None = None,
-                init: str = "glorot", generator: torch.Generator | None = None) -> Net:  # fmt: skip
+                init: str = "glorot", generator: torch.Generator | None = None,
+                depth: int | None = None) -> Net:  # fmt: skip
     """Build `arch` with normalization `norm` in every hidden layer's norm slot (the output layer has none).
 
     With a generator, weights depend only on its seed: module construction runs under fork_rng so torch's
     global RNG is neither read for the result nor advanced. noise_generator is shared by every noisy_batch
     layer; without one, layer #i draws from a private generator seeded i-1 (on the input's device).
+    depth: the MLP's number of weight layers (None: 4); other architectures have a fixed depth.
     """
     if arch not in ARCHS:
         raise BnsweepError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
@@ -170,6 +174,8 @@ def build_model(arch: str, *, width: float = 1.0, norm: str = "none", in_shape: 
         raise BnsweepError(f"width={width!r} is invalid: it must be a finite number > 0")
     if not isinstance(num_outputs, int) or num_outputs < 1:
         raise BnsweepError(f"num_outputs={num_outputs!r} is invalid: it must be an integer >= 1")
+    if depth is not None and (arch != "mlp" or not isinstance(depth, int) or depth < 2):
+        raise BnsweepError(f"depth={depth!r} is invalid: only the mlp takes a depth, a whole number >= 2")
     in_shape = tuple(in_shape)
     if not in_shape or any(not isinstance(n, int) or n < 1 for n in in_shape):
         raise BnsweepError(f"in_shape={in_shape!r} is invalid: it must be a non-empty tuple of positive ints")
@@ -181,7 +187,7 @@ def build_model(arch: str, *, width: float = 1.0, norm: str = "none", in_shape: 
         if arch in VGG_CFGS:
             blocks = _blocks_vgg(arch, width, in_shape, num_outputs, norm_fn)
         elif arch == "mlp":
-            blocks = _blocks_mlp(width, in_shape, num_outputs, norm_fn)
+            blocks = _blocks_mlp(width, in_shape, num_outputs, norm_fn, depth)
         elif arch == "linear":
             blocks = _blocks_linear(in_shape, num_outputs)
         else:

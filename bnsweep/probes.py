@@ -89,6 +89,44 @@ step's batch, BatchNorm in training mode, start vector from a probe-only generat
     iters            config.hessian_iters;  edge_of_stability: 2 / lr (the reference value)
     beta_eff         the landscape's beta_eff at that step (NaN if the landscape probe is off)
     noise_in_probes  as in landscape
+
+sharpness (probe "sharpness"): one row per step; the edge of stability (Cohen et al. 2021). Lanczos on
+Hessian-vector products of the training loss on the step's batch (the whole training subset in full-batch mode:
+--train-subset N --batch-size 0), with the step's ghost batches, BatchNorm in training mode, start vector from a
+probe-only generator (bnsweep/dynamics.py).
+    sharpness        the largest Hessian eigenvalue (top Ritz value)
+    min_eigenvalue   the smallest Ritz value (negative curvature, if any)
+    residual         |H v - lambda v| / |lambda| of the top Ritz pair (convergence check)
+    iters            Lanczos steps taken (config.sharpness_iters unless an invariant subspace ended it early)
+    two_over_lr      2 / lr, the stability limit of gradient descent
+    eos_threshold    2 (1 + momentum) / lr (= two_over_lr without momentum)
+    lr_sharpness     lr * sharpness (2 at the edge of stability without momentum)
+    loss             the step's training loss on that batch
+    examples         examples in the batch;  ghost_batch: its ghost-batch size (0: none)
+    noise_in_probes  as in landscape
+
+scale_invariance (probe "scale_invariance"): one row per (step, weight layer). w is the layer's weight and bias
+as one vector (scaling both scales the normalization's input; a bias alone does not cancel in LayerNorm,
+GroupNorm or the lp variants), g = dL/dw on the step's batch (summed over ghost batches), u = w_{t+1} - w_t the
+real optimizer update. The identities and their eps terms are derived in bnsweep/dynamics.py.
+    feeds            the normalization after the layer ("none" for the output layer and norm=none)
+    scale_invariant  true if that normalization is invariant to the layer's scale; false marks a control
+    params           "weight+bias" or "weight";  eps: the normalization's eps (NaN for a control)
+    lr, momentum, weight_decay   the update rule the norm prediction uses
+    weight_norm, grad_norm       |w_t|, |g|
+    inner            <w_t, g> measured;  inner_pred: its prediction (the eps term; 0 for a control, whose
+                     prediction is the scale-invariance hypothesis; NaN where the eps term is not derived)
+    cos_wg           inner / (|w| |g|)
+    inner_rel_err    |inner - inner_pred| / (|w| |g|) (inner_pred taken as 0 where NaN)
+    norm_sq, norm_sq_next, norm_sq_next_pred   |w_t|^2, |w_{t+1}|^2 measured and predicted
+                     (plain SGD, eps = 0: |w_t|^2 + lr^2 |g|^2; with momentum, weight decay, eps: dynamics.py)
+    norm_sq_rel_err  |norm_sq_next - norm_sq_next_pred| / norm_sq_next
+    norm_change, norm_change_pred   |w_{t+1}|^2 - |w_t|^2 measured (2<w,u> + |u|^2, float64) and predicted
+    norm_change_rel_err  |norm_change - norm_change_pred| / (the sum of the magnitudes of the prediction's
+                     terms): the error of the change itself, which the norm's size would otherwise hide
+    effective_lr     lr / |w_t|^2
+    angle            the angle between w_t and w_{t+1} (radians): Wan et al.'s angular update
+    angle_equilibrium  sqrt(2 lr weight_decay / (1 + momentum)) (NaN without weight decay)
 """
 
 from __future__ import annotations
@@ -105,6 +143,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from bnsweep import dynamics, ghost
 from bnsweep.norms import BatchNorm, NoisyBatchNorm
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -149,11 +188,24 @@ SCHEMAS: dict[str, pa.Schema] = {
                                     ("update_ratio", _F)]),
     "hessian": pa.schema(_ID + [("top_eigenvalue", _F), ("residual", _F), ("iters", pa.int64()),
                                 ("edge_of_stability", _F), ("beta_eff", _F), ("noise_in_probes", pa.string())]),
+    "sharpness": pa.schema(_ID + [("sharpness", _F), ("min_eigenvalue", _F), ("residual", _F),
+                                  ("iters", pa.int64()), ("two_over_lr", _F), ("eos_threshold", _F),
+                                  ("lr_sharpness", _F), ("loss", _F), ("examples", pa.int64()),
+                                  ("ghost_batch", pa.int64()), ("noise_in_probes", pa.string())]),
+    "scale_invariance": pa.schema(_ID + [("layer", pa.int64()), ("feeds", pa.string()),
+                                         ("scale_invariant", pa.bool_()), ("params", pa.string()), ("eps", _F),
+                                         ("lr", _F), ("momentum", _F), ("weight_decay", _F),
+                                         ("weight_norm", _F), ("grad_norm", _F), ("inner", _F), ("inner_pred", _F),
+                                         ("cos_wg", _F), ("inner_rel_err", _F), ("norm_sq", _F),
+                                         ("norm_sq_next", _F), ("norm_sq_next_pred", _F), ("norm_sq_rel_err", _F),
+                                         ("norm_change", _F), ("norm_change_pred", _F),
+                                         ("norm_change_rel_err", _F), ("effective_lr", _F), ("angle", _F),
+                                         ("angle_equilibrium", _F)]),
 }
 # Which probe (config.probes) fills which table.
 TABLE_OF = {"landscape": "landscape", "random_direction": "landscape", "ics": "ics",
             "activations": "activations", "bn_identity": "bn_identity", "layer_norms": "layer_norms",
-            "hessian": "hessian"}
+            "hessian": "hessian", "sharpness": "sharpness", "scale_invariance": "scale_invariance"}
 
 
 # ---------------------------------------------------------------- pure functions (any loss_of(params))
@@ -328,12 +380,15 @@ class Probes:
         self.trial_id = c.trial_id
         # Probe-only random streams, seeded from the trial seed; CPU generators so draws match on any device.
         self.generators = {name: torch.Generator().manual_seed(_seed(c.seed, f"probes-{name}"))
-                           for name in ("activations", "random_direction", "hessian")}
+                           for name in ("activations", "random_direction", "hessian", "sharpness")}
         if self.noise_mode == "fresh":
             self.generators["noise"] = torch.Generator(trial.device).manual_seed(_seed(c.seed, "probes-noise"))
         self.rows: dict[str, list[dict[str, Any]]] = {
             t: [] for t in dict.fromkeys(TABLE_OF[p] for p in c.probes)}
         self.warned = False
+        self._si_layers = self._scale_invariance_layers(every_layer, name_of)
+        self._si_terms: dict[int, list[torch.Tensor | None]] = {}  # eps terms of the step's ghost batches
+        self._si_before: dict[int, dict[str, Any]] | None = None
         self._handles: list[Any] = []
         self._seen: set[tuple[str, int]] = set()
         self._full = False  # the armed forward is a probe step's (full statistics, BatchNorm gradients)
@@ -342,6 +397,18 @@ class Probes:
         self._next: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # moments of step t+1
         self._pending: dict[str, Any] | None = None  # activation rows of step t awaiting step t+1
         self._before: dict[str, Any] | None = None  # state carried from before_update to after_update
+
+    def _scale_invariance_layers(self, layers: list[int], name_of: dict[int, str]) -> dict[int, dict[str, Any]]:
+        """Per weight layer: its parameters (weight, bias) and the normalization it feeds."""
+        out = {}
+        for i in layers:
+            blk = self.model.block(i)
+            params = [p for p in (blk.layer.weight, getattr(blk.layer, "bias", None)) if p is not None]
+            feeds = "none" if isinstance(blk.norm, nn.Identity) else self.config.norm
+            out[i] = {"params": params, "names": [name_of[id(p)] for p in params], "feeds": feeds,
+                      "scale_invariant": feeds in dynamics.SCALE_INVARIANT,
+                      "eps": float(getattr(blk.norm, "eps", math.nan))}
+        return out
 
     # -- the step's hooks ------------------------------------------------------------------------------
     def begin(self, t: int) -> bool:
@@ -360,6 +427,11 @@ class Probes:
             self._bn = {}
             for i in self.bn_layers:
                 self._handles.append(self.model.block(i).norm.register_forward_hook(self._bn_hook(i)))
+        if probing and "scale_invariance" in self.enabled:
+            self._si_terms = {}
+            for i, info in self._si_layers.items():
+                if info["feeds"] != "none":
+                    self._handles.append(self.model.block(i).norm.register_forward_hook(self._si_hook(i)))
         return probing
 
     def _act_hook(self, layer: int):
@@ -394,6 +466,22 @@ class Probes:
             y.register_hook(on_input)
         return hook
 
+    def _si_hook(self, layer: int):
+        """The eps term of every training forward of the step (each ghost batch's), summed over them."""
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            y = inputs[0]
+            if not module.training or not output.requires_grad:
+                return
+            scale = module.last_scale if isinstance(module, NoisyBatchNorm) else None
+            y = y.detach()
+
+            def on_output(g: torch.Tensor) -> None:
+                term = dynamics.eps_term(module, y, g if scale is None else g * scale)
+                self._si_terms.setdefault(layer, []).append(term)
+
+            output.register_hook(on_output)
+        return hook
+
     def _disarm(self) -> None:
         for h in self._handles:
             h.remove()
@@ -401,12 +489,16 @@ class Probes:
 
     # -- probe passes ----------------------------------------------------------------------------------
     def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> LossOf:
-        """L(params) on the step's batch, BatchNorm in training mode on cloned buffers (running stats kept)."""
+        """L(params) on the step's batch, BatchNorm in training mode on cloned buffers (running stats kept),
+        over the step's ghost batches when it has them."""
         buffers = dict(self.model.named_buffers())
+        ghost_batch = getattr(self.config, "ghost_batch", None)
+        summed = getattr(self.trial, "task", "classification") == "regression"
 
         def loss_of(params: Params) -> torch.Tensor:
             state = {**params, **{n: b.clone() for n, b in buffers.items()}}
-            return self.trial.loss_fn(functional_call(self.model, state, (x,)), y)
+            return ghost.chunked_loss(lambda inputs: functional_call(self.model, state, (inputs,)),
+                                      self.trial.loss_fn, x, y, ghost_batch, summed)
         return loss_of
 
     @contextmanager
@@ -450,6 +542,10 @@ class Probes:
                                              "residual": res, "iters": c.hessian_iters,
                                              "edge_of_stability": 2.0 / lr, "beta_eff": beta_eff,
                                              "noise_in_probes": self.noise_mode})
+            if "sharpness" in self.enabled:
+                self._sharpness(t, loss_of, params, x, float(loss.detach()))
+        if "scale_invariance" in self.enabled:
+            self._si_before = self._scale_invariance_before(params, grads)
         if "ics" in self.enabled or "layer_norms" in self.enabled:  # one copy of x_t (and of the G_i)
             measured = self.ics_layers if "ics" in self.enabled else []
             self._before = {"old": {n: p.clone() for n, p in params.items()},
@@ -464,7 +560,10 @@ class Probes:
                                                  "update_ratio": math.nan})
 
     def after_update(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Weights are x_{t+1} after the real optimizer step: ICS (Definition 2.1) and update norms."""
+        """Weights are x_{t+1} after the real optimizer step: ICS (Definition 2.1), update norms, and the
+        scale-invariance rows."""
+        if self._si_before is not None:
+            self._scale_invariance_after(t)
         before, self._before = self._before, None
         if before is None:
             return
@@ -506,6 +605,69 @@ class Probes:
                 "loss_at_step": loss_at_step, "grad_norm": g_norm, "direction_norm": d_norm, **summary,
                 "noise_in_probes": self.noise_mode})
         return summary["beta_eff"]
+
+    def _sharpness(self, t: int, loss_of: LossOf, params: Params, x: torch.Tensor, loss: float) -> None:
+        c = self.config
+        spec = dynamics.hessian_spectrum(loss_of, params, c.sharpness_iters, self.generators["sharpness"])
+        momentum = c.momentum
+        self.rows["sharpness"].append({
+            "trial_id": self.trial_id, "step": t, "sharpness": spec.top, "min_eigenvalue": spec.bottom,
+            "residual": spec.residual, "iters": spec.steps, "two_over_lr": 2.0 / c.lr,
+            "eos_threshold": dynamics.eos_threshold(c.lr, momentum), "lr_sharpness": c.lr * spec.top,
+            "loss": loss, "examples": int(x.shape[0]), "ghost_batch": int(getattr(c, "ghost_batch", None) or 0),
+            "noise_in_probes": self.noise_mode})
+
+    def _momentum_buffer(self, param: torch.Tensor) -> torch.Tensor | None:
+        """The optimizer's momentum buffer of `param` before this step (bnsweep's SGD or torch.optim.SGD)."""
+        opt = self.trial.optimizer
+        if hasattr(opt, "buffers"):
+            found = [b for p, b in zip(opt.params, opt.buffers, strict=True) if p is param]
+            return found[0] if found else None
+        return opt.state.get(param, {}).get("momentum_buffer")
+
+    def _scale_invariance_before(self, params: Params, grads: Params) -> dict[int, dict[str, Any]]:
+        """Per layer, at x_t: w, g, the measured and predicted <w, g> and the predicted norm change."""
+        c, out = self.config, {}
+        for i, info in self._si_layers.items():
+            w = dynamics.flat([params[n] for n in info["names"]])
+            g = dynamics.flat([grads[n] for n in info["names"]])
+            buffers = [self._momentum_buffer(p) for p in info["params"]]
+            buffer = None if any(b is None for b in buffers) else dynamics.flat(buffers)
+            terms = self._si_terms.get(i, []) if info["feeds"] != "none" else [torch.zeros(())]
+            derived = bool(terms) and all(term is not None for term in terms)
+            inner_pred = float(sum(terms)) if derived else math.nan
+            change = dynamics.predicted_change(w, g, buffer, inner_pred if derived else 0.0, c.lr,
+                                               c.momentum, c.weight_decay)
+            out[i] = {"w": w, "inner": float(torch.dot(w, g)), "inner_pred": inner_pred,
+                      "grad_norm": float(torch.linalg.vector_norm(g)), **change}
+        self._si_terms = {}
+        return out
+
+    def _scale_invariance_after(self, t: int) -> None:
+        c, before, self._si_before = self.config, self._si_before, None
+        for i, info in self._si_layers.items():
+            b = before[i]
+            w, new = b["w"], dynamics.flat(info["params"])
+            u = new - w
+            w_sq, w_norm, g_norm = float(torch.dot(w, w)), float(torch.linalg.vector_norm(w)), b["grad_norm"]
+            change = 2 * float(torch.dot(w, u)) + float(torch.dot(u, u))
+            next_sq, next_pred = float(torch.dot(new, new)), w_sq + b["change"]
+            denom = w_norm * g_norm
+            pred = 0.0 if math.isnan(b["inner_pred"]) else b["inner_pred"]
+            self.rows["scale_invariance"].append({
+                "trial_id": self.trial_id, "step": t, "layer": i, "feeds": info["feeds"],
+                "scale_invariant": info["scale_invariant"], "params": "+".join(
+                    ["weight", "bias"][:len(info["params"])]), "eps": info["eps"], "lr": c.lr,
+                "momentum": c.momentum, "weight_decay": c.weight_decay, "weight_norm": w_norm,
+                "grad_norm": g_norm, "inner": b["inner"], "inner_pred": b["inner_pred"],
+                "cos_wg": b["inner"] / denom if denom > 0 else math.nan,
+                "inner_rel_err": abs(b["inner"] - pred) / denom if denom > 0 else math.nan,
+                "norm_sq": w_sq, "norm_sq_next": next_sq, "norm_sq_next_pred": next_pred,
+                "norm_sq_rel_err": abs(next_sq - next_pred) / next_sq if next_sq > 0 else math.nan,
+                "norm_change": change, "norm_change_pred": b["change"],
+                "norm_change_rel_err": abs(change - b["change"]) / b["scale"] if b["scale"] > 0 else math.nan,
+                "effective_lr": c.lr / w_sq if w_sq > 0 else math.nan, "angle": dynamics.angle(w, u),
+                "angle_equilibrium": dynamics.equilibrium_angle(c.lr, c.momentum, c.weight_decay)})
 
     # -- rows from the hooks ---------------------------------------------------------------------------
     def _record_activations(self, t: int) -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.optim.sgd import sgd
 
 import bnsweep
-from bnsweep import records
+from bnsweep import ghost, records
 from bnsweep.config import TrialConfig
 from bnsweep.data import BatchSampler, Dataset, augment, load_dataset
 from bnsweep.errors import BnsweepError
@@ -60,11 +60,20 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def loss_function(task: str):
+def loss_function(task: str, loss: str = "cross_entropy"):
+    """The training loss: loss_fn(out, y, reduction="mean"|"sum") for classification; regression is a sum."""
     if task == "regression":
         # The paper's deep linear network minimises the squared error summed over the samples (protocol §1b).
-        return lambda out, y: (out - y).pow(2).sum()
-    return F.cross_entropy
+        return lambda out, y, reduction="sum": (out - y).pow(2).sum()
+    return squared_loss if loss == "mse" else F.cross_entropy
+
+
+def squared_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cohen et al.'s squared loss: half the squared error of the outputs against one-hot targets, summed over
+    classes, averaged over examples (their SquaredLoss sums it and divides by the data set's size)."""
+    target = F.one_hot(y, out.shape[1]).to(out.dtype)
+    per_example = 0.5 * (out - target).pow(2).sum(1)
+    return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
 class SGD:
@@ -116,7 +125,7 @@ class Trial:
         self.data = data if data is not None else load_dataset(
             c.dataset, root=c.data_root, device=self.device, data_seed=c.data_seed, curvature=c.curvature)
         self.task = self.data.task
-        self.loss_fn = loss_function(self.task)
+        self.loss_fn = loss_function(self.task, c.loss)
 
         self.noise_generator = torch.Generator(self.device).manual_seed(stream_seed(c.seed, "noise"))
         init_generator = torch.Generator().manual_seed(stream_seed(c.seed, "init"))
@@ -126,7 +135,7 @@ class Trial:
         self.model = build_model(c.arch, width=c.width, norm=c.norm, in_shape=self.data.in_shape,
                                  num_outputs=self.data.num_outputs, norm_options=options,
                                  noise_generator=self.noise_generator, init=c.init,
-                                 generator=init_generator).to(self.device)
+                                 generator=init_generator, depth=c.depth).to(self.device)
         if c.channels_last is None:  # resolved here, where the device is known, and recorded so
             self.config = c = dataclasses.replace(c, channels_last=self.device.type == "cpu"
                                                   and len(self.data.in_shape) == 3)
@@ -138,11 +147,19 @@ class Trial:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         n = self.data.train_x.shape[0]
+        # The fixed training subset (train_subset): batches are drawn from it and evaluations read it; its own
+        # generator, so the evaluation subset without it is the same as before it existed.
+        self.train_index: torch.Tensor | None = None
+        if c.train_subset is not None and c.train_subset < n:
+            pick = torch.Generator().manual_seed(stream_seed(c.data_seed, "train_subset"))
+            self.train_index = torch.randperm(n, generator=pick)[:c.train_subset].sort().values.to(self.device)
+            n = c.train_subset
         self.sampler = BatchSampler(n, c.batch_size or n, seed=stream_seed(c.seed, "batches"), device=self.device)
         self.augment_generator = (torch.Generator(self.device).manual_seed(stream_seed(c.seed, "augment"))
                                   if c.augment else None)
         subset = torch.randperm(n, generator=torch.Generator().manual_seed(c.data_seed))[:c.eval_subset]
-        self.eval_index = subset.sort().values.to(self.device)
+        subset = subset.to(self.device) if self.train_index is None else self.train_index[subset.to(self.device)]
+        self.eval_index = subset.sort().values
         n_test = self.data.test_x.shape[0]
         # A fixed test subset makes evaluations cheap where they dominate a short trial (cpu scale); its own
         # generator, so the training subset is the same with or without it.
@@ -170,16 +187,22 @@ class Trial:
     # -- training --------------------------------------------------------------------------------------
     def train_step(self, t: int) -> None:
         index = self.sampler.next()
+        if self.train_index is not None:
+            index = self.train_index[index]
         x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.augment_generator is not None:
             x = augment(x, self.augment_generator)
         probing = self.probes is not None and self.probes.begin(t)
-        out = self.model(x)
-        loss = self.loss_fn(out, y)
-        self.optimizer.zero_grad()
-        loss.backward()
+        parts = ghost.chunks(x.shape[0], self.config.ghost_batch)
+        if len(parts) == 1:
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+            self.optimizer.zero_grad()
+            loss.backward()
+        else:
+            out, loss = self._ghost_backward(x, y, parts)
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in self.params])))
         if probing:
             self.probes.before_update(t, x, y, loss)
@@ -191,6 +214,20 @@ class Trial:
         else:
             accuracy = torch.full((), math.nan, device=self.device)
         self.history[t] = torch.stack((loss.detach(), accuracy, grad_norm))
+
+    def _ghost_backward(self, x: torch.Tensor, y: torch.Tensor, parts: list[slice]) -> tuple[torch.Tensor, ...]:
+        """Forward and backward one ghost batch at a time (each normalizes with its own statistics; only one
+        chunk's graph is alive at once); the gradients add up to the batch loss's. Returns (outputs, loss)."""
+        self.optimizer.zero_grad()
+        n, summed = x.shape[0], self.task == "regression"
+        outs, total = [], torch.zeros((), device=self.device)
+        for part in parts:
+            out = self.model(x[part])
+            loss = self.loss_fn(out, y[part]) * ghost.weight(part, n, summed)
+            loss.backward()
+            outs.append(out.detach())
+            total = total + loss.detach()
+        return torch.cat(outs), total
 
     def run(self, callback=None, callback_every: int = 100) -> None:
         """Train until the step budget is spent or the loss diverges.
@@ -262,7 +299,7 @@ class Trial:
             out = self.model(self.data.inputs(x[i:i + EVAL_BATCH]))
             yb = y[i:i + EVAL_BATCH]
             if self.task == "classification":
-                total_loss += F.cross_entropy(out, yb, reduction="sum")
+                total_loss += self.loss_fn(out, yb, reduction="sum")
                 correct += (out.argmax(1) == yb).sum()
             else:
                 total_loss += self.loss_fn(out, yb)

@@ -17,7 +17,7 @@ from bnsweep.models import Block, Net, build_model
 from bnsweep.norms import BatchNorm, NormOptions
 from bnsweep.trial import Trial
 
-ALL_PROBES = "landscape,ics,activations,bn_identity,layer_norms,hessian,random_direction"
+ALL_PROBES = "landscape,ics,activations,bn_identity,layer_norms,hessian,random_direction,sharpness,scale_invariance"
 
 
 @pytest.fixture(autouse=True)
@@ -262,7 +262,7 @@ def test_probes_do_not_perturb_training(norm):
     base = {"arch": "vgg11", "width": 0.125, "norm": norm, "lr": 0.1, "steps": 30, "batch_size": 8,
             "eval_every": 15, "eval_subset": 32, "device": "cpu", "seed": 3}
     on = Trial(make_config({**base, "probe_every": 10, "probes": ALL_PROBES, "ics_layers": "all",
-                            "etas": "0.5,4", "hessian_iters": 2}), data)
+                            "etas": "0.5,4", "hessian_iters": 2, "sharpness_iters": 3}), data)
     off = Trial(make_config({**base, "probe_every": 0}), data)
     on.run()
     off.run()
@@ -276,7 +276,8 @@ def test_probes_do_not_perturb_training(norm):
 
     tables = on.tables()
     assert _same_rows(tables["curves"], off.tables()["curves"])
-    for name in ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian"):
+    for name in ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "sharpness",
+                 "scale_invariance"):
         t = tables[name]
         assert t.schema.names[:2] == ["trial_id", "step"] and t.schema == P.SCHEMAS[name]
         assert sorted(set(t.column("step").to_pylist())) == [0, 10, 20], name
@@ -287,6 +288,32 @@ def test_probes_do_not_perturb_training(norm):
     assert tables["activations"].to_pandas().delta_mean.notna().all()  # step t+1 was seen for every probe
     bn = tables["bn_identity"].to_pandas()
     assert len(bn) == 3 * 10 and bn.exact_holds_frac.mean() > 0.99
+    assert len(tables["sharpness"]) == 3 and len(tables["scale_invariance"]) == 3 * 11
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_probes_do_not_perturb_full_batch_training(norm):
+    """Full-batch gradient descent on a training subset over ghost batches, momentum and weight decay, squared
+    loss: the dynamics probes (and the others) leave the trajectory bit-identical."""
+    data = _random_images(n_train=96, n_test=16, side=8)
+    base = {"arch": "mlp", "width": 1 / 16, "depth": 5, "norm": norm, "lr": 0.1, "steps": 12, "batch_size": 0,
+            "train_subset": 64, "ghost_batch": 16, "loss": "mse", "momentum": 0.9, "weight_decay": 0.01,
+            "eval_every": 6, "eval_subset": 32, "device": "cpu", "seed": 2}
+    on = Trial(make_config({**base, "probe_every": 5, "probes": ALL_PROBES, "ics_layers": "all",
+                            "hessian_iters": 2, "sharpness_iters": 4}), data)
+    off = Trial(make_config({**base, "probe_every": 0}), data)
+    on.run()
+    off.run()
+    assert on.status == off.status == "completed"
+    assert torch.equal(on.history, off.history) and on.evals == off.evals
+    on_state, off_state = on.model.state_dict(), off.model.state_dict()
+    assert all(torch.equal(on_state[k], off_state[k]) for k in off_state)
+    assert all(torch.equal(a, b) for a, b in zip(on.optimizer.buffers, off.optimizer.buffers, strict=True))
+    tables = on.tables()
+    sharp = tables["sharpness"].to_pandas()
+    assert list(sharp.step) == [0, 5, 10] and set(sharp.examples) == {64} and set(sharp.ghost_batch) == {16}
+    si = tables["scale_invariance"].to_pandas()
+    assert len(si) == 3 * 5 and list(si[si.step == 0].scale_invariant) == [True] * 4 + [False]
 
 
 def test_resume_keeps_probe_rows():

@@ -1,0 +1,231 @@
+"""The dynamics probes against closed forms: Lanczos on a quadratic of known spectrum, the scale-invariance
+identities of a small float64 network (exact for eps = 0, up to the derived eps terms for eps > 0), full-batch
+gradient descent over ghost batches, the squared loss, and the growth-factor fit."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from analysis.dynamics import growth_factor
+from bnsweep import dynamics, ghost
+from bnsweep import probes as P
+from bnsweep.config import make_config
+from bnsweep.data import Dataset
+from bnsweep.errors import BnsweepError
+from bnsweep.models import build_model
+from bnsweep.norms import NormOptions
+from bnsweep.trial import Trial, squared_loss
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------- sharpness
+
+
+def test_lanczos_top_eigenvalue_of_a_quadratic():
+    """L = x'Hx/2 with H of known spectrum (indefinite, a close second eigenvalue): the top and bottom Ritz
+    values are the spectrum's extremes; after dim steps Lanczos is exact."""
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=_gen(1), dtype=torch.float64))
+    eig = torch.tensor([10.0, 9.0, 3.0, 1.0, 0.5, 0.1, -0.7, -2.0], dtype=torch.float64)
+    h = q @ torch.diag(eig) @ q.T
+    spec = dynamics.hessian_spectrum(lambda p: 0.5 * p["x"] @ h @ p["x"], {"x": torch.ones(8, dtype=torch.float64)},
+                                     8, _gen(2))
+    assert spec.top == pytest.approx(10.0, rel=1e-12) and spec.bottom == pytest.approx(-2.0, rel=1e-12)
+    assert spec.residual < 1e-10
+    few = dynamics.hessian_spectrum(lambda p: 0.5 * p["x"] @ h @ p["x"], {"x": torch.ones(8, dtype=torch.float64)},
+                                    3, _gen(2))
+    assert few.top <= 10.0 + 1e-12 and few.steps == 3  # a Ritz value never exceeds the top eigenvalue
+
+
+def test_eos_threshold():
+    assert dynamics.eos_threshold(0.01) == pytest.approx(200.0)
+    assert dynamics.eos_threshold(0.01, momentum=0.9) == pytest.approx(380.0)
+
+
+# ---------------------------------------------------------------- scale invariance
+
+
+def _fake_trial(model, config, momentum=0.0, weight_decay=0.0):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=momentum, weight_decay=weight_decay)
+    return SimpleNamespace(config=config, model=model, optimizer=opt, params=params, loss_fn=F.cross_entropy,
+                           device=torch.device("cpu"), task="classification")
+
+
+# torch's batch_norm refuses eps = 0 in training; in float64, v + 1e-300 == v for any variance here, so every
+# normalization computes exactly what it would with eps = 0.
+ZERO = 1e-300
+
+
+def _run(norm, eps, momentum=0.0, weight_decay=0.0, steps=1, lr=0.2):
+    """A float64 4-layer MLP with random gammas, `steps` probed SGD steps; the scale_invariance rows."""
+    model = build_model("mlp", width=1 / 64, norm=norm, in_shape=(6,), num_outputs=3,
+                        norm_options=NormOptions(eps=1e-3, groups=2), generator=_gen(6)).double()
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.norm.eps = eps  # eps = 0 is outside the options' range but every norm module computes with it
+            if getattr(blk.norm, "weight", None) is not None:
+                blk.norm.weight.uniform_(0.5, 2.0, generator=_gen(7))
+            if blk.layer.bias is not None:
+                blk.layer.bias.uniform_(-0.5, 0.5, generator=_gen(8))  # a bias that LayerNorm does not cancel
+    config = make_config({"arch": "mlp", "norm": norm, "lr": lr, "momentum": momentum,
+                          "weight_decay": weight_decay, "probe_every": 1, "probes": "scale_invariance"})
+    trial = _fake_trial(model, config, momentum, weight_decay)
+    probes = P.Probes(trial)
+    g = _gen(9)
+    x, y = torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(3, (16,), generator=g)
+    hand = []
+    for t in range(steps):
+        probes.begin(t)
+        loss = F.cross_entropy(model(x), y)
+        trial.optimizer.zero_grad()
+        loss.backward()
+        w = [torch.cat([b.layer.weight.detach().flatten(), b.layer.bias.detach()]) for b in model.blocks]
+        gr = [torch.cat([b.layer.weight.grad.flatten(), b.layer.bias.grad]) for b in model.blocks]
+        hand.append((w, gr))
+        probes.before_update(t, x, y, loss)
+        trial.optimizer.step()
+        probes.after_update(t, x, y)
+    return probes.tables()["scale_invariance"].to_pandas(), hand, model
+
+
+@pytest.mark.parametrize("norm", ["batch", "noisy_batch", "layer", "group", "l2_batch", "linf_batch"])
+def test_scale_invariance_exact_with_eps_zero(norm):
+    """eps = 0, plain SGD: <w, g> = 0 and |w_{t+1}|^2 = |w_t|^2 + lr^2 |g|^2 to float64 precision on every
+    layer that feeds a normalization; the output layer (the control) breaks both."""
+    rows, hand, _ = _run(norm, ZERO)
+    inv, control = rows[rows.scale_invariant], rows[~rows.scale_invariant]
+    assert list(inv.layer) == [1, 2, 3] and list(control.layer) == [4] and set(inv.feeds) == {norm}
+    assert (inv.inner_pred.abs() < 1e-250).all()
+    assert (inv.inner_rel_err < 1e-10).all() and (inv.cos_wg.abs() < 1e-10).all(), inv
+    assert (inv.norm_change_rel_err < 1e-10).all() and (inv.norm_sq_rel_err < 1e-12).all(), inv
+    w, g = hand[0]
+    for i in (1, 2, 3):  # the prediction is the closed form itself
+        expected = float(w[i - 1] @ w[i - 1] + 0.2**2 * g[i - 1] @ g[i - 1])
+        assert inv[inv.layer == i].norm_sq_next_pred.item() == pytest.approx(expected, rel=1e-14)
+    assert (control.inner_rel_err > 1e-3).all() and (control.norm_change_rel_err > 1e-3).all()
+
+
+@pytest.mark.parametrize("norm", ["batch", "noisy_batch", "layer", "group", "l1_batch", "linf_batch"])
+def test_scale_invariance_eps_terms(norm):
+    """eps > 0 (large, so it shows): <w, g> is not 0 but equals the derived eps term; the norm change matches
+    the prediction that uses it."""
+    rows, _, _ = _run(norm, 0.3)
+    inv = rows[rows.scale_invariant]
+    assert (inv.inner_rel_err < 1e-10).all(), inv
+    assert (inv.cos_wg.abs() > 1e-6).any()  # the eps term is not negligible here: 0 would be the wrong prediction
+    assert (inv.norm_change_rel_err < 1e-10).all(), inv
+
+
+@pytest.mark.parametrize("eps", [ZERO, 0.3])
+def test_scale_invariance_with_momentum_and_weight_decay(eps):
+    """With momentum and weight decay the predicted change uses the momentum buffer and lambda |w|^2; exact over
+    three steps (the buffer is not just the gradient after the first)."""
+    rows, _, _ = _run("batch", eps, momentum=0.9, weight_decay=0.05, steps=3)
+    inv = rows[rows.scale_invariant]
+    assert len(inv) == 9 and (inv.norm_change_rel_err < 1e-10).all(), inv
+    assert inv.angle_equilibrium.iloc[0] == pytest.approx(math.sqrt(2 * 0.2 * 0.05 / 1.9))
+
+
+def test_angle():
+    w = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    assert dynamics.angle(w, torch.tensor([-1.0, 1.0], dtype=torch.float64)) == pytest.approx(math.pi / 2)
+    assert dynamics.angle(w, torch.tensor([1e-9, 1e-12], dtype=torch.float64)) == pytest.approx(1e-12, rel=1e-6)
+    assert math.isnan(dynamics.equilibrium_angle(0.1, 0.9, 0.0))
+    assert dynamics.equilibrium_angle(0.1, 0.9, 5e-4) == pytest.approx(7.25e-3, rel=1e-3)  # beyond-2018.md's example
+
+
+# ---------------------------------------------------------------- full batch, ghost batches, squared loss
+
+
+def _images(n=64, seed=0):
+    g = _gen(seed)
+    return Dataset(name="random", task="classification", train_x=torch.randn(n, 1, 8, 8, generator=g),
+                   train_y=torch.randint(10, (n,), generator=g), test_x=torch.randn(16, 1, 8, 8, generator=g),
+                   test_y=torch.randint(10, (16,), generator=g), num_outputs=10, checksum="random", source="random")
+
+
+def test_full_batch_over_ghost_batches_is_the_sum_of_their_gradients():
+    """--train-subset 32 --batch-size 0 --ghost-batch 8: one step's gradient is the mean loss's over the
+    subset with BatchNorm statistics per ghost batch, and the step updates with it."""
+    data = _images()
+    config = make_config({"arch": "mlp", "width": 1 / 32, "norm": "batch", "lr": 0.1, "steps": 1, "batch_size": 0,
+                          "train_subset": 32, "ghost_batch": 8, "eval_every": 1, "eval_subset": 16,
+                          "probe_every": 0, "device": "cpu", "loss": "mse"})
+    trial = Trial(config, data)
+    assert trial.sampler.batch_size == 32 and trial.train_index.shape == (32,)
+    assert set(trial.eval_index.tolist()) <= set(trial.train_index.tolist())  # evaluations read the subset
+    model = build_model("mlp", width=1 / 32, norm="batch", in_shape=(1, 8, 8), num_outputs=10, generator=None)
+    model.load_state_dict(trial.model.state_dict())
+    x, y = data.train_x[trial.train_index], data.train_y[trial.train_index]
+    loss = sum(squared_loss(model(x[i:i + 8]), y[i:i + 8]) * 0.25 for i in range(0, 32, 8))
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    trial.run()
+    for p, p_new, gr in zip(model.parameters(), trial.model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p_new.detach(), p.detach() - 0.1 * gr, rtol=1e-5, atol=1e-7)
+    assert float(trial.history[0, 0]) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_chunked_loss_without_ghost_batches_is_the_plain_loss():
+    x, y = torch.randn(6, 3, generator=_gen(0)), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert ghost.chunks(6, None) == [slice(0, 6)] and ghost.chunks(6, 4) == [slice(0, 4), slice(4, 6)]
+    assert torch.equal(ghost.chunked_loss(lambda v: v, F.cross_entropy, x, y, None, False), F.cross_entropy(x, y))
+    assert ghost.chunked_loss(lambda v: v, F.cross_entropy, x, y, 3, False).item() == pytest.approx(
+        F.cross_entropy(x, y).item(), rel=1e-6)
+
+
+def test_squared_loss():
+    out = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0]])
+    y = torch.tensor([0, 2])
+    assert squared_loss(out, y).item() == pytest.approx((0.125 + 0.5) / 2)
+    assert squared_loss(out, y, reduction="sum").item() == pytest.approx(0.625)
+
+
+@pytest.mark.parametrize("values, word", [
+    ({"batch_size": 0, "train_subset": 1000, "ghost_batch": 300}, "ghost_batch"),
+    ({"batch_size": 128, "ghost_batch": 48}, "ghost_batch"),
+    ({"train_subset": 100, "batch_size": 128}, "batch_size"),
+    ({"arch": "vgg11", "depth": 8}, "depth"),
+    ({"arch": "dln", "loss": "mse"}, "loss"),
+    ({"depth": 6, "ics_layers": "7"}, "ics_layers"),
+])
+def test_config_rules(values, word):
+    with pytest.raises(BnsweepError, match=word):
+        make_config({"arch": "mlp", **values})
+
+
+def test_mlp_depth():
+    config = make_config({"arch": "mlp", "depth": 50})
+    assert config.ics_layers == (25, 49)
+    model = build_model("mlp", width=1 / 64, norm="batch", in_shape=(4,), num_outputs=2, depth=50)
+    assert model.num_layers == 50
+    assert make_config({"arch": "mlp"}).trial_id == make_config({"arch": "mlp", "depth": None}).trial_id
+
+
+# ---------------------------------------------------------------- growth factor at initialization
+
+
+def test_growth_factor_of_a_geometric_sequence():
+    """|dL/dW_l| = c r^(L - l): the fitted factor per layer towards the input is r, exactly."""
+    layers = np.arange(1, 21)
+    for r in (1.21, 1.0, 0.8):
+        fit = growth_factor(layers, 3.0 * r ** (20 - layers))
+        assert fit["factor"] == pytest.approx(r, rel=1e-12) and fit["layers"] == 20
+        assert r == 1.0 or fit["r2"] == pytest.approx(1.0)
+    noisy = 2.0 * 1.3 ** (20 - layers) * np.exp(np.random.default_rng(0).normal(0, 0.05, 20))
+    assert growth_factor(layers, noisy)["factor"] == pytest.approx(1.3, rel=0.02)
+    assert math.isnan(growth_factor([1], [1.0])["factor"])
