@@ -6,7 +6,7 @@
     claims = analysis.check_claims(results)            # verdicts for C1..C6
 """
 
-from analysis import figures
+from analysis import claims_dynamics, figures, figures_dynamics  # noqa: F401 (they register C10..C12, figures)
 from analysis.claims import Claim, Thresholds, check_claims
 from analysis.figures import FIGURES, MissingData
 from analysis.load import NORM_ORDER, AnalysisError, Results, load

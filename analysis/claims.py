@@ -61,6 +61,29 @@ class Thresholds:
         "help": "C4: ... or if its median cosine is above none's + this"})
     smooth_ratio: float = field(default=1.0, metadata={
         "help": "C5: batch's median landscape measures must be below this x none's"})
+    # C10..C12 (the dynamics: analysis/claims_dynamics.py)
+    eos_reach: float = field(default=0.95, metadata={
+        "help": "C10: sharpness 'reaches' the stability limit 2(1+momentum)/lr at this fraction of it"})
+    eos_band_low: float = field(default=0.8, metadata={
+        "help": "C10: after it first reaches the limit, the median sharpness / limit must be at least this"})
+    eos_band_high: float = field(default=1.25, metadata={
+        "help": "C10: ... and at most this"})
+    sharpening_corr: float = field(default=0.5, metadata={
+        "help": "C10: progressive sharpening: the rank correlation of sharpness with step, from the first probe "
+                "below the limit to the one that reaches it, is at least this (judged with 3 probes or more)"})
+    identity_tol: float = field(default=1e-4, metadata={
+        "help": "C11: <w, dL/dw> holds when |measured - predicted| / (|w| |dL/dw|) is at most this"})
+    norm_change_tol: float = field(default=0.05, metadata={
+        "help": "C11: the norm change holds when its error relative to its prediction's terms is at most this "
+                "(float32 weights round the change of a converged layer)"})
+    equilibrium_band: float = field(default=0.15, metadata={
+        "help": "C11: the median angular update over the last quarter of training is within this fraction of "
+                "sqrt(2 lr weight_decay / (1 + momentum))"})
+    growth_min: float = field(default=1.05, metadata={
+        "help": "C12: gradients grow geometrically towards the input when the fitted factor per layer (hidden "
+                "layers 2..L-1 at step 0) is above this"})
+    growth_min_layers: int = field(default=5, metadata={
+        "help": "C12: a depth is judged when its fit has at least this many hidden layers (depth >= this + 2)"})
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -446,12 +469,15 @@ def c6_lp(ctx: Context) -> Claim:
 
 
 CHECKS = (c1_robustness, c2_speed, c3_noisy, c4_ics, c5_smoothness, c6_lp)
+# Claims beyond the paper register themselves here when their module is imported (analysis/__init__.py does):
+# C10..C12 from analysis/claims_dynamics.py.
+EXTRA_CHECKS: list[Callable[[Context], Claim]] = []
 
 
 def check_claims(data: Results, thresholds: Thresholds | None = None) -> list[Claim]:
-    """Verdicts for C1..C6 on loaded results, with the numbers behind each."""
+    """Verdicts for C1..C6 and the registered extra claims on loaded results, with the numbers behind each."""
     ctx = Context(data, thresholds or Thresholds())
-    return [check(ctx) for check in CHECKS]
+    return [check(ctx) for check in (*CHECKS, *EXTRA_CHECKS)]
 
 
 def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110) -> str:

@@ -177,7 +177,7 @@ def test_full_batch_over_ghost_batches_is_the_sum_of_their_gradients():
     trial.run()
     for p, p_new, gr in zip(model.parameters(), trial.model.parameters(), grads, strict=True):
         torch.testing.assert_close(p_new.detach(), p.detach() - 0.1 * gr, rtol=1e-5, atol=1e-7)
-    assert float(trial.history[0, 0]) == pytest.approx(float(loss), rel=1e-6)
+    assert float(trial.history[0, 0]) == pytest.approx(float(loss.detach()), rel=1e-6)
 
 
 def test_chunked_loss_without_ghost_batches_is_the_plain_loss():
@@ -229,3 +229,60 @@ def test_growth_factor_of_a_geometric_sequence():
     noisy = 2.0 * 1.3 ** (20 - layers) * np.exp(np.random.default_rng(0).normal(0, 0.05, 20))
     assert growth_factor(layers, noisy)["factor"] == pytest.approx(1.3, rel=0.02)
     assert math.isnan(growth_factor([1], [1.0])["factor"])
+
+
+# ---------------------------------------------------------------- analysis: C10..C12 and the figures
+
+
+def test_eos_course():
+    """Progressive sharpening to the limit then a hover; a catapult start is judged from its first probe below."""
+    from analysis.dynamics import eos_course
+
+    steps = [0, 50, 100, 150, 200, 250, 300]
+    rising = eos_course(steps, [8, 19, 30, 39.5, 40.5, 39, 41], limit=40.0)
+    assert not rising["starts_above"] and rising["reached_step"] == 150 and rising["sharpening"] == 1.0
+    assert rising["median_ratio"] == pytest.approx(1.0)  # median of 39.5, 40.5, 39, 41 over 40
+    catapult = eos_course(steps, [300, 30, 35, 38, 40, 41, 40], limit=40.0)
+    assert catapult["starts_above"] and catapult["start_step"] == 50 and catapult["reached_step"] == 150
+    never = eos_course(steps, [8, 10, 12, 14, 15, 16, 17], limit=40.0)
+    assert math.isnan(never["reached_step"]) and never["sharpening"] == 1.0
+    at_once = eos_course(steps, [120, 100, 99, 101, 100, 98, 100], limit=100.0)
+    assert at_once["reached_step"] == 0 and math.isnan(at_once["sharpening"])
+
+
+def _tiny_results(root):
+    """A few real trials of each dynamics sweep on random images (seconds), written as Parquet."""
+    from bnsweep.trial import run_trial
+
+    data = _images(n=96)
+    common = {"arch": "mlp", "width": 1 / 32, "device": "cpu", "eval_subset": 32, "lr": 0.1}
+    for norm in ("none", "batch"):
+        run_trial(make_config({**common, "norm": norm, "steps": 30, "batch_size": 0, "train_subset": 64,
+                               "ghost_batch": 32, "loss": "mse", "probes": "sharpness", "probe_every": 5,
+                               "sharpness_iters": 5, "eval_every": 30}), root, data=data)
+        run_trial(make_config({**common, "norm": norm, "steps": 30, "batch_size": 16, "momentum": 0.9,
+                               "weight_decay": 0.01, "probes": "scale_invariance", "probe_every": 5,
+                               "eval_every": 30}), root, data=data)
+        for depth in (5, 12):
+            run_trial(make_config({**common, "norm": norm, "depth": depth, "steps": 2, "batch_size": 16,
+                                   "probes": "layer_norms", "probe_every": 2, "eval_every": 2}), root, data=data)
+
+
+def test_dynamics_claims_and_figures(tmp_path):
+    import analysis
+    from analysis.commands import build_all
+
+    _tiny_results(tmp_path)
+    results = analysis.load(tmp_path)
+    claims = {c.key: c for c in analysis.check_claims(results)}
+    assert {"C10", "C11", "C12"} <= set(claims)
+    c11 = claims["C11"]
+    inv = [c for c in c11.cases if c["norm"] == "batch"]
+    assert inv and inv[0]["max_inner_rel_err"] < 1e-4  # float32, yet the identity holds to ~1e-7
+    c12 = [c for c in claims["C12"].cases if c["norm"] == "batch" and c.get("depth") == 12]
+    assert c12 and c12[0]["factor"] > 1.05  # BatchNorm's gradients grow towards the input at initialization
+    drawn = {d.figure.name: d for d in build_all(results, validate=True)}
+    for name in ("fig_edge_of_stability", "fig_scale_invariance", "fig_gradient_explosion"):
+        assert drawn[name].spec is not None, name
+    text = analysis.claims.claims_table(list(claims.values()), analysis.Thresholds())
+    assert "eos_band_low" in text and "C12" in text

@@ -1,0 +1,208 @@
+"""Claims C10..C12: the dynamics measured beyond the 2018 paper (edge of stability, scale invariance, gradient
+explosion at initialization), judged from the `sharpness`, `scale_invariance` and `layer_norms` tables.
+
+Kept apart from analysis/claims.py (C1..C6), whose Context, Claim and Thresholds they use; importing this module
+registers them in claims.EXTRA_CHECKS. Every threshold is a field of claims.Thresholds, printed with the verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from analysis.claims import (
+    CONTRADICTED,
+    EXTRA_CHECKS,
+    NO_DATA,
+    SUPPORTED,
+    Claim,
+    Context,
+    combine,
+    fmt,
+)
+from analysis.dynamics import eos_course, growth_factor, tail, with_config
+
+
+def _by_variant(cases: list[dict], quorum: float) -> tuple[str, dict[str, str]]:
+    """Each variant's verdict over its cases; the claim holds when every judged variant supports it."""
+    verdicts = {norm: combine([c for c in cases if c["norm"] == norm], quorum)
+                for norm in dict.fromkeys(c["norm"] for c in cases)}
+    judged = [v for v in verdicts.values() if v != NO_DATA]
+    if not judged:
+        return NO_DATA, verdicts
+    return (SUPPORTED if all(v == SUPPORTED for v in judged) else CONTRADICTED), verdicts
+
+
+def _variant_summary(cases: list[dict], verdicts: dict[str, str], detail) -> str:
+    parts = []
+    for norm, verdict in verdicts.items():
+        mine = [c for c in cases if c["norm"] == norm]
+        ok = sum(c["verdict"] == SUPPORTED for c in mine)
+        judged = sum(c["verdict"] != NO_DATA for c in mine)
+        parts.append(f"{norm} {verdict} ({ok}/{judged} judged cases{detail(mine)})")
+    return "; ".join(parts)
+
+
+# -- C10: progressive sharpening, then the edge of stability ------------------------------------------------------
+
+def c10_edge_of_stability(ctx: Context) -> Claim:
+    th = ctx.th
+    statement = ("Progressive sharpening, then the edge of stability: under full-batch gradient descent the "
+                 "sharpness rises while below 2/lr, and after it first reaches 2/lr its median over the rest of "
+                 f"training lies within [{th.eos_band_low:g}, {th.eos_band_high:g}] x 2/lr, for every variant")
+    if not ctx.data.has("sharpness"):
+        return Claim("C10", statement, NO_DATA, "no sharpness table (bnsweep run eos)")
+    sharp = with_config(ctx.data["sharpness"], ctx.trials, ["loss"])
+    status = ctx.trials.set_index(ctx.trials["trial_id"].astype(str))["status"].astype(str)
+    cases = []
+    for tid, df in sharp.groupby(sharp["trial_id"].astype(str), sort=False):
+        df = df.sort_values("step")
+        first = df.iloc[0]
+        limit = float(first["eos_threshold"])
+        case = {"setting": str(first["setting"]), "norm": str(first["norm"]), "loss": str(first["loss"]),
+                "lr": float(first["lr"]), "seed": int(first["seed"]), "trial_id": tid, "limit": limit}
+        if status.get(tid) != "completed":
+            cases.append({**case, "verdict": NO_DATA, "why": f"{status.get(tid, 'unknown')}"})
+            continue
+        course = eos_course(df["step"], df["sharpness"], limit, th.eos_reach)
+        case.update(course)
+        label = f"{case['loss']} lr {case['lr']:g}"
+        if math.isnan(course["reached_step"]):
+            verdict, why = NO_DATA, f"{label}: never reached 2/lr (max {course['max_ratio']:.2f} x)"
+        elif math.isnan(course["median_ratio"]):
+            verdict, why = NO_DATA, f"{label}: reached 2/lr at step {course['reached_step']:g}, too few probes after"
+        else:
+            in_band = th.eos_band_low <= course["median_ratio"] <= th.eos_band_high
+            sharpening = course["sharpening"]
+            rises = math.isnan(sharpening) or sharpening >= th.sharpening_corr
+            verdict = SUPPORTED if in_band and rises else CONTRADICTED
+            why = (f"{label}: median {course['median_ratio']:.2f} x 2/lr after step {course['reached_step']:g}"
+                   + ("" if math.isnan(sharpening) else f", sharpening corr {sharpening:.2f}")
+                   + (", started above 2/lr" if course["starts_above"] else ""))
+        cases.append({**case, "verdict": verdict, "why": why})
+    verdict, verdicts = _by_variant(cases, th.case_quorum)
+
+    def detail(mine: list[dict]) -> str:
+        ratios = [c["median_ratio"] for c in mine if c["verdict"] != NO_DATA]
+        return f", median ratio {fmt(float(np.median(ratios)))}" if ratios else ""
+    summary = _variant_summary(cases, verdicts, detail) or "no sharpness rows"
+    return Claim("C10", statement, verdict, summary, cases)
+
+
+# -- C11: the scale-invariance identities and the equilibrium angular update ----------------------------------------
+
+def c11_scale_invariance(ctx: Context) -> Claim:
+    th = ctx.th
+    statement = ("Scale invariance: on every weight layer feeding a scale-invariant normalization, <w, dL/dw> = 0 "
+                 "and the norm update of SGD hold (up to the derived eps terms) at every probed step, and fail on "
+                 "the controls; with momentum and weight decay the angular update settles within "
+                 f"{th.equilibrium_band:.0%} of sqrt(2 lr wd / (1 + momentum))")
+    if not ctx.data.has("scale_invariance"):
+        return Claim("C11", statement, NO_DATA, "no scale_invariance table (bnsweep run scale_invariance)")
+    si = ctx.data["scale_invariance"]
+    cases = []
+    for tid, df in si.groupby(si["trial_id"].astype(str), sort=False):
+        first = df.iloc[0]
+        inv, control = df[df["scale_invariant"].astype(bool)], df[~df["scale_invariant"].astype(bool)]
+        wd, momentum = float(first["weight_decay"]), float(first["momentum"])
+        case = {"setting": str(first["setting"]), "norm": str(first["norm"]), "lr": float(first["lr"]),
+                "momentum": momentum, "weight_decay": wd, "seed": int(first["seed"]), "trial_id": tid}
+        parts, bits = [], []
+        if len(inv):
+            inner, change = float(inv["inner_rel_err"].max()), float(inv["norm_change_rel_err"].max())
+            holds = inner <= th.identity_tol and change <= th.norm_change_tol
+            case.update(max_inner_rel_err=inner, max_norm_change_rel_err=change)
+            parts.append(holds)
+            bits.append(f"invariant layers: max errors {inner:.1e}, {change:.1e}")
+        if len(control):
+            # A control fails the identities when its typical (median) error is above the tolerance.
+            medians = control.groupby("layer")[["inner_rel_err", "norm_change_rel_err"]].median()
+            fails = bool(((medians["inner_rel_err"] > th.identity_tol)
+                          | (medians["norm_change_rel_err"] > th.norm_change_tol)).all())
+            case["control_median_inner_rel_err"] = float(medians["inner_rel_err"].min())
+            parts.append(fails)
+            bits.append(f"controls {'fail' if fails else 'hold'} (median inner error >= "
+                        f"{case['control_median_inner_rel_err']:.1e})")
+        if wd > 0 and len(inv):
+            predicted = float(first["angle_equilibrium"])
+            angles = tail(inv).groupby("layer")["angle"].median()
+            worst = float((angles / predicted - 1).abs().max())
+            case.update(angle_predicted=predicted, angle_median_by_layer=angles.to_dict(), angle_worst_rel=worst)
+            parts.append(worst <= th.equilibrium_band)
+            bits.append(f"angle {fmt(float(angles.min()))}..{fmt(float(angles.max()))} vs {predicted:.3g} "
+                        f"({worst:.0%} off)")
+        verdict = NO_DATA if not parts else SUPPORTED if all(parts) else CONTRADICTED
+        cases.append({**case, "verdict": verdict,
+                      "why": f"lr {case['lr']:g} mom {momentum:g} wd {wd:g}: " + ", ".join(bits)})
+    verdict = combine(cases, 1.0)  # "every layer at every probed step": each trial must support it
+    by_norm = {norm: combine([c for c in cases if c["norm"] == norm], 1.0)
+               for norm in dict.fromkeys(c["norm"] for c in cases)}
+    summary = _variant_summary(cases, by_norm, lambda mine: "") or "no scale_invariance rows"
+    return Claim("C11", statement, verdict, summary, cases)
+
+
+# -- C12: gradient explosion at initialization ---------------------------------------------------------------------
+
+def c12_gradient_explosion(ctx: Context) -> Claim:
+    th = ctx.th
+    statement = ("Gradient explosion at initialization (MLP): with BatchNorm |dL/dW_l| grows geometrically from "
+                 f"the output towards the input (fitted factor per layer > {th.growth_min:g}; theory value "
+                 "unconfirmed); without normalization and with LayerNorm it does not; the largest depth at which "
+                 "BatchNorm trains is below the deepest network tried")
+    if not ctx.data.has("layer_norms"):
+        return Claim("C12", statement, NO_DATA, "no layer_norms table (bnsweep run depth)")
+    ln = with_config(ctx.data["layer_norms"], ctx.trials, ["depth"])
+    ln = ln[(ln["arch"].astype(str) == "mlp") & (ln["step"] == 0) & (ln["depth"] >= 5)]
+    cases, fits = [], []
+    # The initial gradients do not depend on the learning rate: one fit per (setting, norm, depth, seed).
+    for (setting, norm, depth, seed), df in ln.groupby(["setting", "norm", "depth", "seed"], observed=True):
+        df = df[df["trial_id"] == df["trial_id"].iloc[0]]
+        hidden = df[(df["layer"] >= 2) & (df["layer"] <= depth - 1)]  # same shape; no input or output layer
+        fit = growth_factor(hidden["layer"], hidden["grad_norm"])
+        fits.append({"norm": str(norm), "depth": int(depth), **fit})
+        grows = fit["factor"] > th.growth_min
+        expect = str(norm) == "batch"
+        judged = fit["layers"] >= th.growth_min_layers and not math.isnan(fit["factor"])
+        verdict = NO_DATA if not judged else SUPPORTED if grows == expect else CONTRADICTED
+        cases.append({"setting": str(setting), "norm": str(norm), "depth": int(depth), "seed": int(seed), **fit,
+                      "verdict": verdict, "why": f"depth {int(depth)}: factor {fmt(fit['factor'])} per layer"})
+    trainable = _largest_trainable_depths(ctx)
+    batch = trainable.get("batch")
+    limited = None if batch is None else batch["largest"] < batch["deepest"]
+    if batch is not None:
+        cases.append({"setting": "trainability", "norm": "batch", **batch,
+                      "verdict": SUPPORTED if limited else CONTRADICTED,
+                      "why": f"trains up to depth {fmt(batch['largest'])} of {batch['deepest']} tried"})
+    verdicts = {norm: combine([c for c in cases if c["norm"] == norm], ctx.th.case_quorum)
+                for norm in dict.fromkeys(c["norm"] for c in cases)}
+    judged = [v for v in verdicts.values() if v != NO_DATA]
+    needed = {"batch"} <= {n for n, v in verdicts.items() if v != NO_DATA}
+    verdict = NO_DATA if not judged or not needed else (
+        SUPPORTED if all(v == SUPPORTED for v in judged) else CONTRADICTED)
+
+    def detail(mine: list[dict]) -> str:
+        factors = [c["factor"] for c in mine if "factor" in c and not math.isnan(c["factor"])]
+        text = f", factors {fmt(min(factors))}..{fmt(max(factors))}" if factors else ""
+        deepest = trainable.get(mine[0]["norm"]) if mine else None
+        return text + (f", trains to depth {fmt(deepest['largest'])}" if deepest else "")
+    summary = _variant_summary(cases, verdicts, detail) or "no MLP layer_norms rows at step 0 with depth >= 5"
+    return Claim("C12", statement, verdict, summary, cases)
+
+
+def _largest_trainable_depths(ctx: Context) -> dict[str, dict]:
+    """Per variant of the MLPs with a depth: the deepest network tried and the deepest that trained at some rate."""
+    t = with_config(ctx.trials, ctx.trials, ["depth"])
+    t = t[(t["arch"].astype(str) == "mlp") & t["depth"].notna()]
+    if t["depth"].nunique() < 2:
+        return {}
+    out = {}
+    for norm, df in t.groupby("norm", observed=True):
+        trained = df.loc[df["trained"], "depth"]
+        out[str(norm)] = {"largest": float(trained.max()) if len(trained) else 0.0,
+                          "deepest": int(df["depth"].max()),
+                          "trained_by_depth": {int(d): bool(g["trained"].any()) for d, g in df.groupby("depth")}}
+    return out
+
+
+EXTRA_CHECKS.extend([c10_edge_of_stability, c11_scale_invariance, c12_gradient_explosion])
