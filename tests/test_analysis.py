@@ -224,7 +224,9 @@ def test_figures_command(minimal, tmp_path, capsys):
 # -- claims ---------------------------------------------------------------------------------------------------
 
 def verdicts(results: str, thresholds: Thresholds | None = None) -> dict[str, str]:
-    return {c.key: c.verdict for c in check_claims(load(results), thresholds)}
+    """The paper's claims C1..C6 (the claims beyond it have tests of their own: tests/test_dynamics.py)."""
+    paper_claims = ("C1", "C2", "C3", "C4", "C5", "C6")
+    return {c.key: c.verdict for c in check_claims(load(results), thresholds) if c.key in paper_claims}
 
 
 def test_claims_supported(paper):
@@ -260,7 +262,8 @@ def test_check_command(paper, capsys):
     printed = capsys.readouterr().out
     assert "C1    supported" in printed and "case_quorum = 0.75" in printed  # verdicts and thresholds
     document = json.loads((Path(paper) / "claims.json").read_text())
-    assert [k for k in document if k.startswith("C")] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert [k for k in document if k.startswith("C")][:6] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert {"C10", "C11", "C12"} <= set(document)  # judged too, "not enough data" here
     c1 = document["C1"]
     assert c1["verdict"] == SUPPORTED and c1["cases"][0]["largest_lr_trained"]["batch"] == 0.5
     assert document["thresholds"]["speed_fraction"] == 0.9
