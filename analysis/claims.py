@@ -79,6 +79,9 @@ class Thresholds:
     equilibrium_band: float = field(default=0.15, metadata={
         "help": "C11: the median angular update over the last quarter of training is within this fraction of "
                 "sqrt(2 lr weight_decay / (1 + momentum))"})
+    equilibrium_settle: float = field(default=3.0, metadata={
+        "help": "C11: the angular update is judged only where the last quarter of training starts at least this "
+                "many settling times (1 - momentum) / (2 lr weight_decay) after step 0"})
     growth_min: float = field(default=1.05, metadata={
         "help": "C12: gradients grow geometrically towards the input when the fitted factor per layer (hidden "
                 "layers 2..L-1 at step 0) is above this"})

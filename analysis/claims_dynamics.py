@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from analysis.claims import (
     CONTRADICTED,
@@ -105,41 +106,62 @@ def c11_scale_invariance(ctx: Context) -> Claim:
     for tid, df in si.groupby(si["trial_id"].astype(str), sort=False):
         first = df.iloc[0]
         inv, control = df[df["scale_invariant"].astype(bool)], df[~df["scale_invariant"].astype(bool)]
-        wd, momentum = float(first["weight_decay"]), float(first["momentum"])
-        case = {"setting": str(first["setting"]), "norm": str(first["norm"]), "lr": float(first["lr"]),
-                "momentum": momentum, "weight_decay": wd, "seed": int(first["seed"]), "trial_id": tid}
-        parts, bits = [], []
-        if len(inv):
-            inner, change = float(inv["inner_rel_err"].max()), float(inv["norm_change_rel_err"].max())
-            holds = inner <= th.identity_tol and change <= th.norm_change_tol
-            case.update(max_inner_rel_err=inner, max_norm_change_rel_err=change)
-            parts.append(holds)
-            bits.append(f"invariant layers: max errors {inner:.1e}, {change:.1e}")
-        if len(control):
-            # A control fails the identities when its typical (median) error is above the tolerance.
-            medians = control.groupby("layer")[["inner_rel_err", "norm_change_rel_err"]].median()
-            fails = bool(((medians["inner_rel_err"] > th.identity_tol)
-                          | (medians["norm_change_rel_err"] > th.norm_change_tol)).all())
-            case["control_median_inner_rel_err"] = float(medians["inner_rel_err"].min())
-            parts.append(fails)
-            bits.append(f"controls {'fail' if fails else 'hold'} (median inner error >= "
-                        f"{case['control_median_inner_rel_err']:.1e})")
+        wd, momentum, lr = float(first["weight_decay"]), float(first["momentum"]), float(first["lr"])
+        case = {"setting": str(first["setting"]), "norm": str(first["norm"]), "lr": lr, "momentum": momentum,
+                "weight_decay": wd, "seed": int(first["seed"]), "trial_id": tid}
+        label = f"lr {lr:g} mom {momentum:g} wd {wd:g}"
+        cases.append(_identity_case(case, inv, control, th, label))
         if wd > 0 and len(inv):
-            predicted = float(first["angle_equilibrium"])
-            angles = tail(inv).groupby("layer")["angle"].median()
-            worst = float((angles / predicted - 1).abs().max())
-            case.update(angle_predicted=predicted, angle_median_by_layer=angles.to_dict(), angle_worst_rel=worst)
-            parts.append(worst <= th.equilibrium_band)
-            bits.append(f"angle {fmt(float(angles.min()))}..{fmt(float(angles.max()))} vs {predicted:.3g} "
-                        f"({worst:.0%} off)")
-        verdict = NO_DATA if not parts else SUPPORTED if all(parts) else CONTRADICTED
-        cases.append({**case, "verdict": verdict,
-                      "why": f"lr {case['lr']:g} mom {momentum:g} wd {wd:g}: " + ", ".join(bits)})
-    verdict = combine(cases, 1.0)  # "every layer at every probed step": each trial must support it
+            cases.append(_equilibrium_case(case, inv, th, label))
+    verdict = combine(cases, 1.0)  # "every layer at every probed step": each judged case must support it
     by_norm = {norm: combine([c for c in cases if c["norm"] == norm], 1.0)
                for norm in dict.fromkeys(c["norm"] for c in cases)}
-    summary = _variant_summary(cases, by_norm, lambda mine: "") or "no scale_invariance rows"
+
+    def detail(mine: list[dict]) -> str:
+        angles = [c for c in mine if c["part"] == "equilibrium" and c["verdict"] != NO_DATA]
+        offsets = ", ".join(f"{c['angle_worst_rel']:.0%}" for c in angles)
+        return f", angular update off by {offsets}" if angles else ""
+    summary = _variant_summary(cases, by_norm, detail) or "no scale_invariance rows"
     return Claim("C11", statement, verdict, summary, cases)
+
+
+def _identity_case(case: dict, inv: pd.DataFrame, control: pd.DataFrame, th, label: str) -> dict:
+    """The two identities hold on every scale-invariant layer at every probed step, and fail on the controls
+    (a control fails when its typical, median, error is above the tolerance)."""
+    parts, bits = [], []
+    if len(inv):
+        inner, change = float(inv["inner_rel_err"].max()), float(inv["norm_change_rel_err"].max())
+        case = {**case, "max_inner_rel_err": inner, "max_norm_change_rel_err": change}
+        parts.append(inner <= th.identity_tol and change <= th.norm_change_tol)
+        bits.append(f"invariant layers: max errors {inner:.1e}, {change:.1e}")
+    if len(control):
+        medians = control.groupby("layer")[["inner_rel_err", "norm_change_rel_err"]].median()
+        fails = bool(((medians["inner_rel_err"] > th.identity_tol)
+                      | (medians["norm_change_rel_err"] > th.norm_change_tol)).all())
+        case = {**case, "control_median_inner_rel_err": float(medians["inner_rel_err"].min())}
+        parts.append(fails)
+        bits.append(f"controls {'fail' if fails else 'hold'} (median inner error >= "
+                    f"{case['control_median_inner_rel_err']:.1e})")
+    verdict = NO_DATA if not parts else SUPPORTED if all(parts) else CONTRADICTED
+    return {**case, "part": "identities", "verdict": verdict, "why": f"{label}: " + ", ".join(bits)}
+
+
+def _equilibrium_case(case: dict, inv: pd.DataFrame, th, label: str) -> dict:
+    """The median angular update of each scale-invariant layer over the last quarter of training against Wan et
+    al.'s equilibrium, judged once the run is several settling times long."""
+    predicted = float(inv["angle_equilibrium"].iloc[0])
+    settle = (1 - case["momentum"]) / (2 * case["lr"] * case["weight_decay"])
+    last = tail(inv)
+    angles = last.groupby("layer")["angle"].median()
+    worst = float((angles / predicted - 1).abs().max())
+    out = {**case, "part": "equilibrium", "angle_predicted": predicted, "settling_steps": settle,
+           "angle_median_by_layer": angles.to_dict(), "angle_worst_rel": worst}
+    why = (f"{label}: angle {fmt(float(angles.min()))}..{fmt(float(angles.max()))} vs {predicted:.3g} "
+           f"({worst:.0%} off)")
+    if float(last["step"].min()) < th.equilibrium_settle * settle:
+        return {**out, "verdict": NO_DATA, "why": f"{why}; not judged: the last quarter starts before "
+                                                    f"{th.equilibrium_settle:g} x {settle:.0f} settling steps"}
+    return {**out, "verdict": SUPPORTED if worst <= th.equilibrium_band else CONTRADICTED, "why": why}
 
 
 # -- C12: gradient explosion at initialization ---------------------------------------------------------------------

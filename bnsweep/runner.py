@@ -399,11 +399,11 @@ def ensure_data(configs: list[TrialConfig], data_root: str | None) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _model(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int):
+def _model(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int, depth: int | None = None):
     """The unnormalized model of a cell, built once in the driver for its checks and cost estimate."""
     from bnsweep.models import build_model
 
-    return build_model(arch, width=width, in_shape=in_shape, num_outputs=num_outputs)
+    return build_model(arch, width=width, in_shape=in_shape, num_outputs=num_outputs, depth=depth)
 
 
 def preflight(configs: list[TrialConfig], data_root: str | None, source: str) -> None:
@@ -411,7 +411,7 @@ def preflight(configs: list[TrialConfig], data_root: str | None, source: str) ->
     number the model does not have (the check Trial makes, with the sweep named)."""
     ensure_data(configs, data_root)
     for c in configs:
-        model = _model(c.arch, c.width, *_SHAPES[c.dataset, c.data_seed][:2])
+        model = _model(c.arch, c.width, *_SHAPES[c.dataset, c.data_seed][:2], c.depth)
         for key in ("ics_layers", "activation_layers"):
             layers = getattr(c, key)
             try:
@@ -430,13 +430,14 @@ NORM_STEP_COST = {"none": 1.0, "batch": 1.3, "layer": 1.3, "group": 1.3, "l1_bat
 
 
 @functools.cache
-def flops_per_example(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int) -> int:
+def flops_per_example(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int,
+                      depth: int | None = None) -> int:
     """Multiply-adds x 2 of one forward pass of the unnormalized model on one example (its convolutions and
     linear layers), counted with hooks on a batch of one."""
     import torch
     from torch import nn
 
-    model = _model(arch, width, in_shape, num_outputs)
+    model = _model(arch, width, in_shape, num_outputs, depth)
     total = 0
 
     def count(module: nn.Module, inputs, out: torch.Tensor) -> None:
@@ -456,8 +457,8 @@ def flops_per_example(arch: str, width: float, in_shape: tuple[int, ...], num_ou
 def expected_cost(config: TrialConfig) -> float:
     """A trial's relative cost: steps x batch x forward FLOPs per example x its variant's step cost."""
     in_shape, outputs, n = _SHAPES[config.dataset, config.data_seed]
-    batch = config.batch_size or n
-    return config.steps * batch * flops_per_example(config.arch, config.width, in_shape, outputs) \
+    batch = config.batch_size or config.train_subset or n
+    return config.steps * batch * flops_per_example(config.arch, config.width, in_shape, outputs, config.depth) \
         * NORM_STEP_COST.get(config.norm, 1.0)
 
 
