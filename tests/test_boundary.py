@@ -16,11 +16,12 @@ import torch
 from test_faults import attempt_files, bnsweep_cmd, ray_env, run_to_end, started, wait_until  # noqa: F401
 
 from bnsweep import records
-from bnsweep.boundary import SCHEMA, boundary_rows, bracket, make_cells, propose, replay
+from bnsweep.boundary import boundary_rows, bracket, make_cells, propose, replay
 from bnsweep.config import make_config
 from bnsweep.data import load_dataset, quadratic_eigenvalues
+from bnsweep.driver import run_sweep
 from bnsweep.errors import BnsweepError
-from bnsweep.runner import run_sweep
+from bnsweep.schema import BOUNDARIES_SCHEMA as SCHEMA
 from bnsweep.sweep import SEARCH_DEFAULTS, load
 from bnsweep.trial import run_trial
 
