@@ -34,7 +34,7 @@ from bnsweep.estimate import Estimate
 from bnsweep.schedule import Timing, order
 from bnsweep.status import duration
 from bnsweep.sweep import Sweep
-from bnsweep.worker import count_attempts, drop_data, train_trial
+from bnsweep.worker import ID, count_attempts, drop_data, train_trial
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 TRACKER_EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb"), "tensorboard": ("tensorboardX",
@@ -150,12 +150,12 @@ class Progress(Callback):
     def _ended(self, trial, fraction_done: float) -> None:
         self.running.discard(trial.trial_id)
         if self.estimate is not None:
-            self.estimate.finish(trial.config["trial_id"], time.monotonic(), fraction_done)
+            self.estimate.finish(trial.config[ID], time.monotonic(), fraction_done)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.running.add(trial.trial_id)
         if self.estimate is not None:
-            self.estimate.start(trial.config["trial_id"], time.monotonic())
+            self.estimate.start(trial.config[ID], time.monotonic())
         self.draw()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -173,7 +173,7 @@ class Progress(Callback):
         # A crashed trial waits in the queue for its retry: it runs again when Tune starts it again.
         self.running.discard(trial.trial_id)
         if self.estimate is not None:
-            self.estimate.started.pop(trial.config["trial_id"], None)
+            self.estimate.started.pop(trial.config[ID], None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._ended(trial, 0.0)
@@ -200,7 +200,7 @@ class RecordFailures(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         from bnsweep.trial import failed_trials_table
 
-        config = self.configs[trial.config["trial_id"]]
+        config = self.configs[trial.config[ID]]
         records.write_table(self.results, records.TRIALS, config.trial_id,
                             failed_trials_table(config, trial_error(trial)[:2000],
                                                 count_attempts(self.results, config.trial_id)))
@@ -214,7 +214,7 @@ class PruneCheckpoints(Callback):
         self.results, self.sweep_name = results, sweep_name
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        trial_id = trial.config["trial_id"]
+        trial_id = trial.config[ID]
         fs, root = records.filesystem(self.results)  # one file's status, not a listing per finished trial
         if fs.get_file_info(f"{root}/{records.TRIALS}/{trial_id}.parquet").type == pafs.FileType.File:
             prune_checkpoints(self.results, self.sweep_name, [trial_id])
@@ -238,7 +238,7 @@ def trial_error(trial) -> str:
 
 def _option(identities: dict[str, dict[str, Any]], key: str, spec) -> Any:
     """One identity option of the trial Tune is creating (resolved after the grid over trial ids)."""
-    return identities[spec["config"]["trial_id"]].get(key, FIELDS[key].default)
+    return identities[spec["config"][ID]].get(key, FIELDS[key].default)
 
 
 class Executor:
@@ -317,7 +317,7 @@ class Executor:
         fs, root = records.filesystem(results)
         identities = {c.trial_id: c.identity() for c in queue}
         keys = sorted({k for identity in identities.values() for k in identity})
-        param_space = {"trial_id": tune.grid_search(list(identities)),
+        param_space = {ID: tune.grid_search(list(identities)),
                        **{k: tune.sample_from(partial(_option, identities, k)) for k in keys}}
         run = {"results": results, "sweep": sw.name, "checkpoint_every": sw.checkpoint_every,
                "report_every": sw.report_every, "runtime": {c.trial_id: c.runtime() for c in queue}}
@@ -331,8 +331,8 @@ class Executor:
             tune.with_resources(tune.with_parameters(train_trial, run=run), self.resources),
             param_space=param_space,
             # reuse_actors: a worker trains one trial after another instead of importing torch anew for each.
-            tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config["trial_id"],
-                                        trial_name_creator=lambda t: t.config["trial_id"]),
+            tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config[ID],
+                                        trial_name_creator=lambda t: t.config[ID]),
             run_config=tune.RunConfig(
                 name=sw.name, storage_path=f"{root}/{RAY_DIR}", storage_filesystem=fs,
                 stop=DivergenceStopper(), callbacks=callbacks, verbose=2 if self.verbose else 0,

@@ -23,6 +23,8 @@ from bnsweep.checkpoints import latest_checkpoint, read_checkpoint
 from bnsweep.config import TrialConfig, make_config
 
 ATTEMPTS = "_attempts"  # RESULTS/_attempts/<trial_id>/<uuid>: one empty file per start of a trial
+# The key of bnsweep's trial id in the config Tune sees (Tune's results carry a `trial_id` of Tune's own).
+ID = "bnsweep_trial_id"
 FINAL_METRICS = ("final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "wall_time_s")
 
 
@@ -81,8 +83,8 @@ def release_memory() -> None:
 
 def trial_config(params: dict[str, Any], runtime: dict[str, Any]) -> TrialConfig:
     """The trial Tune asked for: its identity options (Tune's config of the trial) and where it runs."""
-    config = make_config({k: v for k, v in params.items() if k != "trial_id"} | runtime)
-    if config.trial_id != params["trial_id"]:  # the identity must survive Tune's config unchanged
+    config = make_config({k: v for k, v in params.items() if k != ID} | runtime)
+    if config.trial_id != params[ID]:  # the identity must survive Tune's config unchanged
         raise RuntimeError(f"trial {params['trial_id']} rebuilt as {config.trial_id}")
     return config
 
@@ -90,7 +92,7 @@ def trial_config(params: dict[str, Any], runtime: dict[str, Any]) -> TrialConfig
 def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
     """Ray Tune function trainable: one grid point, checkpointed, its records written before its last report.
 
-    `params` is Tune's config of the trial (its identity options and trial_id); `run` holds what every trial of
+    `params` is Tune's config of the trial (its identity options and its id under ID); `run` holds what every trial of
     the round shares: results location, sweep name, checkpoint and report intervals, each trial's runtime
     options (device, threads: not part of its identity)."""
     import torch
@@ -98,7 +100,7 @@ def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
 
     from bnsweep.trial import run_trial
 
-    config = trial_config(params, run["runtime"][params["trial_id"]])
+    config = trial_config(params, run["runtime"][params[ID]])
     results, trial_id = run["results"], config.trial_id
     attempt = mark_attempt(results, trial_id)
     state = None
