@@ -1,0 +1,107 @@
+"""The critical learning rate over seeds, from a search's `boundaries` table (bnsweep run lr_boundary).
+
+Per cell group (a cell without its seed): the geometric means over seeds of `lower` (the largest rate that
+trained) and `upper` (the smallest above it that did not), each with its bootstrap interval over seeds. Between
+two variants of the same group (batch / none): the ratio of their critical rates, taken seed by seed (seed s of
+one against seed s of the other, so resampling seeds keeps the pairs) and summarized by its geometric mean and
+interval. A seed's critical rate is the geometric midpoint of its bracket, sqrt(lower x upper); a seed whose
+bracket is open (no rate trained, or none failed) has none, and the ratio then has no interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from analysis.aggregate import brackets
+from analysis.load import NORM_ORDER, Results
+from analysis.uncertainty import Bootstrap, Estimate, estimate, paired_ratio
+
+REFERENCE = "none"  # the variant every other one is compared with
+
+
+def _without(cell: str, *keys: str) -> str:
+    """A cell's JSON without some of its options (the seed: its group; seed and norm: its comparison group)."""
+    values = json.loads(cell) if isinstance(cell, str) and cell else {}
+    return json.dumps({k: v for k, v in values.items() if k not in keys}, sort_keys=True)
+
+
+def per_seed(results: Results) -> pd.DataFrame:
+    """The search's per-seed brackets, typed, with their `group` (cell without seed) and `pair` (cell without seed
+    and variant) keys; empty when the results hold no per-seed rows."""
+    if not results.has("boundaries"):
+        return pd.DataFrame()
+    b = brackets(results["boundaries"], results.trials)
+    b = b[~b["all_seeds"].astype(bool)].copy()
+    b["group"] = b["cell"].map(lambda c: _without(c, "seed"))
+    b["pair"] = b["cell"].map(lambda c: _without(c, "seed", "norm"))
+    b["critical"] = [math.sqrt(lo * hi) if pd.notna(lo) and pd.notna(hi) else None
+                     for lo, hi in zip(b["lower"], b["upper"], strict=True)]
+    return b
+
+
+def _order(norm: str) -> int:
+    return NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER)
+
+
+def over_seeds(results: Results, boot: Bootstrap) -> list[dict]:
+    """One row per cell group: setting, cell_label, norm, seeds, converged (every seed), and the Estimates of
+    lower, upper and the critical rate."""
+    b = per_seed(results)
+    rows = []
+    for _, g in (b.groupby("group", sort=False) if len(b) else []):
+        first = g.iloc[0]
+        rows.append({"setting": first["setting"], "cell_label": first["cell_label"], "norm": first["norm"],
+                     "group": first["group"], "seeds": len(g), "converged": bool(g["converged"].all()),
+                     "lower": estimate(g["lower"].tolist(), boot, log=True),
+                     "upper": estimate(g["upper"].tolist(), boot, log=True),
+                     "critical": estimate(g["critical"].tolist(), boot, log=True)})
+    return sorted(rows, key=lambda r: (str(r["setting"]), _order(r["norm"]), r["cell_label"]))
+
+
+def ratios(results: Results, boot: Bootstrap, reference: str = REFERENCE) -> list[dict]:
+    """Every variant's critical rate over the reference variant's in the same setting and options, per seed, with
+    the geometric mean and interval over seeds."""
+    b = per_seed(results)
+    rows = []
+    for _, g in (b.groupby("pair", sort=False) if len(b) else []):
+        base = g[g["norm"] == reference]
+        if base.empty:
+            continue
+        bottom = dict(zip(base["seed"].astype(int), base["critical"], strict=True))
+        for norm, other in g[g["norm"] != reference].groupby("norm", sort=False):
+            top = dict(zip(other["seed"].astype(int), other["critical"], strict=True))
+            rows.append({"setting": other["setting"].iloc[0], "norm": norm, "reference": reference,
+                         "label": f"{norm} / {reference}", "ratio": paired_ratio(top, bottom, boot)})
+    return sorted(rows, key=lambda r: (str(r["setting"]), _order(r["norm"])))
+
+
+def report(results: Results, boot: Bootstrap) -> list[str]:
+    """The terminal lines of `bnsweep check` for a search's results (none without per-seed brackets)."""
+    groups, pairs = over_seeds(results, boot), ratios(results, boot)
+    if not groups:
+        return []
+    lines = [f"critical learning rate over seeds (geometric mean [{boot.confidence:.0%} CI over seeds]; "
+             "critical = sqrt(lower x upper)):"]
+    for r in groups:
+        state = "" if r["converged"] else ", not every seed converged"
+        lines.append(f"  {r['setting']} {r['cell_label']}: lower {r['lower'].text()}, upper {r['upper'].text()}"
+                     f" ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}{state})")
+    for r in pairs:
+        lines.append(f"  {r['setting']} {r['label']}: critical-rate ratio {r['ratio'].text()} "
+                     f"(per seed: {', '.join(_fmt(v) for v in r['ratio'].values)})")
+    return lines
+
+
+def _fmt(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.3g}"
+
+
+def as_json(results: Results, boot: Bootstrap) -> dict[str, list[dict]]:
+    """The brackets and ratios over seeds for claims.json."""
+    def plain(row: dict) -> dict:
+        return {k: v.as_dict() if isinstance(v, Estimate) else v for k, v in row.items() if k != "group"}
+    return {"brackets": [plain(r) for r in over_seeds(results, boot)],
+            "ratios": [plain(r) for r in ratios(results, boot)]}
