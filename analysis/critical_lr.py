@@ -28,6 +28,11 @@ def _without(cell: str, *keys: str) -> str:
     return json.dumps({k: v for k, v in values.items() if k not in keys}, sort_keys=True)
 
 
+def group_key(cell: str) -> str:
+    """The group of a cell (its JSON without the seed): what a row over seeds has in its `cell`."""
+    return _without(cell, "seed")
+
+
 def per_seed(results: Results) -> pd.DataFrame:
     """The search's per-seed brackets, typed, with their `group` (cell without seed) and `pair` (cell without seed
     and variant) keys; empty when the results hold no per-seed rows."""
@@ -35,7 +40,7 @@ def per_seed(results: Results) -> pd.DataFrame:
         return pd.DataFrame()
     b = brackets(results["boundaries"], results.trials)
     b = b[~b["all_seeds"].astype(bool)].copy()
-    b["group"] = b["cell"].map(lambda c: _without(c, "seed"))
+    b["group"] = b["cell"].map(group_key)
     b["pair"] = b["cell"].map(lambda c: _without(c, "seed", "norm"))
     b["critical"] = [math.sqrt(lo * hi) if pd.notna(lo) and pd.notna(hi) else None
                      for lo, hi in zip(b["lower"], b["upper"], strict=True)]

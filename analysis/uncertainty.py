@@ -73,8 +73,16 @@ class Estimate:
         return f"{_num(self.value)} ({self.note})"
 
     def as_dict(self) -> dict[str, object]:
-        return {"value": self.value, "low": self.low, "high": self.high, "seeds": self.seeds,
-                "mean": "geometric" if self.log else "arithmetic", "per_seed": list(self.values), "note": self.note}
+        """JSON-ready: no NaN (None) or infinity ("inf")."""
+        return {"value": _safe(self.value), "low": _safe(self.low), "high": _safe(self.high), "seeds": self.seeds,
+                "mean": "geometric" if self.log else "arithmetic", "per_seed": [_safe(v) for v in self.values],
+                "note": self.note}
+
+
+def _safe(x: float | None) -> float | str | None:
+    if x is None or math.isnan(x):
+        return None
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
 def _num(x: float | None) -> str:
@@ -164,19 +172,31 @@ def band_over_seeds(df: pd.DataFrame, value: str, by: Sequence[str], boot: Boots
     return out.rename(columns={"mean": value, "min": f"{value}_lo", "max": f"{value}_hi", "count": "seeds"})
 
 
-def band_note(seed_counts: Iterable[int], boot: Bootstrap = FIGURE_BOOTSTRAP) -> str:
-    """The caption's sentence saying which band the figure draws, from the seed count of each point."""
+def band_note(seed_counts: Iterable[int], boot: Bootstrap = FIGURE_BOOTSTRAP, short: bool = False) -> str:
+    """The caption's sentence saying which band a figure draws, from the seed count of each of its points; `short`:
+    a few words for a terminal line."""
     counts = sorted({int(n) for n in seed_counts if n > 0})
     if not counts:
         return ""
-    ci = (f"the {boot.confidence:.0%} bootstrap confidence interval of the mean over seeds ({boot.method}, "
-          f"{boot.n_resamples:,} resamples)")
     span = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    if counts[-1] == 1:
-        return "One seed per point: no band, nothing says how much another seed would differ."
-    if counts[0] >= boot.min_seeds:
-        return f"Band: {ci}, {span} seeds per point."
+    per_point = f"{span} seed{'s' if counts[-1] > 1 else ''} per point"
+    ci = f"{boot.confidence:.0%} CI"
+    if short:
+        kinds = [ci if counts[-1] >= boot.min_seeds else "", "min-max" if 2 in counts else "",
+                 "none" if 1 in counts else ""]
+        return f"band: {' / '.join(k for k in kinds if k)}, {per_point}"
+    how = f"bootstrap, {boot.method}, {boot.n_resamples:,} resamples"
+    if counts == [1]:
+        return "One seed per point: no band; nothing here says how much another seed would differ."
     if counts == [2]:
         return "Band: the min-max range of the 2 seeds per point (no interval from 2 seeds)."
-    return (f"Band: {ci} where a point has {boot.min_seeds} or more seeds, the min-max range where it has 2, "
-            f"none where it has 1 ({span} seeds per point).")
+    if counts[0] >= boot.min_seeds:
+        return f"Band: the {ci} of the mean over seeds ({how}), {per_point}."
+    parts = []
+    if counts[-1] >= boot.min_seeds:
+        parts.append(f"the {ci} of the mean over seeds ({how}) where a point has {boot.min_seeds} seeds or more")
+    if 2 in counts:
+        parts.append("the min-max range where a point has 2 seeds")
+    if 1 in counts:
+        parts.append("none where it has 1")
+    return f"Band: {', '.join(parts)} ({per_point})."
