@@ -535,9 +535,10 @@ def over_seeds(claim: Claim, by_seed: dict[int, Claim], th: Thresholds) -> Claim
 CASE_LINES = 3  # cases per claim whose numbers over seeds the terminal shows (claims.json has every case)
 
 
-def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110) -> str:
+def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110, more: list[str] = ()) -> str:
     """The terminal table: claim, verdict with the seeds that support it, the deciding numbers and, under each
-    claim, those numbers over seeds with their intervals; then the thresholds used and their meaning."""
+    claim, those numbers over seeds with their intervals; the `more` lines; then the thresholds used and their
+    meaning."""
     column = max([len("verdict, seeds supporting"), *(len(c.verdict_text()) for c in claims)]) + 2
     lines = [f"{'claim':<6}{'verdict, seeds supporting':<{column}}numbers (all seeds)", "-" * width]
     several = any(len(c.seed_verdicts) > 1 for c in claims)
@@ -561,6 +562,8 @@ def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110) 
         note = ("1 seed: each verdict rests on one run and no number has an interval; bnsweep run SWEEP --seeds 3 "
                 "(or more) gives per-seed agreement and intervals.")
     lines += ["", *textwrap.wrap(note, width)]
+    if more:
+        lines += ["", *more]
     lines += ["", "thresholds (defaults unless changed; analysis.claims.Thresholds):"]
     defaults = Thresholds()
     for f in dataclasses.fields(thresholds):

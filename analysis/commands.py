@@ -126,8 +126,6 @@ def check(results: str, thresholds: Thresholds | None = None) -> int:
         raise AnalysisError(f"cannot write claims.json in {str(results)!r} ({str(e).splitlines()[0]}): make the "
                             "results directory writable") from None
     # Written before anything is printed, so a closed pipe (`| head`) cannot lose it.
-    print(claims_table(claims, thresholds))
-    if data.has("boundaries"):
-        print("\n".join(["", *critical_lr.report(data, boot)]))
+    print(claims_table(claims, thresholds, more=critical_lr.report(data, boot)))
     print(f"wrote {target.partition('?')[0]}")
     return 0

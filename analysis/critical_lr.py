@@ -51,6 +51,19 @@ def _order(norm: str) -> int:
     return NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER)
 
 
+def _panels(results: Results) -> dict[str, int]:
+    """Each setting's place in the figures' panel order (a search's own settings, such as `linear`, last)."""
+    setting = results.trials["setting"]
+    names = setting.cat.categories if hasattr(setting, "cat") else sorted(setting.astype(str).unique())
+    return {str(s): i for i, s in enumerate(names)}
+
+
+def _sort(rows: list[dict], results: Results) -> list[dict]:
+    panels = _panels(results)
+    return sorted(rows, key=lambda r: (panels.get(str(r["setting"]), len(panels)), str(r["setting"]),
+                                       _order(r["norm"]), r.get("cell_label", "")))
+
+
 def over_seeds(results: Results, boot: Bootstrap) -> list[dict]:
     """One row per cell group: setting, cell_label, norm, seeds, converged (every seed), and the Estimates of
     lower, upper and the critical rate."""
@@ -60,10 +73,9 @@ def over_seeds(results: Results, boot: Bootstrap) -> list[dict]:
         first = g.iloc[0]
         rows.append({"setting": first["setting"], "cell_label": first["cell_label"], "norm": first["norm"],
                      "group": first["group"], "seeds": len(g), "converged": bool(g["converged"].all()),
-                     "lower": estimate(g["lower"].tolist(), boot, log=True),
-                     "upper": estimate(g["upper"].tolist(), boot, log=True),
-                     "critical": estimate(g["critical"].tolist(), boot, log=True)})
-    return sorted(rows, key=lambda r: (str(r["setting"]), _order(r["norm"]), r["cell_label"]))
+                     **{bound: estimate(dict(zip(g["seed"].astype(int), g[bound], strict=True)), boot, log=True)
+                        for bound in ("lower", "upper", "critical")}})
+    return _sort(rows, results)
 
 
 def ratios(results: Results, boot: Bootstrap, reference: str = REFERENCE) -> list[dict]:
@@ -80,7 +92,7 @@ def ratios(results: Results, boot: Bootstrap, reference: str = REFERENCE) -> lis
             top = dict(zip(other["seed"].astype(int), other["critical"], strict=True))
             rows.append({"setting": other["setting"].iloc[0], "norm": norm, "reference": reference,
                          "label": f"{norm} / {reference}", "ratio": paired_ratio(top, bottom, boot)})
-    return sorted(rows, key=lambda r: (str(r["setting"]), _order(r["norm"])))
+    return _sort(rows, results)
 
 
 def report(results: Results, boot: Bootstrap) -> list[str]:

@@ -88,7 +88,7 @@ def case_estimates(pooled: list[dict], by_seed: dict[int, list[dict]], boot: Boo
         case["seeds"] = {seed: c["verdict"] for seed, c in matches.items()}
         numbers = {seed: deciding_numbers(c) for seed, c in matches.items()}
         names = list(deciding_numbers(case))
-        case["over_seeds"] = {name: estimate([numbers[s].get(name) for s in numbers if name in numbers[s]], boot,
+        case["over_seeds"] = {name: estimate({s: got[name] for s, got in numbers.items() if name in got}, boot,
                                              log=is_rate(name)) for name in names}
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -53,6 +53,7 @@ class Estimate:
     seeds: int
     log: bool
     values: tuple[float, ...] = field(default=())
+    labels: tuple[int, ...] = field(default=())  # the seed of each value, when known
     note: str = ""  # why there is no interval ("1 seed", "2 seeds: range ..."), empty when there is one
 
     @property
@@ -75,8 +76,9 @@ class Estimate:
     def as_dict(self) -> dict[str, object]:
         """JSON-ready: no NaN (None) or infinity ("inf")."""
         return {"value": _safe(self.value), "low": _safe(self.low), "high": _safe(self.high), "seeds": self.seeds,
-                "mean": "geometric" if self.log else "arithmetic", "per_seed": [_safe(v) for v in self.values],
-                "note": self.note}
+                "mean": "geometric" if self.log else "arithmetic", "note": self.note,
+                "per_seed": ({str(k): _safe(v) for k, v in zip(self.labels, self.values, strict=True)} if self.labels
+                             else [_safe(v) for v in self.values])}
 
 
 def _safe(x: float | None) -> float | str | None:
@@ -106,8 +108,12 @@ def _interval(matrix: np.ndarray, boot: Bootstrap) -> tuple[np.ndarray, np.ndarr
     return low, high
 
 
-def estimate(values: Sequence[float | None], boot: Bootstrap, log: bool = False) -> Estimate:
-    """The mean over seeds of one number (one value per seed; None: the seed has none) with its interval."""
+def estimate(values: Sequence[float | None] | Mapping[int, float | None], boot: Bootstrap,
+             log: bool = False) -> Estimate:
+    """The mean over seeds of one number (one value per seed, or {seed: value}; None: the seed has none) with its
+    interval."""
+    labels = tuple(int(k) for k in values) if isinstance(values, Mapping) else ()
+    values = list(values.values()) if isinstance(values, Mapping) else values
     raw = np.array([math.nan if v is None else float(v) for v in values], dtype=float)
     n = len(raw)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -115,32 +121,31 @@ def estimate(values: Sequence[float | None], boot: Bootstrap, log: bool = False)
     finite = np.isfinite(x)
     kept = tuple(float(v) for v in raw)
     if n == 0:
-        return Estimate(math.nan, None, None, 0, log, kept, "no seed")
+        return Estimate(math.nan, None, None, 0, log, kept, labels=labels, note="no seed")
     if not finite.all():
         # inf steps (never reached), an open bracket, no rate that trained: the mean has no interval.
         with np.errstate(invalid="ignore"):
             centre = float(np.mean(x))
         value = math.exp(centre) if log and not math.isnan(centre) else centre
         what = "no finite value" if not finite.any() else f"not finite in {n - int(finite.sum())} of {n} seeds"
-        return Estimate(value, None, None, n, log, kept, f"{what}: no interval")
+        return Estimate(value, None, None, n, log, kept, labels=labels, note=f"{what}: no interval")
     centre = float(np.mean(x))
     value = math.exp(centre) if log else centre
     if n < boot.min_seeds:
         note = "1 seed: no interval" if n == 1 else (
             f"{n} seeds: no interval, range {_num(float(raw.min()))}-{_num(float(raw.max()))}")
-        return Estimate(value, None, None, n, log, kept, note)
+        return Estimate(value, None, None, n, log, kept, labels=labels, note=note)
     low, high = (float(v[0]) for v in _interval(x[None, :], boot))
     if log:
         low, high = math.exp(low), math.exp(high)
-    return Estimate(value, low, high, n, log, kept)
+    return Estimate(value, low, high, n, log, kept, labels=labels)
 
 
 def paired_ratio(top: dict[int, float | None], bottom: dict[int, float | None], boot: Bootstrap) -> Estimate:
     """The geometric mean over seeds of top[s] / bottom[s] for the seeds both have (resampling seeds keeps the
     pairs), with its interval."""
     seeds = sorted(set(top) & set(bottom))
-    ratios = [top[s] / bottom[s] if top[s] and bottom[s] else None for s in seeds]
-    return estimate(ratios, boot, log=True)
+    return estimate({s: top[s] / bottom[s] if top[s] and bottom[s] else None for s in seeds}, boot, log=True)
 
 
 # -- figure bands -----------------------------------------------------------------------------------------------
