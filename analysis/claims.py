@@ -308,8 +308,9 @@ def c1_from_brackets(ctx: Context, setting: str) -> dict | None:
         verdict, why = NO_DATA, why + ": a bracket is open where they would separate"
     return {"setting": setting, "source": "boundaries", "largest_lr_trained": {"batch": b_lo, "none": n_lo},
             "batch_bracket": list(bounds["batch"]), "none_bracket": list(bounds["none"]), "verdict": verdict,
-            "why": why, "numbers": {"batch lower lr": b_lo, "batch upper lr": b_hi, "none lower lr": n_lo,
-                                    "none upper lr": n_hi}}
+            "why": why, "numbers": {f"{norm} {end} lr": bound if 0 < bound < math.inf else None  # None: open
+                                    for norm, (lo, hi) in bounds.items() for end, bound in (("lower", lo),
+                                                                                            ("upper", hi))}}
 
 
 def c1_robustness(ctx: Context) -> Claim:

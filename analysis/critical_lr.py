@@ -104,12 +104,22 @@ def report(results: Results, boot: Bootstrap) -> list[str]:
              "critical = sqrt(lower x upper)):"]
     for r in groups:
         state = "" if r["converged"] else ", not every seed converged"
-        lines.append(f"  {r['setting']} {r['cell_label']}: lower {r['lower'].text()}, upper {r['upper'].text()}"
-                     f" ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}{state})")
+        lines.append(f"  {r['setting']} {r['cell_label']}: lower {_bound(r['lower'], 'trained at no rate tried')}, "
+                     f"upper {_bound(r['upper'], 'failed at no rate tried')} "
+                     f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}{state})")
     for r in pairs:
-        lines.append(f"  {r['setting']} {r['label']}: critical-rate ratio {r['ratio'].text()} "
-                     f"(per seed: {', '.join(_fmt(v) for v in r['ratio'].values)})")
+        ratio = r["ratio"]
+        shown = ratio.text() if ratio.values and all(math.isfinite(v) for v in ratio.values) else (
+            f"- (a bracket is open in {sum(not math.isfinite(v) for v in ratio.values)} of {ratio.seeds} seeds)")
+        lines.append(f"  {r['setting']} {r['label']}: critical-rate ratio {shown} "
+                     f"(per seed: {', '.join(_fmt(v) for v in ratio.values)})")
     return lines
+
+
+def _bound(e: Estimate, open_words: str) -> str:
+    """A bound over seeds, or which seeds have none (an open bracket) instead of a mean of missing values."""
+    missing = sum(not math.isfinite(v) for v in e.values)
+    return e.text() if not missing else f"- ({open_words} in {missing} of {e.seeds} seeds)"
 
 
 def _fmt(x: float) -> str:

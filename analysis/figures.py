@@ -72,7 +72,7 @@ def band_caption(fig: Figure, results: Results, short: bool = False) -> str:
         b = results["boundaries"]
         counts = b.loc[b["all_seeds"].astype(bool), "seeds"]
     elif fig.band == "trials":
-        counts = results.trials.groupby(["setting", "norm", "lr"], observed=True).size()
+        counts = results.trials.groupby(["setting", "norm", "lr"], observed=True)["seed"].nunique()
     else:
         return ""
     return band_note(counts.tolist(), FIGURE_BOOTSTRAP, short)

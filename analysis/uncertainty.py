@@ -129,7 +129,8 @@ def estimate(values: Sequence[float | None] | Mapping[int, float | None], boot: 
         with np.errstate(invalid="ignore"):
             centre = float(np.mean(x))
         value = math.exp(centre) if log and not math.isnan(centre) else centre
-        what = "no finite value" if not finite.any() else f"not finite in {n - int(finite.sum())} of {n} seeds"
+        counts = {"no value": int(np.isnan(x).sum()), "not finite": int(np.isinf(x).sum())}
+        what = ", ".join(f"{words} in {k} of {n} seeds" for words, k in counts.items() if k)
         return Estimate(value, None, None, n, log, kept, labels=labels, note=f"{what}: no interval")
     centre = float(np.mean(x))
     value = math.exp(centre) if log else centre
