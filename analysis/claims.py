@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,6 +148,9 @@ def combine(cases: list[dict], quorum: float) -> str:
 
 def seed_agreement(verdicts: list[str], share: float) -> str:
     """The verdict over seeds from each seed's own: the one that at least `share` of the judged seeds gave."""
+    if not 0.5 < share <= 1:
+        raise ValueError(f"seed_agreement={share}: use a share above one half and at most 1 (two verdicts could "
+                         "both reach a half)")
     judged = [v for v in verdicts if v != NO_DATA]
     if not judged:
         return NO_DATA
@@ -308,9 +311,13 @@ def c1_from_brackets(ctx: Context, setting: str) -> dict | None:
         verdict, why = NO_DATA, why + ": a bracket is open where they would separate"
     return {"setting": setting, "source": "boundaries", "largest_lr_trained": {"batch": b_lo, "none": n_lo},
             "batch_bracket": list(bounds["batch"]), "none_bracket": list(bounds["none"]), "verdict": verdict,
-            "why": why, "numbers": {f"{norm} {end} lr": bound if 0 < bound < math.inf else None  # None: open
-                                    for norm, (lo, hi) in bounds.items() for end, bound in (("lower", lo),
-                                                                                            ("upper", hi))}}
+            "why": why, "numbers": {f"{norm} {end} lr": _rate(bound) for norm, (lo, hi) in bounds.items()
+                                    for end, bound in (("lower", lo), ("upper", hi))}}
+
+
+def _rate(bound: float) -> float | None:
+    """A bracket's bound as a number over seeds: None where it is open (0: trained at no rate, inf: never failed)."""
+    return bound if 0 < bound < math.inf else None
 
 
 def c1_robustness(ctx: Context) -> Claim:
@@ -536,7 +543,7 @@ def over_seeds(claim: Claim, by_seed: dict[int, Claim], th: Thresholds) -> Claim
 CASE_LINES = 3  # cases per claim whose numbers over seeds the terminal shows (claims.json has every case)
 
 
-def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110, more: list[str] = ()) -> str:
+def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110, more: Sequence[str] = ()) -> str:
     """The terminal table: claim, verdict with the seeds that support it, the deciding numbers and, under each
     claim, those numbers over seeds with their intervals; the `more` lines; then the thresholds used and their
     meaning."""
@@ -555,14 +562,14 @@ def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110, 
             lines.append(" " * 6 + f"... {len(shown) - CASE_LINES} more cases in claims.json")
     boot = thresholds.bootstrap()
     if several:
-        note = (f"under each claim: each deciding number's mean over the seeds that judged the case (geometric for "
-                f"rates) [{boot.confidence:.0%} bootstrap CI: seeds resampled, {boot.n_resamples:,} resamples, "
-                f"{boot.method}]; with 2 seeds (min-max) and no interval, with 1 the value alone. Over 3 seeds such "
-                "an interval covers the truth about 3 times in 4 (README: Seeds).")
+        footer = (f"under each claim: each deciding number's mean over the seeds that judged the case (geometric for "
+                  f"rates) [{boot.confidence:.0%} bootstrap CI: seeds resampled, {boot.n_resamples:,} resamples, "
+                  f"{boot.method}]; with 2 seeds (min-max) and no interval, with 1 the value alone. Over 3 seeds "
+                  "such an interval covers the truth about 3 times in 4 (README: Seeds).")
     else:
-        note = ("1 seed: each verdict rests on one run and no number has an interval; bnsweep run SWEEP --seeds 3 "
-                "(or more) gives per-seed agreement and intervals.")
-    lines += ["", *textwrap.wrap(note, width)]
+        footer = ("1 seed: each verdict rests on one run and no number has an interval; bnsweep run SWEEP --seeds 3 "
+                  "(or more) gives per-seed agreement and intervals.")
+    lines += ["", *textwrap.wrap(footer, width)]
     if more:
         lines += ["", *more]
     lines += ["", "thresholds (defaults unless changed; analysis.claims.Thresholds):"]

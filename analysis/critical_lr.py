@@ -104,9 +104,9 @@ def report(results: Results, boot: Bootstrap) -> list[str]:
              "critical = sqrt(lower x upper)):"]
     for r in groups:
         state = "" if r["converged"] else ", not every seed converged"
+        seeds = "1 seed: no interval" if r["seeds"] == 1 else f"{r['seeds']} seeds"
         lines.append(f"  {r['setting']} {r['cell_label']}: lower {_bound(r['lower'], 'trained at no rate tried')}, "
-                     f"upper {_bound(r['upper'], 'failed at no rate tried')} "
-                     f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}{state})")
+                     f"upper {_bound(r['upper'], 'failed at no rate tried')} ({seeds}{state})")
     for r in pairs:
         ratio = r["ratio"]
         shown = ratio.text() if ratio.values and all(math.isfinite(v) for v in ratio.values) else (
@@ -119,7 +119,7 @@ def report(results: Results, boot: Bootstrap) -> list[str]:
 def _bound(e: Estimate, open_words: str) -> str:
     """A bound over seeds, or which seeds have none (an open bracket) instead of a mean of missing values."""
     missing = sum(not math.isfinite(v) for v in e.values)
-    return e.text() if not missing else f"- ({open_words} in {missing} of {e.seeds} seeds)"
+    return e.text(brief=True) if not missing else f"- ({open_words} in {missing} of {e.seeds} seeds)"
 
 
 def _fmt(x: float) -> str:
