@@ -109,8 +109,9 @@ def report(results: Results, boot: Bootstrap) -> list[str]:
                      f"upper {_bound(r['upper'], 'failed at no rate tried')} ({seeds}{state})")
     for r in pairs:
         ratio = r["ratio"]
-        shown = ratio.text() if ratio.values and all(math.isfinite(v) for v in ratio.values) else (
-            f"- (a bracket is open in {sum(not math.isfinite(v) for v in ratio.values)} of {ratio.seeds} seeds)")
+        open_in = sum(not math.isfinite(v) for v in ratio.values)
+        shown = ("- (no seed has both)" if not ratio.values else ratio.text() if not open_in else
+                 f"- (a bracket is open in {open_in} of {ratio.seeds} seeds)")
         lines.append(f"  {r['setting']} {r['label']}: critical-rate ratio {shown} "
                      f"(per seed: {', '.join(_fmt(v) for v in ratio.values)})")
     return lines

@@ -98,6 +98,8 @@ def test_seed_agreement_rule():
     assert seed_agreement([S, N, N], share) == S  # only judged seeds count
     assert seed_agreement([N, N, N], share) == N
     assert seed_agreement([S, S, C], 1.0) == SEEDS_DISAGREE  # the stricter rule, if asked for
+    with pytest.raises(ValueError, match="above one half"):
+        seed_agreement([S, C], 0.5)  # both verdicts would reach it
     claim = Claim("C9", "x", S, "", seed_verdicts={0: S, 1: S, 2: N})
     assert claim.verdict_text() == "supported, 2 of 3 seeds (1 no data)"
     assert Claim("C9", "x", S, "", seed_verdicts={0: S}).verdict_text() == "supported, 1 seed"
@@ -164,6 +166,28 @@ def test_one_seed_says_so(agreeing, capsys):
     assert "C2    supported, 1 seed" in out and "no number has an interval" in out
     c2 = json.loads((Path(agreeing["one"]) / "claims.json").read_text())["C2"]
     assert c2["cases"][0]["over_seeds"]["steps_batch"]["note"] == "1 seed: no interval"
+
+
+def test_a_later_claim_gets_seeds_and_intervals_as_it_is(agreeing, monkeypatch):
+    """A claim added to CHECKS (C7..C12) needs nothing else: judged per seed, counted, its numbers given intervals;
+    cases named by a number (`identity`) match across seeds even when a seed lists them in another order."""
+    import analysis.claims as claims
+
+    def c7(ctx: claims.Context) -> Claim:
+        seed = int(ctx.trials["seed"].iloc[0]) if ctx.trials["seed"].nunique() == 1 else -1
+        sizes = [128, 256] if seed != 1 else [256, 128]
+        cases = [{"setting": "vgg11", "batch_size": b, "identity": ["batch_size"], "gap": b / 128 + max(seed, 0),
+                  "verdict": SUPPORTED if seed != 2 else CONTRADICTED, "why": "x"} for b in sizes]
+        return Claim("C7", "later", claims.combine(cases, 0.75), "", cases)
+
+    monkeypatch.setattr(claims, "CHECKS", (claims.c2_speed, c7))
+    c2, c7_claim = check_claims(load(agreeing["3of3"]))
+    assert c2.verdict_text() == "supported, 3 of 3 seeds"
+    assert c7_claim.verdict_text() == "supported, 2 of 3 seeds"
+    by_size = {case["batch_size"]: case["over_seeds"]["gap"] for case in c7_claim.cases}
+    assert by_size[128].as_dict()["per_seed"] == {"0": 1.0, "1": 2.0, "2": 3.0}
+    assert by_size[256].as_dict()["per_seed"] == {"0": 2.0, "1": 3.0, "2": 4.0} and by_size[256].has_interval
+    assert "batch_size" not in c7_claim.cases[0]["over_seeds"]  # a number that names the case is not a result
 
 
 # -- figure bands -------------------------------------------------------------------------------------------------
