@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,8 @@ def _num(x: float | None) -> str:
 
 def _interval(matrix: np.ndarray, boot: Bootstrap) -> tuple[np.ndarray, np.ndarray]:
     """The interval of each row's mean of a (rows x seeds) matrix of finite values, in one vectorized call."""
+    from scipy import stats  # here: scipy.stats takes a second to import, and only intervals need it
+
     rng = np.random.default_rng(boot.random_seed)
     with warnings.catch_warnings():
         # A row whose seeds agree exactly has a zero-width interval; scipy warns about it (and BCa gives NaN).
