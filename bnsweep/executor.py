@@ -34,7 +34,7 @@ from bnsweep.estimate import Estimate
 from bnsweep.schedule import Timing, order
 from bnsweep.status import duration
 from bnsweep.sweep import Sweep
-from bnsweep.worker import ID, count_attempts, drop_data, train_trial
+from bnsweep.worker import ID, count_attempts, train_trial
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 TRACKER_EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb"), "tensorboard": ("tensorboardX",
@@ -301,7 +301,6 @@ class Executor:
             return queue, estimate
         started = time.perf_counter()
         seconds = self.timing.seconds(todo)
-        drop_data()
         measured = time.perf_counter() - started
         self._start()
         n = slots(self.resources)

@@ -133,7 +133,12 @@ class Timing:
         return self.kinds[key]
 
     def seconds(self, configs: list[TrialConfig]) -> dict[str, float]:
-        return calibrate(configs, self.measure, expected_cost)
+        from bnsweep.data import release_raw_cache
+
+        try:
+            return calibrate(configs, self.measure, expected_cost)
+        finally:
+            release_raw_cache()  # the driver keeps no data set; the workers load their own
 
 
 def order(configs: list[TrialConfig], seconds: dict[str, float] | None, slots: int) -> tuple[list[TrialConfig],

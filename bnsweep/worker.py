@@ -63,11 +63,6 @@ def worker_data(config: TrialConfig):
     return _DATA[key]
 
 
-def drop_data() -> None:
-    """Forget this process's data sets (the driver, after timing a few steps of each kind of trial)."""
-    _DATA.clear()
-
-
 def release_memory() -> None:
     """Hand a finished trial's memory back to the system. Tune runs each trial in a new thread, glibc gives each
     thread's allocations an arena of its own that keeps freed memory, and Arrow's allocator keeps what the
