@@ -3,7 +3,8 @@
     import analysis
     results = analysis.load("results/lr_grid")        # tidy, typed DataFrames: results["curves"], ...
     chart = analysis.figures.fig_lr_robustness(results)  # an Altair chart per figure (analysis.FIGURES)
-    claims = analysis.check_claims(results)            # verdicts for C1..C6
+    claims = analysis.check_claims(results)            # verdicts for C1..C6, per seed and over seeds
+    claims[0].verdict_text()                           # "supported, 3 of 3 seeds"; intervals: analysis.uncertainty
 """
 
 from analysis import claims_dynamics, figures, figures_dynamics  # noqa: F401 (they register C10..C12, figures)

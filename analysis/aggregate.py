@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.uncertainty import band_over_seeds
+
 OUTCOMES = ("trained", "did not train", "diverged", "failed")
 LP_NORMS = ("l1_batch", "l2_batch", "linf_batch")
 SMOOTH_STEPS = 20  # the trial's final_loss averages its last 20 minibatch losses; curves are smoothed alike
@@ -126,11 +128,11 @@ def binned(table: pd.DataFrame, columns: Sequence[str], bins: int = 120,
     return pd.concat(parts, ignore_index=True)
 
 
-def over_seeds(df: pd.DataFrame, value: str, by: Sequence[str]) -> pd.DataFrame:
-    """Mean, min and max of `value` over seeds (rows that share `by`), with the seed count."""
-    g = df.groupby(list(by), observed=True)[value]
-    out = g.agg(["mean", "min", "max", "count"]).reset_index()
-    return out.rename(columns={"mean": value, "min": f"{value}_lo", "max": f"{value}_hi", "count": "seeds"})
+def over_seeds(df: pd.DataFrame, value: str, by: Sequence[str], band: bool = True) -> pd.DataFrame:
+    """Mean of `value` over seeds (rows that share `by`), with the seed count and a band `{value}_lo`..`_hi`: the
+    bootstrap interval of the mean with 3 seeds or more, the min-max range with 2, none (NaN) with 1
+    (analysis.uncertainty.band_over_seeds). `band=False`: means only, the band left to min-max."""
+    return band_over_seeds(df, value, by, band=band)
 
 
 def smoothed_progress(curves: pd.DataFrame, window: int = SMOOTH_STEPS) -> pd.DataFrame:

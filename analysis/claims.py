@@ -5,6 +5,14 @@ a critical-learning-rate search when the results hold its `boundaries` table), o
 learning rate for C2..C5, and one lp variant of one setting at one rate for C6. Each case supports or
 contradicts the claim, or cannot be judged; the claim is "supported" when at least `case_quorum` of the
 judged cases support it, "contradicted" otherwise, and "not enough data" when no case could be judged.
+
+Seeds are replicates, and a claim is judged per seed and over seeds: each check runs once on every seed alone
+(analysis.seeds.for_seed) and once on all seeds together (the pooled verdict, from means over seeds). With
+several seeds the verdict is the seeds' agreement: "supported" when at least `seed_agreement` (two thirds) of
+the seeds that could be judged support it, "contradicted" when as many contradict it, "seeds disagree"
+otherwise, "not enough data" when no seed could be judged; so 1 of 3 seeds is never "supported", 2 of 3 is.
+With one seed the verdict is that seed's. Each number that decided a case gets its mean over seeds and a
+bootstrap confidence interval (analysis.uncertainty) when at least 3 seeds judged it.
 Every threshold is a field of `Thresholds` with its default, printed with the verdicts.
 """
 
@@ -12,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,8 +37,11 @@ from analysis.aggregate import (
     trains_at,
 )
 from analysis.load import Results
+from analysis.seeds import case_estimates, estimates_line, for_seed, seeds_in
+from analysis.uncertainty import Bootstrap, Estimate
 
 SUPPORTED, CONTRADICTED, NO_DATA = "supported", "contradicted", "not enough data"
+SEEDS_DISAGREE = "seeds disagree"  # several seeds, and neither verdict has `seed_agreement` of them
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,17 @@ class Thresholds:
         "help": "a variant trains at a rate when at least this share of its seeds trained"})
     case_quorum: float = field(default=0.75, metadata={
         "help": "a claim is supported when at least this share of its judged cases support it"})
+    seed_agreement: float = field(default=2 / 3, metadata={
+        "help": "over seeds: supported (contradicted) when at least this share of the judged seeds support "
+                "(contradict) it, else 'seeds disagree'; above one half"})
+    confidence: float = field(default=0.95, metadata={
+        "help": "confidence level of the bootstrap intervals over seeds (3 seeds or more)"})
+    n_resamples: int = field(default=9999, metadata={
+        "help": "bootstrap resamples of the seeds per interval (scipy.stats.bootstrap)"})
+    bootstrap_method: str = field(default="percentile", metadata={
+        "help": "scipy.stats.bootstrap method: percentile (inside the seeds' range), basic or BCa"})
+    bootstrap_seed: int = field(default=0, metadata={
+        "help": "random seed of the resampling: the same results give the same intervals"})
     speed_fraction: float = field(default=0.9, metadata={
         "help": "C2, C3 speed: steps until smoothed progress is this fraction of the way from the start to the "
                 "lower final value of the pair (accuracy; -log loss for regression)"})
@@ -91,22 +114,46 @@ class Thresholds:
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def bootstrap(self) -> Bootstrap:
+        return Bootstrap(confidence=self.confidence, n_resamples=self.n_resamples, method=self.bootstrap_method,
+                         random_seed=self.bootstrap_seed)
+
 
 @dataclass
 class Claim:
     key: str
     statement: str
-    verdict: str
+    verdict: str  # over seeds (see the module's docstring)
     summary: str  # one line: the numbers that decided it
     cases: list[dict] = field(default_factory=list)
+    seed_verdicts: dict[int, str] = field(default_factory=dict)  # each seed's own verdict
+    pooled_verdict: str | None = None  # the verdict on all seeds together (means over seeds)
+
+    def counts(self) -> dict[str, int]:
+        """How many seeds gave each verdict."""
+        return {v: list(self.seed_verdicts.values()).count(v) for v in (SUPPORTED, CONTRADICTED, NO_DATA)}
+
+    def verdict_text(self) -> str:
+        """The verdict with the seeds that support it: "supported, 3 of 3 seeds", "supported, 1 seed"."""
+        n = len(self.seed_verdicts)
+        if n <= 1:
+            return f"{self.verdict}, 1 seed"
+        counts = self.counts()
+        unjudged = f" ({counts[NO_DATA]} no data)" if counts[NO_DATA] and self.verdict != NO_DATA else ""
+        return f"{self.verdict}, {counts[SUPPORTED]} of {n} seeds{unjudged}"
 
     def as_dict(self) -> dict[str, object]:
         return {"claim": self.statement, "verdict": self.verdict, "summary": self.summary,
+                "verdict_line": self.verdict_text(), "pooled_verdict": self.pooled_verdict,
+                "seeds": {str(s): v for s, v in self.seed_verdicts.items()},
+                "seed_counts": {**self.counts(), "seeds": len(self.seed_verdicts)},
                 "cases": [{k: _jsonable(v) for k, v in c.items()} for c in self.cases]}
 
 
 def _jsonable(value: object) -> object:
     """JSON has no NaN or infinity: say them in words (never as a number that could be misread)."""
+    if isinstance(value, Estimate):
+        return _jsonable(value.as_dict())
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -123,6 +170,20 @@ def combine(cases: list[dict], quorum: float) -> str:
     if not judged:
         return NO_DATA
     return SUPPORTED if judged.count(SUPPORTED) / len(judged) >= quorum else CONTRADICTED
+
+
+def seed_agreement(verdicts: list[str], share: float) -> str:
+    """The verdict over seeds from each seed's own: the one that at least `share` of the judged seeds gave."""
+    if not 0.5 < share <= 1:
+        raise ValueError(f"seed_agreement={share}: use a share above one half and at most 1 (two verdicts could "
+                         "both reach a half)")
+    judged = [v for v in verdicts if v != NO_DATA]
+    if not judged:
+        return NO_DATA
+    for verdict in (SUPPORTED, CONTRADICTED):
+        if judged.count(verdict) >= share * len(judged) - 1e-9:
+            return verdict
+    return SEEDS_DISAGREE
 
 
 def summarize(cases: list[dict], empty: str) -> str:
@@ -276,7 +337,13 @@ def c1_from_brackets(ctx: Context, setting: str) -> dict | None:
         verdict, why = NO_DATA, why + ": a bracket is open where they would separate"
     return {"setting": setting, "source": "boundaries", "largest_lr_trained": {"batch": b_lo, "none": n_lo},
             "batch_bracket": list(bounds["batch"]), "none_bracket": list(bounds["none"]), "verdict": verdict,
-            "why": why}
+            "why": why, "numbers": {f"{norm} {end} lr": _rate(bound) for norm, (lo, hi) in bounds.items()
+                                    for end, bound in (("lower", lo), ("upper", hi))}}
+
+
+def _rate(bound: float) -> float | None:
+    """A bracket's bound as a number over seeds: None where it is open (0: trained at no rate, inf: never failed)."""
+    return bound if 0 < bound < math.inf else None
 
 
 def c1_robustness(ctx: Context) -> Claim:
@@ -478,21 +545,67 @@ EXTRA_CHECKS: list[Callable[[Context], Claim]] = []
 
 
 def check_claims(data: Results, thresholds: Thresholds | None = None) -> list[Claim]:
-    """Verdicts for C1..C6 and the registered extra claims on loaded results, with the numbers behind each."""
-    ctx = Context(data, thresholds or Thresholds())
-    return [check(ctx) for check in (*CHECKS, *EXTRA_CHECKS)]
+    """Verdicts for every claim of CHECKS and EXTRA_CHECKS on loaded results, per seed and over seeds, with the
+    numbers behind each and their intervals over seeds."""
+    th = thresholds or Thresholds()
+    pooled = Context(data, th)
+    seeds = seeds_in(data)
+    alone = {seed: Context(for_seed(data, seed), th) for seed in seeds} if len(seeds) > 1 else {}
+    claims = []
+    for check in (*CHECKS, *EXTRA_CHECKS):
+        claim = check(pooled)
+        by_seed = {seed: check(ctx) for seed, ctx in alone.items()} or {seeds[0]: claim}
+        claims.append(over_seeds(claim, by_seed, th))
+    return claims
 
 
-def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110) -> str:
-    """The terminal table: claim, verdict, the deciding numbers; then the thresholds used and their meaning."""
-    lines = [f"{'claim':<6}{'verdict':<17}numbers", "-" * width]
+def over_seeds(claim: Claim, by_seed: dict[int, Claim], th: Thresholds) -> Claim:
+    """The pooled claim with each seed's verdict, the verdict over seeds and its cases' numbers over seeds."""
+    claim.pooled_verdict = claim.verdict
+    claim.seed_verdicts = {seed: c.verdict for seed, c in by_seed.items()}
+    if len(by_seed) > 1:
+        claim.verdict = seed_agreement(list(claim.seed_verdicts.values()), th.seed_agreement)
+    case_estimates(claim.cases, {seed: c.cases for seed, c in by_seed.items()}, th.bootstrap())
+    return claim
+
+
+CASE_LINES = 3  # cases per claim whose numbers over seeds the terminal shows (claims.json has every case)
+
+
+def claims_table(claims: list[Claim], thresholds: Thresholds, width: int = 110, more: Sequence[str] = ()) -> str:
+    """The terminal table: claim, verdict with the seeds that support it, the deciding numbers and, under each
+    claim, those numbers over seeds with their intervals; the `more` lines; then the thresholds used and their
+    meaning."""
+    column = max([len("verdict, seeds supporting"), *(len(c.verdict_text()) for c in claims)]) + 2
+    lines = [f"{'claim':<6}{'verdict, seeds supporting':<{column}}numbers (all seeds)", "-" * width]
+    several = any(len(c.seed_verdicts) > 1 for c in claims)
     for c in claims:
-        summary = c.summary if len(c.summary) <= width - 23 else c.summary[:width - 26] + "..."
-        lines.append(f"{c.key:<6}{c.verdict:<17}{summary}")
+        room = width - 6 - column
+        summary = c.summary if len(c.summary) <= room else c.summary[:room - 3] + "..."
+        lines.append(f"{c.key:<6}{c.verdict_text():<{column}}{summary}")
+        if not several:
+            continue
+        shown = [case for case in c.cases if case.get("over_seeds")]
+        lines += [" " * 6 + estimates_line(case, width - 6) for case in shown[:CASE_LINES]]
+        if len(shown) > CASE_LINES:
+            lines.append(" " * 6 + f"... {len(shown) - CASE_LINES} more cases in claims.json")
+    boot = thresholds.bootstrap()
+    if several:
+        footer = (f"under each claim: each deciding number's mean over the seeds that judged the case (geometric for "
+                  f"rates) [{boot.confidence:.0%} bootstrap CI: seeds resampled, {boot.n_resamples:,} resamples, "
+                  f"{boot.method}]; with 2 seeds (min-max) and no interval, with 1 the value alone. Over 3 seeds "
+                  "such an interval covers the truth about 3 times in 4 (README: Seeds).")
+    else:
+        footer = ("1 seed: each verdict rests on one run and no number has an interval; bnsweep run SWEEP --seeds 3 "
+                  "(or more) gives per-seed agreement and intervals.")
+    lines += ["", *textwrap.wrap(footer, width)]
+    if more:
+        lines += ["", *more]
     lines += ["", "thresholds (defaults unless changed; analysis.claims.Thresholds):"]
     defaults = Thresholds()
     for f in dataclasses.fields(thresholds):
         value = getattr(thresholds, f.name)
         note = "" if value == getattr(defaults, f.name) else "  [changed]"
-        lines.append(f"  {f.name} = {value}{note}: {f.metadata['help']}")
+        shown = f"{value:.4g}" if isinstance(value, float) else value  # 2/3 as 0.6667
+        lines.append(f"  {f.name} = {shown}{note}: {f.metadata['help']}")
     return "\n".join(lines)

@@ -14,11 +14,16 @@ import altair as alt
 import pyarrow as pa
 import vl_convert as vlc
 
+from analysis import critical_lr
 from analysis.claims import Thresholds, check_claims, claims_table
-from analysis.figures import EXTRA_FIGURES, FIGURES, Figure, MissingData
+from analysis.figures import EXTRA_FIGURES, FIGURES, Figure, MissingData, band_caption
 from analysis.html import page, vegalite_version
 from analysis.load import AnalysisError, Results, child, filesystem, load
+from analysis.seeds import seeds_in
 
+SEED_RULE = ("each claim is judged on every seed alone and on all together; over several seeds it is supported "
+             "(contradicted) when at least seed_agreement of the seeds that could be judged support (contradict) it, "
+             "'seeds disagree' otherwise; one seed: that seed's verdict")
 PNG_SCALE = 2  # PNGs at twice the chart's pixel size: sharp on a slide or a high-density screen
 
 
@@ -27,6 +32,12 @@ class Drawn:
     figure: Figure
     spec: dict | None  # the Vega-Lite spec, or None when the figure was skipped
     reason: str = ""  # why it was skipped
+    band: str = ""  # which band over seeds it draws here (a sentence for the caption), if it draws one
+    band_short: str = ""  # the same in a few words, for the terminal
+
+    @property
+    def caption(self) -> str:
+        return f"{self.figure.caption} {self.band}".strip()
 
 
 def build_all(data: Results, validate: bool = False) -> list[Drawn]:
@@ -45,7 +56,8 @@ def build_all(data: Results, validate: bool = False) -> list[Drawn]:
             continue
         # The data are aggregated already; the row limit guards notebooks, not these few-thousand-row specs.
         with alt.data_transformers.disable_max_rows():
-            drawn.append(Drawn(fig, chart.to_dict(validate=validate)))
+            drawn.append(Drawn(fig, chart.to_dict(validate=validate), band=band_caption(fig, data),
+                               band_short=band_caption(fig, data, short=True)))
     return drawn
 
 
@@ -84,8 +96,8 @@ def figures(results: str, out: str | None) -> int:
         svg, png = export(d.spec)
         _write(fs, f"{root}/{fig.name}.svg", svg)
         _write(fs, f"{root}/{fig.name}.png", png)
-        shown.append((fig.name, fig.title, fig.caption, d.spec))
-        print(f"{fig.name}.png/.svg  {fig.title}")
+        shown.append((fig.name, fig.title, d.caption, d.spec))
+        print(f"{fig.name}.png/.svg  {fig.title}" + (f"  [{d.band_short}]" if d.band_short else ""))
     title = f"bnsweep figures: {str(results).partition('?')[0]}"
     _write(fs, f"{root}/index.html", page(title, str(results), data.trials, shown, skipped))
     left_out = f" ({len(skipped)} skipped)" if skipped else ""  # "skipped" only when one was: scripts grep it
@@ -95,20 +107,25 @@ def figures(results: str, out: str | None) -> int:
 
 
 def check(results: str, thresholds: Thresholds | None = None) -> int:
-    """Judge claims C1..C6 on the results, print the table and write RESULTS/claims.json; 0 whatever the verdicts."""
+    """Judge the claims on the results, per seed and over seeds, print the table (and a search's critical learning
+    rates over seeds) and write RESULTS/claims.json; 0 whatever the verdicts."""
     data = load(results)
     thresholds = thresholds or Thresholds()
     claims = check_claims(data, thresholds)
+    boot = thresholds.bootstrap()
     fs, root = filesystem(results)
     target = child(results, "claims.json")
     document = {**{c.key: c.as_dict() for c in claims}, "thresholds": thresholds.as_dict(),
+                "bootstrap": boot.as_dict(), "seeds": seeds_in(data), "seed_rule": SEED_RULE,
                 "results": str(results), "trials": len(data.trials)}
+    if data.has("boundaries"):
+        document["critical_lr"] = critical_lr.as_json(data, boot)
     try:
         _write(fs, f"{root}/claims.json", json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
     except (OSError, pa.ArrowException) as e:
         raise AnalysisError(f"cannot write claims.json in {str(results)!r} ({str(e).splitlines()[0]}): make the "
                             "results directory writable") from None
     # Written before anything is printed, so a closed pipe (`| head`) cannot lose it.
-    print(claims_table(claims, thresholds))
+    print(claims_table(claims, thresholds, more=critical_lr.report(data, boot)))
     print(f"wrote {target.partition('?')[0]}")
     return 0

@@ -16,6 +16,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from analysis import critical_lr
 from analysis.aggregate import (
     LP_NORMS,
     OUTCOMES,
@@ -29,6 +30,7 @@ from analysis.aggregate import (
     shift_columns,
 )
 from analysis.load import NORM_ORDER, Results
+from analysis.uncertainty import FIGURE_BOOTSTRAP, band_note
 
 W, H = 220, 150  # one panel
 NORM_COLORS = {"none": "#3b3b3b", "batch": "#1f77b4", "noisy_batch": "#ff7f0e", "l1_batch": "#2ca02c",
@@ -47,18 +49,33 @@ class Figure:
     caption: str
     needs: str  # what the figure is drawn from, for the line printed when it is skipped
     build: Callable[[Results], alt.TopLevelMixin]
+    band: str = ""  # the figure draws a band over seeds; the table whose seed counts say which (see band_caption)
 
 
 FIGURES: list[Figure] = []
 EXTRA_FIGURES: list[Figure] = []  # beyond the paper: drawn only when their table is present
 
 
-def figure(name: str, title: str, caption: str, needs: str, extra: bool = False):
-    """Register a figure function under its file name, title, caption and the table it needs."""
+def figure(name: str, title: str, caption: str, needs: str, extra: bool = False, band: str = ""):
+    """Register a figure function under its file name, title, caption and the table it needs; `band` names the
+    table whose seeds its band is drawn over ("trials": a grid point's seeds; "boundaries": a search cell's)."""
     def register(build: Callable[[Results], alt.TopLevelMixin]) -> Callable[[Results], alt.TopLevelMixin]:
-        (EXTRA_FIGURES if extra else FIGURES).append(Figure(name, title, caption, needs, build))
+        (EXTRA_FIGURES if extra else FIGURES).append(Figure(name, title, caption, needs, build, band))
         return build
     return register
+
+
+def band_caption(fig: Figure, results: Results, short: bool = False) -> str:
+    """The sentence added to a figure's caption saying which band it draws over these results' seeds: the
+    bootstrap interval with 3 seeds or more, the min-max range with 2, none with 1."""
+    if fig.band == "boundaries" and results.has("boundaries"):
+        b = results["boundaries"]
+        counts = b.loc[b["all_seeds"].astype(bool), "seeds"]
+    elif fig.band == "trials":
+        counts = results.trials.groupby(["setting", "norm", "lr"], observed=True)["seed"].nunique()
+    else:
+        return ""
+    return band_note(counts.tolist(), FIGURE_BOOTSTRAP, short)
 
 
 # -- shared pieces --------------------------------------------------------------------------------------------
@@ -128,7 +145,8 @@ def is_regression(trials: pd.DataFrame, setting: str) -> bool:
 
 def band_line(df: pd.DataFrame, x: alt.X, value: str, title: str, log: bool, color: alt.Color,
               tooltip: Sequence[str]) -> alt.LayerChart:
-    """Mean line over seeds with its min-max band, one colour per variant."""
+    """Mean line over seeds with its band (aggregate.over_seeds: interval, range or none), one colour per
+    variant."""
     base = alt.Chart(df).encode(x=x, color=color)
     band = base.mark_area(opacity=0.2).encode(y=y_enc(f"{value}_lo:Q", title, log),
                                               y2=f"{value}_hi:Q")
@@ -169,9 +187,9 @@ def per_setting(charts: list[alt.TopLevelMixin]) -> alt.TopLevelMixin:
 
 @figure("fig1_lr_robustness", "Robustness to the learning rate",
         "Final training accuracy, test accuracy and loss against the learning rate (log axis), one line per "
-        "normalization (mean, min-max band over seeds); diverged and untrained trials are marked, not dropped; "
-        "the deep linear network (regression) shows final loss.",
-        needs="the `trials` table")
+        "normalization (mean over seeds, with a band over seeds, a mark per seed); diverged and untrained trials "
+        "are marked, not dropped; the deep linear network (regression) shows final loss.",
+        needs="the `trials` table", band="trials")
 def fig_lr_robustness(results: Results) -> alt.TopLevelMixin:
     t = table(results, "trials").copy()
     t["outcome"] = outcome(t)
@@ -197,7 +215,7 @@ def fig_lr_robustness(results: Results) -> alt.TopLevelMixin:
 
 def _lr_panel(df: pd.DataFrame, column: str, title: str, log: bool, x: alt.X, color: alt.Color,
               shape: alt.Shape) -> alt.LayerChart:
-    """One metric against the learning rate: mean line and min-max band over seeds, a mark per seed."""
+    """One metric against the learning rate: mean line and band over seeds, a mark per seed."""
     value = df[column].replace([np.inf, -np.inf], np.nan)
     if log:
         # A diverged loss (1e7, inf, NaN) is drawn at a cap above every sensible loss of its setting, so it
@@ -239,8 +257,9 @@ def chosen_lrs(trials: pd.DataFrame) -> dict[str, list[float]]:
 
 @figure("fig2_training_curves", "Training curves at chosen learning rates",
         "Training and test accuracy (loss for the deep linear network) over training at the largest rate where "
-        "none and batch both train and the smallest where batch trains but none does not (paper Fig. 1a, 1b).",
-        needs="the `curves` table")
+        "none and batch both train and the smallest where batch trains but none does not (paper Fig. 1a, 1b); "
+        "mean over seeds with a band over seeds.",
+        needs="the `curves` table", band="trials")
 def fig_training_curves(results: Results) -> alt.TopLevelMixin:
     curves, trials = table(results, "curves"), table(results, "trials")
     lrs = chosen_lrs(trials)
@@ -366,8 +385,8 @@ def variant_curves(results: Results, norms: Sequence[str], needed: Sequence[str]
         "Training accuracy (loss for the deep linear network) over training for noisy_batch, batch and none at "
         "the reference learning rate (or the measured rate nearest it): noise that shifts the activations at "
         "every step barely slows BatchNorm "
-        "(paper Fig. 2).",
-        needs="the `curves` table with noisy_batch trials")
+        "(paper Fig. 2); mean over seeds with a band over seeds.",
+        needs="the `curves` table with noisy_batch trials", band="trials")
 def fig_noisy_batchnorm(results: Results) -> alt.TopLevelMixin:
     return variant_curves(results, ["none", "batch", "noisy_batch"], ["noisy_batch"])
 
@@ -394,7 +413,7 @@ def fig_ics(results: Results) -> alt.TopLevelMixin:
         long = part.melt(id_vars=["setting", "norm", "lr", "seed", "layer", "step"], value_vars=["l2_diff", "cos"],
                          var_name="metric", value_name="value")
         long = long.replace([np.inf, -np.inf], np.nan).dropna(subset=["value"])
-        agg = over_seeds(long, "value", ["setting", "norm", "lr", "layer", "metric", "step"])
+        agg = over_seeds(long, "value", ["setting", "norm", "lr", "layer", "metric", "step"], band=False)
         agg["panel"] = "layer #" + agg["layer"].astype(str) + ", " + agg["lr"].map(lr_label)
         order = [f"layer #{layer}, {lr_label(lr)}" for layer in sorted(agg["layer"].unique())
                  for lr in sorted(agg["lr"].unique(), reverse=True)]
@@ -441,8 +460,8 @@ def fig_landscape(results: Results) -> alt.TopLevelMixin:
         part = df[df["setting"] == setting]
         regression = is_regression(trials, setting)
         keys = ["setting", "norm", "lr", "step"]
-        parts = {c: over_seeds(part, c, keys) for c in ("loss_min", "loss_max", "grad_diff_min", "grad_diff_max",
-                                                          "beta_eff")}
+        measures = ("loss_min", "loss_max", "grad_diff_min", "grad_diff_max", "beta_eff")
+        parts = {c: over_seeds(part, c, keys, band=False) for c in measures}
         data = parts["loss_min"][keys + ["loss_min"]]
         for c in ("loss_max", "grad_diff_min", "grad_diff_max", "beta_eff"):
             data = data.merge(parts[c][keys + [c]], on=keys)
@@ -471,8 +490,8 @@ def fig_landscape(results: Results) -> alt.TopLevelMixin:
 @figure("fig7_lp_variants", "The lp normalizations train like BatchNorm",
         "Training accuracy (loss for the deep linear network) over training for the l1, l2 and l-infinity "
         "variants against batch and none at the reference learning rate, or the rate nearest it where they ran "
-        "(paper Fig. 5).",
-        needs="the `curves` table with l1_batch, l2_batch or linf_batch trials")
+        "(paper Fig. 5); mean over seeds with a band over seeds.",
+        needs="the `curves` table with l1_batch, l2_batch or linf_batch trials", band="trials")
 def fig_lp_variants(results: Results) -> alt.TopLevelMixin:
     return variant_curves(results, ["none", "batch", *LP_NORMS], LP_NORMS)
 
@@ -555,12 +574,34 @@ def fig_bn_identity(results: Results) -> alt.TopLevelMixin:
 
 # -- beyond the paper: the critical learning rate -------------------------------------------------------------
 
+def _seed_spread(b: pd.DataFrame, results: Results) -> None:
+    """The thin line of each cell group over seeds (`spread_lo`..`spread_hi`, `spread` says what it is): from the
+    low end of the lower bound's bootstrap interval to the high end of the upper bound's with 3 seeds or more,
+    the envelope of the 2 seeds' brackets with 2, nothing with 1."""
+    by_group = {r["group"]: r for r in critical_lr.over_seeds(results, FIGURE_BOOTSTRAP)}
+
+    def spread(cell: str, seeds: int, low: float, high: float) -> tuple[float | None, float | None, str]:
+        group = by_group.get(critical_lr.group_key(cell))
+        if seeds >= FIGURE_BOOTSTRAP.min_seeds and group is not None:
+            return group["lower"].low, group["upper"].high, f"{FIGURE_BOOTSTRAP.confidence:.0%} CI of the bounds"
+        if seeds >= 2:
+            return low, high, f"every bracket of {int(seeds)} seeds"
+        return None, None, "1 seed: no spread"
+
+    rows = [spread(*r) for r in zip(b["cell"], b["seeds"], b["lower_min"], b["upper_max"], strict=True)]
+    lo, hi, what = zip(*rows, strict=True) if rows else ((), (), ())
+    b["spread_lo"] = pd.to_numeric(pd.Series(lo, index=b.index, dtype=object), errors="coerce")
+    b["spread_hi"] = pd.to_numeric(pd.Series(hi, index=b.index, dtype=object), errors="coerce")
+    b["spread"] = list(what)
+
+
 @figure("fig10_critical_lr", "The critical learning rate",
         "The largest learning rate that trains, per variant: the bar spans the search's bracket (largest rate that "
-        "trained to smallest that did not; geometric mean over seeds, thin line: every seed's bracket), a "
-        "triangle marks an open bracket, the label gives its width, the trials used and a non-monotone flag; a "
-        "red tick marks 2/curvature, the known boundary of the quadratic calibration task.",
-        needs="the `boundaries` table (bnsweep run lr_boundary)", extra=True)
+        "trained to smallest that did not; geometric mean over seeds; thin line: from the low end of the lower "
+        "bound's band to the high end of the upper bound's), a triangle marks an open bracket, the label gives "
+        "its width, the trials used and a non-monotone flag; a red tick marks 2/curvature, the known boundary of "
+        "the quadratic calibration task.",
+        needs="the `boundaries` table (bnsweep run lr_boundary)", extra=True, band="boundaries")
 def fig_critical_lr(results: Results) -> alt.TopLevelMixin:
     b = brackets(table(results, "boundaries"), table(results, "trials"))
     b = b[b["all_seeds"]].copy()
@@ -579,8 +620,10 @@ def fig_critical_lr(results: Results) -> alt.TopLevelMixin:
     b["open_shape"] = np.where(b["upper"].isna(), "triangle-right", "triangle-left")
     # The quadratic calibration task's boundary is known: full-batch gradient descent diverges above 2/curvature.
     b["known"] = np.where(b["dataset"] == "quadratic", 2 / b["curvature"], np.nan)
+    _seed_spread(b, results)
     keep = ["setting", "norm", "cell_label", "lower", "upper", "lower_min", "upper_max", "ratio", "trials_used",
-            "seeds", "monotone", "converged", "bracket", "label", "text_at", "open_at", "open_shape", "known"]
+            "seeds", "monotone", "converged", "bracket", "label", "text_at", "open_at", "open_shape", "known",
+            "spread_lo", "spread_hi", "spread"]
     color = norm_color(b["norm"])  # one scale for every panel, so a variant has its colour everywhere
     panels = settings_of(results.trials)
     charts = []
@@ -588,17 +631,17 @@ def fig_critical_lr(results: Results) -> alt.TopLevelMixin:
         df = plain(b.loc[b["setting"] == setting, keep])
         order = sorted(df["cell_label"].unique(), key=lambda c: (
             NORM_ORDER.index(c.split(" ")[0]) if c.split(" ")[0] in NORM_ORDER else len(NORM_ORDER), c))
-        values = pd.concat([df[c] for c in ("lower", "upper", "lower_min", "upper_max")]).dropna()
+        values = pd.concat([df[c] for c in ("lower", "upper", "spread_lo", "spread_hi")]).dropna()
         scale = alt.Scale(type="log", domain=[float(values.min()) / 2, float(values.max()) * 4])
 
         def x(column: str, scale: alt.Scale = scale, setting: str = setting) -> alt.X:
             return alt.X(f"{column}:Q", title=f"{setting}: learning rate", axis=log_axis(), scale=scale)
         y = alt.Y("cell_label:N", title=None, sort=order)
         tooltip = ["cell_label:N", "bracket:N", alt.Tooltip("ratio:Q", format=".3g"), "trials_used:Q", "seeds:Q",
-                   "monotone:N", "converged:N"]
+                   "spread:N", "monotone:N", "converged:N"]
         base = alt.Chart(df).encode(y=y, color=color, tooltip=tooltip)
-        envelope = base.transform_filter("isValid(datum.lower_min) && isValid(datum.upper_max)").mark_rule(
-            strokeWidth=1.5, opacity=0.6).encode(x=x("lower_min"), x2="upper_max:Q")
+        envelope = base.transform_filter("isValid(datum.spread_lo) && isValid(datum.spread_hi)").mark_rule(
+            strokeWidth=1.5, opacity=0.6).encode(x=x("spread_lo"), x2="spread_hi:Q")
         bar = base.transform_filter("isValid(datum.lower) && isValid(datum.upper)").mark_rule(
             strokeWidth=9, opacity=0.85).encode(x=x("lower"), x2="upper:Q")
         open_end = base.transform_filter("isValid(datum.open_at)").mark_point(size=120, filled=True).encode(

@@ -5,6 +5,6 @@ __version__ = "0.1.0"
 
 def run_sweep(*args, **kwargs) -> str:
     """Run or continue a sweep from Python (a notebook); same options as `bnsweep run`. Returns the results path."""
-    from bnsweep.runner import run_sweep as _run_sweep
+    from bnsweep.driver import run_sweep as _run_sweep
 
     return _run_sweep(*args, **kwargs)

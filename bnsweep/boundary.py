@@ -14,11 +14,12 @@ first round runs the grid's `lr` values; every later round is chosen from the ce
   `failed_below` counts those rates) and its bracket stays the one at the top of the trained range, defined as
   above. (A failure at a low rate is often too slow a start for the step budget, not instability.)
 
-Every trial is an ordinary trial (same config, same trial_id, same tables) run through the runner's Ray path;
-all cells' trials of a round run in one Tuner, in parallel. Resume: the rounds are recomputed from the
-`trials` records, so rerunning the command runs only what is missing; a trial recorded `failed` (it crashed) is
-run again once per invocation, as `bnsweep run` does. Rerun with the same search settings: trials recorded
-under other settings are not looked for.
+This module is a pure planner (SearchPlan): given the finished trials, which trials run next, and the brackets.
+It knows nothing of Ray; bnsweep/driver.py runs its rounds like any plan, every trial an ordinary trial (same
+config, same trial_id, same tables), all cells' trials of a round in one Tuner, in parallel. Resume: the rounds
+are recomputed from the `trials` records, so rerunning the command runs only what is missing; a trial recorded
+`failed` (it crashed) is run again once per invocation, as for a grid. Rerun with the same search settings:
+trials recorded under other settings are not looked for.
 
 Results: RESULTS/boundaries/<cell>.parquet, one row per cell, plus one row per cell group aggregated over seeds
 (`all_seeds` true, `seed` -1): `lower`/`upper` are the geometric means of the seeds' bounds, `lower_min`/
@@ -31,8 +32,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +40,10 @@ import pyarrow as pa
 from bnsweep import records
 from bnsweep.config import TrialConfig
 from bnsweep.errors import BnsweepError
+from bnsweep.plan import Known, settled
+from bnsweep.schema import BOUNDARIES, BOUNDARIES_SCHEMA
 from bnsweep.sweep import Sweep, cell_key, cells
 
-BOUNDARIES = "boundaries"
 _EPS = 1e-9  # relative slack when comparing ratios of rounded rates
 
 
@@ -145,15 +145,7 @@ def make_cells(sw: Sweep) -> list[Cell]:
     return out
 
 
-def recorded(results: str) -> dict[str, dict[str, Any]]:
-    """trial_id -> {status, trained} of every trial recorded in RESULTS/trials."""
-    table = records.read_table(results, records.TRIALS)
-    if table.num_rows == 0:
-        return {}
-    return {r["trial_id"]: r for r in table.select(["trial_id", "status", "trained"]).to_pylist()}
-
-
-def replay(cell: Cell, known: dict[str, dict[str, Any]], fresh: set[str], search: dict[str, Any]) -> None:
+def replay(cell: Cell, known: Known, fresh: set[str], search: dict[str, Any]) -> None:
     """Recompute a cell's rounds from the records; leaves the trials still to run in `cell.pending`.
 
     A `failed` record counts only if the trial ran in this invocation (`fresh`); an older one is run again.
@@ -164,10 +156,10 @@ def replay(cell: Cell, known: dict[str, dict[str, Any]], fresh: set[str], search
         missing = []
         for lr in proposal:
             trial_id = cell.config(lr).trial_id
-            row = known.get(trial_id)
-            if row is None or (row["status"] == "failed" and trial_id not in fresh):
+            if not settled(known, trial_id, fresh):
                 missing.append(lr)
             else:
+                row = known[trial_id]
                 cell.outcomes[lr], cell.statuses[lr] = bool(row["trained"]), row["status"]
         if missing:
             cell.pending = [cell.config(lr) for lr in missing]
@@ -178,20 +170,6 @@ def replay(cell: Cell, known: dict[str, dict[str, Any]], fresh: set[str], search
 
 
 # -- the boundaries table --------------------------------------------------------------------------------------
-
-SCHEMA = pa.schema([
-    ("sweep", pa.string()), ("scale", pa.string()), ("cell_id", pa.string()), ("all_seeds", pa.bool_()),
-    ("arch", pa.string()), ("norm", pa.string()), ("width", pa.float64()), ("dataset", pa.string()),
-    ("seed", pa.int64()), ("seeds", pa.int64()), ("steps", pa.int64()), ("batch_size", pa.int64()),
-    ("curvature", pa.float64()), ("cell", pa.string()),
-    ("lower", pa.float64()), ("upper", pa.float64()), ("ratio", pa.float64()),
-    ("lower_min", pa.float64()), ("upper_max", pa.float64()),
-    ("trials_used", pa.int64()), ("rounds", pa.int64()), ("monotone", pa.bool_()), ("failed_below", pa.int64()),
-    ("converged", pa.bool_()), ("budget_exhausted", pa.bool_()),
-    ("target_ratio", pa.float64()), ("budget", pa.int64()), ("fixed_grid_trials", pa.int64()),
-    ("lrs", pa.list_(pa.float64())), ("trained", pa.list_(pa.bool_())), ("statuses", pa.list_(pa.string())),
-])
-
 
 def fixed_grid_trials(lrs: list[float], ratio: float) -> int:
     """Trials a fixed geometric grid with this ratio needs to cover the same range of rates."""
@@ -259,7 +237,7 @@ def boundary_rows(cell_list: list[Cell], sw: Sweep) -> list[dict[str, Any]]:
 def write_boundaries(results: str, cell_list: list[Cell], sw: Sweep) -> list[dict[str, Any]]:
     rows = boundary_rows(cell_list, sw)
     for row in rows:
-        records.write_table(results, BOUNDARIES, row["cell_id"], pa.Table.from_pylist([row], schema=SCHEMA))
+        records.write_table(results, BOUNDARIES, row["cell_id"], pa.Table.from_pylist([row], schema=BOUNDARIES_SCHEMA))
     return rows
 
 
@@ -299,78 +277,62 @@ def report(results: str) -> str | None:
     """The boundaries table of a results directory, formatted; None if it has none."""
     if not records.list_trial_files(results, BOUNDARIES):
         return None
-    rows = records.read_table(results, BOUNDARIES, required=SCHEMA).to_pylist()
+    rows = records.read_table(results, BOUNDARIES, required=BOUNDARIES_SCHEMA).to_pylist()
     if not rows:  # only zero-row files: nothing to report
         return None
     rows.sort(key=lambda r: (r["arch"], r["norm"], r["all_seeds"], r["cell"], r["seed"]))
     return format_table(rows)
 
 
-# -- the search on Ray --------------------------------------------------------------------------------------------
+# -- the search as a plan of rounds ----------------------------------------------------------------------------
 
-def _converged(cell_list: list[Cell], ratio: float) -> int:
-    return sum(1 for c in cell_list if c.bracket().within(ratio))
+class SearchPlan:
+    """The critical-learning-rate search of every cell of a sweep with a `search` block, round by round."""
 
+    dry_run_title = "round 1:"
 
-def run_search(sw: Sweep, results: str, *, address: str | None = None, verbose: bool = False,
-               data_root: str | None = None, num_cpus: int | None = None, dry_run: bool = False,
-               command: str | None = None, keep_checkpoints: bool = False, stream=sys.stdout) -> str:
-    """Search the critical learning rate of every cell of `sw` (a sweep with a `search` block), in rounds."""
-    from bnsweep import runner
+    def __init__(self, sw: Sweep) -> None:
+        if not sw.search:
+            raise BnsweepError(f"sweep {sw.name} has no search block")
+        self.sw, self.search = sw, sw.search
+        self.cells = make_cells(sw)
 
-    search = sw.search
-    if not search:
-        raise BnsweepError(f"sweep {sw.name} has no search block")
-    cell_list = make_cells(sw)
-    print(f"search: the critical learning rate of {len(cell_list)} cells, bracket to x{search['ratio']:g}, at most "
-          f"{search['budget']} trials per cell, {search['points_per_round']} per cell and round, extend "
-          f"x{search['extend']:g}", file=stream)
-    if dry_run:
-        print("round 1:", file=stream)
-        for cell in cell_list:
-            for lr in cell.initial:
-                c = cell.config(lr)
-                print(f"  {c.trial_id}  arch={c.arch} width={c.width:g} norm={c.norm} lr={c.lr:g} seed={c.seed} "
-                      f"dataset={c.dataset} steps={c.steps}", file=stream)
-        return results
-    records.check_writable(results)
-    fresh: set[str] = set()
-    known = recorded(results)
-    for cell in cell_list:
-        replay(cell, known, fresh, search)
-    done = sum(len(c.outcomes) for c in cell_list)
-    print(f"results: {results}  ({done} trials of this search already recorded, cells converged "
-          f"{_converged(cell_list, search['ratio'])}/{len(cell_list)})", file=stream)
-    ray_started = False
-    try:
-        while todo := [cfg for cell in cell_list for cfg in cell.pending]:
-            number = 1 + max(c.rounds for c in cell_list if c.pending)
-            started = time.monotonic()
-            if not ray_started:
-                runner.preflight(todo, data_root, f"sweep {sw.name} ({sw.path})")
-                ray_started = runner._start_ray(address, sw, verbose, num_cpus)
-            runner._tune(sw, todo, results, address, verbose, num_cpus, stream, keep_checkpoints)
-            fresh |= {c.trial_id for c in todo}
-            known = recorded(results)
-            for cell in cell_list:
-                replay(cell, known, fresh, search)
-            write_boundaries(results, cell_list, sw)
-            rows = [known[c.trial_id] for c in todo if c.trial_id in known]
-            trained = sum(1 for r in rows if r["trained"])
-            print(f"round {number}: {len(todo)} trials ({trained} trained, {len(rows) - trained} did not), cells "
-                  f"converged {_converged(cell_list, search['ratio'])}/{len(cell_list)}, "
-                  f"{runner._duration(time.monotonic() - started)}", file=stream)
-            if len(rows) < len(todo):  # interrupted (Ctrl-C): what is missing is for the next invocation
-                again = command or f"bnsweep run {sw.name} --scale {sw.scale} --results {results}"
-                print(f"{len(todo) - len(rows)} trials unfinished: resume with `{again}`", file=stream)
-                return results
-    finally:
-        if ray_started:
-            import ray
+    def describe(self) -> str:
+        s = self.search
+        return (f"search: the critical learning rate of {len(self.cells)} cells, bracket to x{s['ratio']:g}, at most "
+                f"{s['budget']} trials per cell, {s['points_per_round']} per cell and round, extend x{s['extend']:g}")
 
-            ray.shutdown()
-    rows = write_boundaries(results, cell_list, sw)
-    print(format_table(rows), file=stream)
-    print(f"trials: what the search ran per cell; grid: what a fixed geometric grid with ratio {search['ratio']:g} "
-          "needs to cover the same range of rates", file=stream)
-    return results
+    def first_round(self) -> list[TrialConfig]:
+        return [cell.config(lr) for cell in self.cells for lr in cell.initial]
+
+    def next_round(self, known: Known, fresh: set[str]) -> list[TrialConfig]:
+        for cell in self.cells:
+            replay(cell, known, fresh, self.search)
+        return [cfg for cell in self.cells for cfg in cell.pending]
+
+    def asked(self) -> list[str]:
+        """Every trial the search has asked for so far."""
+        return [cell.config(lr).trial_id for cell in self.cells for lr in cell.outcomes] \
+            + [c.trial_id for cell in self.cells for c in cell.pending]
+
+    def converged(self) -> int:
+        return sum(1 for c in self.cells if c.bracket().within(self.search["ratio"]))
+
+    def recorded(self, known: Known, todo: list[TrialConfig]) -> str:
+        done = sum(len(c.outcomes) for c in self.cells)
+        return f"{done} trials of this search already recorded, cells converged {self.converged()}/{len(self.cells)}"
+
+    def after_round(self, results: str, ran: list[TrialConfig], known: Known, fresh: set[str]) -> str:
+        """Replay the cells with the round's records, write the brackets so far; the round's line."""
+        number = 1 + max((c.rounds for c in self.cells if c.pending), default=0)
+        self.next_round(known, fresh)
+        write_boundaries(results, self.cells, self.sw)
+        rows = [known[c.trial_id] for c in ran if c.trial_id in known]
+        trained = sum(1 for r in rows if r["trained"])
+        return (f"round {number}: {len(ran)} trials ({trained} trained, {len(rows) - trained} did not), cells "
+                f"converged {self.converged()}/{len(self.cells)}")
+
+    def finish(self, results: str) -> str:
+        rows = write_boundaries(results, self.cells, self.sw)
+        return (format_table(rows) + f"\ntrials: what the search ran per cell; grid: what a fixed geometric grid "
+                f"with ratio {self.search['ratio']:g} needs to cover the same range of rates")

@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default=None, help="data root [default: $BNSWEEP_DATA, then the usual places]")
     run.add_argument("--keep-checkpoints", action="store_true",
                      help="keep each finished trial's checkpoints [default: deleted once its records are written]")
+    run.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                     help="also log each trial to tensorboard, mlflow or wandb through Ray Tune's integrations "
+                     "(repeatable; MLflow honours MLFLOW_TRACKING_URI, W&B WANDB_MODE and WANDB_DIR); the Parquet "
+                     "records stay the record of truth")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray [default: all]")
 
     sweeps = sub.add_parser("sweeps", help="list the sweeps with their grids and sizes per scale")
@@ -135,11 +139,13 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bnsweep.runner import resume_command, run_sweep
+    from bnsweep.driver import run_sweep
+    from bnsweep.status import resume_command
 
     run_sweep(args.sweep, scale=args.scale, results=args.results, address=args.address, sets=args.sets,
               seeds=args.seeds, dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root,
-              num_cpus=args.num_cpus, command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints)
+              num_cpus=args.num_cpus, command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints,
+              trackers=args.log)
     return 0
 
 
@@ -163,7 +169,7 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bnsweep import records
-    from bnsweep.runner import status_report
+    from bnsweep.status import status_report
 
     records.check_location(args.results, "results", exists=True)
     print(status_report(args.results))

@@ -182,11 +182,21 @@ class TrialConfig:
                 if f.metadata.get("identity", True)
                 and not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
 
+    def runtime(self) -> dict[str, Any]:
+        """The fields that say where and how the trial runs, not what it is (device, threads, ...)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not f.metadata.get("identity", True)}
+
     @property
     def trial_id(self) -> str:
         """Readable prefix + hash of the identity: equal configs share an id, so resume can skip them."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.arch}-{self.norm}-lr{self.lr:g}-s{self.seed}-{digest}"
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """Independent seeds for the trial's random streams (init, batches, noise, augmentation)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
 
 
 def _jsonable(value: Any) -> Any:

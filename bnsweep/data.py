@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bnsweep.config import DATASETS
 from bnsweep.errors import BnsweepError
-
-DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

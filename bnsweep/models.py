@@ -13,10 +13,10 @@ import math
 import torch
 import torch.nn as nn
 
+from bnsweep.config import ARCHS
 from bnsweep.errors import BnsweepError
 from bnsweep.norms import DEFAULT_OPTIONS, NoisyBatchNorm, NormOptions, make_norm
 
-ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear")
 INITS = ("glorot", "torch")
 
 # Standard VGG feature configs (Simonyan & Zisserman); "M" = 2x2 max-pool after the preceding conv.

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bnsweep.config import NORMS as VARIANTS
 from bnsweep.errors import BnsweepError
 
-VARIANTS = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group")
 PLACEMENTS = ("after_affine", "before_affine")
 _LP = {"l1_batch": 1.0, "l2_batch": 2.0, "linf_batch": math.inf}
 

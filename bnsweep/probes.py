@@ -144,64 +144,17 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from bnsweep import dynamics, ghost
+from bnsweep.config import stream_seed
 from bnsweep.norms import BatchNorm, NoisyBatchNorm
+from bnsweep.schema import PROBE_SCHEMAS, QUANTILE_COLUMNS
 
-QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 QUANTILE_SAMPLE = 2**18  # quantiles on a subsample: torch.quantile sorts (and fails above 2**24 elements)
 HIST_BINS = 64
-
-
-
-def _qname(q: float) -> str:
-    return f"q{round(q * 100):02d}"
-
+QUANTILES = tuple(QUANTILE_COLUMNS.values())
 
 Params = dict[str, torch.Tensor]
 LossOf = Callable[[Params], torch.Tensor]
 
-_ID = [("trial_id", pa.string()), ("step", pa.int64())]
-_F = pa.float64()
-SCHEMAS: dict[str, pa.Schema] = {
-    "landscape": pa.schema(_ID + [("direction", pa.string()), ("eta_mult", _F), ("eta", _F), ("loss", _F),
-                                  ("grad_diff", _F), ("beta", _F), ("loss_at_step", _F), ("grad_norm", _F),
-                                  ("direction_norm", _F), ("loss_min", _F), ("loss_max", _F),
-                                  ("grad_diff_min", _F), ("grad_diff_max", _F), ("beta_eff", _F),
-                                  ("noise_in_probes", pa.string())]),
-    "ics": pa.schema(_ID + [("layer", pa.int64()), ("l2_diff", _F), ("cos", _F), ("rel_diff", _F),
-                            ("grad_norm", _F), ("grad_norm_after", _F), ("noise_in_probes", pa.string())]),
-    "activations": pa.schema(_ID + [("layer", pa.int64()), ("source", pa.string()), ("numel", pa.int64()),
-                                    ("nonfinite", pa.int64()), ("sample_size", pa.int64()), ("mean", _F),
-                                    ("std", _F), ("min", _F), ("max", _F)]
-                             + [(_qname(q), _F) for q in QUANTILES]
-                             + [("hist_edges", pa.list_(_F)), ("hist_counts", pa.list_(pa.int64())),
-                                ("delta_mean", _F), ("delta_var", _F), ("channel_delta_mean", _F),
-                                ("channel_delta_mean_max", _F), ("channel_delta_var", _F),
-                                ("channel_delta_var_max", _F)]),
-    "bn_identity": pa.schema(_ID + [("layer", pa.int64()), ("norm", pa.string()), ("channels", pa.int64()),
-                                    ("m", pa.int64()), ("eps", _F), ("tol", _F), ("exact_holds_frac", _F),
-                                    ("exact_max_rel_err", _F), ("printed_holds_frac", _F),
-                                    ("printed_max_violation", _F), ("printed_bound_holds", pa.bool_()),
-                                    ("grad_in_sq", _F), ("exact_sq", _F), ("printed_sq", _F),
-                                    ("scaled_grad_out_sq", _F)]),
-    "layer_norms": pa.schema(_ID + [("layer", pa.int64()), ("weight_norm", _F), ("grad_norm", _F),
-                                    ("ratio", _F), ("lr_ratio", _F), ("update_norm", _F),
-                                    ("update_ratio", _F)]),
-    "hessian": pa.schema(_ID + [("top_eigenvalue", _F), ("residual", _F), ("iters", pa.int64()),
-                                ("edge_of_stability", _F), ("beta_eff", _F), ("noise_in_probes", pa.string())]),
-    "sharpness": pa.schema(_ID + [("sharpness", _F), ("min_eigenvalue", _F), ("residual", _F),
-                                  ("iters", pa.int64()), ("two_over_lr", _F), ("eos_threshold", _F),
-                                  ("lr_sharpness", _F), ("loss", _F), ("examples", pa.int64()),
-                                  ("ghost_batch", pa.int64()), ("noise_in_probes", pa.string())]),
-    "scale_invariance": pa.schema(_ID + [("layer", pa.int64()), ("feeds", pa.string()),
-                                         ("scale_invariant", pa.bool_()), ("params", pa.string()), ("eps", _F),
-                                         ("lr", _F), ("momentum", _F), ("weight_decay", _F),
-                                         ("weight_norm", _F), ("grad_norm", _F), ("inner", _F), ("inner_pred", _F),
-                                         ("cos_wg", _F), ("inner_rel_err", _F), ("norm_sq", _F),
-                                         ("norm_sq_next", _F), ("norm_sq_next_pred", _F), ("norm_sq_rel_err", _F),
-                                         ("norm_change", _F), ("norm_change_pred", _F),
-                                         ("norm_change_rel_err", _F), ("effective_lr", _F), ("angle", _F),
-                                         ("angle_equilibrium", _F)]),
-}
 # Which probe (config.probes) fills which table.
 TABLE_OF = {"landscape": "landscape", "random_direction": "landscape", "ics": "ics",
             "activations": "activations", "bn_identity": "bn_identity", "layer_norms": "layer_norms",
@@ -332,7 +285,7 @@ def activation_stats(a: torch.Tensor, generator: torch.Generator, sample: int = 
     row: dict[str, Any] = {"numel": numel, "nonfinite": nonfinite, "sample_size": min(n, sample)}
     if n == 0:
         return {**row, **dict.fromkeys(["mean", "std", "min", "max"], math.nan),
-                **{_qname(q): math.nan for q in QUANTILES}, "hist_edges": [], "hist_counts": []}
+                **dict.fromkeys(QUANTILE_COLUMNS, math.nan), "hist_edges": [], "hist_counts": []}
     f64 = flat.double()
     lo, hi = float(f64.min()), float(f64.max())
     sub = f64
@@ -343,7 +296,7 @@ def activation_stats(a: torch.Tensor, generator: torch.Generator, sample: int = 
     counts = torch.histc(f64, bins=bins, min=lo, max=top)
     edges = torch.linspace(lo, top, bins + 1, dtype=torch.float64)
     return {**row, "mean": float(f64.mean()), "std": float(f64.std(correction=0)), "min": lo, "max": hi,
-            **{_qname(q): v for q, v in zip(QUANTILES, qs, strict=True)},
+            **dict(zip(QUANTILE_COLUMNS, qs, strict=True)),
             "hist_edges": edges.tolist(), "hist_counts": counts.long().tolist()}
 
 
@@ -379,10 +332,10 @@ class Probes:
         self.noise_mode = c.noise_in_probes if self.noisy else "none"
         self.trial_id = c.trial_id
         # Probe-only random streams, seeded from the trial seed; CPU generators so draws match on any device.
-        self.generators = {name: torch.Generator().manual_seed(_seed(c.seed, f"probes-{name}"))
+        self.generators = {name: torch.Generator().manual_seed(stream_seed(c.seed, f"probes-{name}"))
                            for name in ("activations", "random_direction", "hessian", "sharpness")}
         if self.noise_mode == "fresh":
-            self.generators["noise"] = torch.Generator(trial.device).manual_seed(_seed(c.seed, "probes-noise"))
+            self.generators["noise"] = torch.Generator(trial.device).manual_seed(stream_seed(c.seed, "probes-noise"))
         self.rows: dict[str, list[dict[str, Any]]] = {
             t: [] for t in dict.fromkeys(TABLE_OF[p] for p in c.probes)}
         self.warned = False
@@ -744,7 +697,7 @@ class Probes:
         out = {}
         for name, rows in self.rows.items():
             kept = [r for r in rows if last is None or r["step"] <= last]  # steps after a divergence are not kept
-            out[name] = pa.Table.from_pylist(kept, schema=SCHEMAS[name])
+            out[name] = pa.Table.from_pylist(kept, schema=PROBE_SCHEMAS[name])
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -762,9 +715,3 @@ class Probes:
             if n in self.generators:
                 self.generators[n].set_state(s)
         self.warned = state["warned"]
-
-
-def _seed(seed: int, stream: str) -> int:
-    from bnsweep.trial import stream_seed  # trial imports this module lazily; import back the same way
-
-    return stream_seed(seed, stream)

@@ -5,13 +5,13 @@ Layout of a results directory (local path or s3://bucket/prefix):
     RESULTS/trials/<trial_id>.parquet       one row per trial: config, outcome, provenance
     RESULTS/curves/<trial_id>.parquet       one row per step
     RESULTS/<probe table>/<trial_id>.parquet  landscape, ics, activations, bn_identity, layer_norms, hessian,
-                                              sharpness, scale_invariance (columns: bnsweep/probes.py)
+                                              sharpness, scale_invariance
 
 A trial's `trials` file is written last, so its presence means every other table of that trial is complete;
 resume skips exactly those trials. Files are written under a dot-prefixed temporary name and renamed (local
 disk) or written as a single object (S3, which has no rename); pyarrow's readers ignore dot-prefixed names, so
 `pandas.read_parquet(RESULTS / "trials")` never sees a partial file. Every file carries the schema version in
-its metadata and `trials` also as a column. The columns are documented in README.md ("Results schema").
+its metadata and `trials` also as a column. The columns are defined in bnsweep/schema.py.
 """
 
 from __future__ import annotations
@@ -28,15 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from bnsweep.errors import BnsweepError
-
-SCHEMA_VERSION = 1
-TRIALS = "trials"
-# Columns a table's every file must have, with their kinds, for bnsweep to read it (`status`, `figures`, resume):
-# a file written by something else is named in a one-line error instead of a KeyError deep in a summary.
-REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
-    TRIALS: {"trial_id": "string", "status": "string", "arch": "string", "norm": "string", "trained": "bool",
-             "error": "string"},
-}
+from bnsweep.schema import REQUIRED_COLUMNS, SCHEMA_VERSION, TRIALS
 
 
 def filesystem(results: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -221,3 +213,11 @@ def schema_problem(schema: pa.Schema, required: Mapping[str, str]) -> str | None
         if got != wanted and got != "null" and not (wanted == "float" and got == "int"):
             return f"column {name!r} holds {got}, not {wanted}"
     return None
+
+
+def outcomes(results: str | os.PathLike) -> dict[str, dict]:
+    """trial_id -> {trial_id, status, trained} of every trial recorded in RESULTS/trials."""
+    table = read_table(results, TRIALS)
+    if table.num_rows == 0:
+        return {}
+    return {r["trial_id"]: r for r in table.select(["trial_id", "status", "trained"]).to_pylist()}

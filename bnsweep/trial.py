@@ -7,7 +7,6 @@ step. Per-step metrics stay on the device and are read back in chunks, so a GPU 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -27,25 +26,19 @@ import torch.nn.functional as F
 from torch.optim.sgd import sgd
 
 import bnsweep
-from bnsweep import ghost, records
-from bnsweep.config import TrialConfig
+from bnsweep import ghost, records, schema
+from bnsweep.config import TrialConfig, stream_seed
 from bnsweep.data import BatchSampler, Dataset, augment, load_dataset
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import StepCosts
 from bnsweep.models import build_model
 from bnsweep.norms import NormOptions
+from bnsweep.schema import CURVE_COLUMNS, EVAL_COLUMNS
 
 CHECK_EVERY = 25  # steps between reads of the loss history (divergence check); a sync per chunk, not per step
 EVAL_BATCH = 500  # faster on a CPU than 1000 (4,000 VGG-11 examples: 0.25 s against 0.37 s), half the memory
 FINAL_WINDOW = 20  # final_loss is the mean minibatch loss over the last steps, which smooths batch noise
 
-CURVE_COLUMNS = ("loss", "accuracy", "grad_norm")
-EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """Independent seeds for the trial's random streams (init, batches, noise, augmentation)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
 
 
 def pick_device(name: str) -> torch.device:
@@ -410,10 +403,10 @@ class Trial:
             columns[name] = history[:, j]
         for name in EVAL_COLUMNS:
             columns[name] = [self.evals.get(t, {}).get(name, math.nan) for t in range(len(history))]
-        tables = {"curves": pa.table(columns, schema=curves_schema())}
+        tables = {schema.CURVES: pa.table(columns, schema=schema.CURVES_SCHEMA)}
         if self.probes is not None:
             tables.update(self.probes.tables())
-        tables[records.TRIALS] = trials_table(self.config, {**self.outcome(), **self.provenance()})
+        tables[schema.TRIALS] = trials_table(self.config, {**self.outcome(), **self.provenance()})
         return tables
 
     def provenance(self) -> dict[str, Any]:
@@ -426,49 +419,21 @@ class Trial:
                 "data_checksum": self.data.checksum,
                 "data_source": self.data.source, "hostname": socket.gethostname(),
                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "schema_version": records.SCHEMA_VERSION}
-
-
-def curves_schema() -> pa.Schema:
-    return pa.schema([("trial_id", pa.string()), ("step", pa.int64())]
-                     + [(name, pa.float64()) for name in CURVE_COLUMNS + EVAL_COLUMNS])
-
-
-# Outcome and provenance columns of `trials`, with fixed types so every trial's file has the same schema
-# (a failed trial recorded by the sweep driver has nulls where a finished one has numbers).
-OUTCOME_SCHEMA: dict[str, pa.DataType] = {
-    "trial_id": pa.string(), "status": pa.string(), "trained": pa.bool_(), "trained_rule": pa.string(),
-    "diverged_step": pa.int64(), "steps_done": pa.int64(), "task": pa.string(), "initial_loss": pa.float64(),
-    "final_loss": pa.float64(), "min_loss": pa.float64(),
-    **{f"final_{k}": pa.float64() for k in EVAL_COLUMNS},
-    "best_train_loss": pa.float64(), "best_train_acc": pa.float64(), "best_test_loss": pa.float64(),
-    "best_test_acc": pa.float64(), "wall_time_s": pa.float64(), "error": pa.string(), "attempt": pa.int64(),
-    "bnsweep_version": pa.string(), "git_commit": pa.string(), "git_dirty": pa.bool_(),
-    "torch_version": pa.string(), "device_name": pa.string(), "device_type": pa.string(),
-    "torch_threads": pa.int64(), "peak_rss_mb": pa.float64(), "data_checksum": pa.string(), "data_source": pa.string(),
-    "hostname": pa.string(), "finished_at": pa.string(), "schema_version": pa.int64(),
-}
+                "schema_version": schema.SCHEMA_VERSION}
 
 
 def trials_table(config: TrialConfig, outcome: dict[str, Any]) -> pa.Table:
     """One row: every resolved config value (lists as JSON text), then outcome and provenance."""
-    row: dict[str, Any] = {}
-    fields: list[tuple[str, pa.DataType]] = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.metadata.get("sequence"):
-            row[f.name], kind = json.dumps(list(value) if isinstance(value, tuple) else value), pa.string()
-        else:
-            row[f.name] = value
-            kind = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(_base_type(f.type), pa.string())
-        fields.append((f.name, kind))
-    unknown = set(outcome) - set(OUTCOME_SCHEMA)
+    unknown = set(outcome) - set(schema.OUTCOME)
     if unknown:
         raise ValueError(f"outcome keys without a schema: {sorted(unknown)}")
-    for key, kind in OUTCOME_SCHEMA.items():
-        row[key] = outcome.get(key)
-        fields.append((key, kind))
-    return pa.Table.from_pylist([row], schema=pa.schema(fields))
+    row: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        row[f.name] = json.dumps(list(value) if isinstance(value, tuple) else value) \
+            if f.metadata.get("sequence") else value
+    row |= {key: outcome.get(key) for key in schema.OUTCOME}
+    return pa.Table.from_pylist([row], schema=schema.trials_schema())
 
 
 def failed_trials_table(config: TrialConfig, error: str, attempt: int | None = None) -> pa.Table:
@@ -476,13 +441,8 @@ def failed_trials_table(config: TrialConfig, error: str, attempt: int | None = N
     return trials_table(config, {"trial_id": config.trial_id, "status": "failed", "trained": False,
                                  "steps_done": 0, "error": error, "attempt": attempt,
                                  "bnsweep_version": bnsweep.__version__, "torch_version": torch.__version__,
-                                 "hostname": socket.gethostname(), "schema_version": records.SCHEMA_VERSION,
+                                 "hostname": socket.gethostname(), "schema_version": schema.SCHEMA_VERSION,
                                  "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
-
-
-def _base_type(annotation: str) -> type | None:
-    head = str(annotation).split("|")[0].strip()
-    return {"bool": bool, "int": int, "float": float}.get(head)
 
 
 def peak_rss_mb() -> float | None:

@@ -21,7 +21,7 @@ def smoke_results(tmp_path_factory):
     """`bnsweep run lr_grid --scale smoke` on an embedded local Ray: real trials, real Parquet, every table."""
     import io
 
-    from bnsweep.runner import run_sweep
+    from bnsweep.driver import run_sweep
 
     results = tmp_path_factory.mktemp("smoke") / "lr_grid"
     log = io.StringIO()

@@ -14,13 +14,15 @@ import pyarrow as pa
 import pytest
 import torch
 from test_faults import attempt_files, bnsweep_cmd, ray_env, run_to_end, started, wait_until  # noqa: F401
+from test_plan import simulated_brackets
 
 from bnsweep import records
-from bnsweep.boundary import SCHEMA, boundary_rows, bracket, make_cells, propose, replay
+from bnsweep.boundary import boundary_rows, bracket, make_cells, propose, replay
 from bnsweep.config import make_config
 from bnsweep.data import load_dataset, quadratic_eigenvalues
+from bnsweep.driver import run_sweep
 from bnsweep.errors import BnsweepError
-from bnsweep.runner import run_sweep
+from bnsweep.schema import BOUNDARIES_SCHEMA as SCHEMA
 from bnsweep.sweep import SEARCH_DEFAULTS, load
 from bnsweep.trial import run_trial
 
@@ -243,9 +245,11 @@ def test_smoke_search_on_ray_is_killed_resumed_and_brackets_two_over_lambda(tmp_
     cells, groups = bounds[~bounds.all_seeds], bounds[bounds.all_seeds]
     assert len(cells) == 3 and len(groups) == 3 and cells.cell_id.is_unique
     assert cells.trials_used.sum() == len(trials)  # every trial is one of the search's, in an ordinary table
+    simulated = simulated_brackets("smoke")  # the planner alone, on the outcome GD on a quadratic must have
     for _, cell in cells[cells.dataset == "quadratic"].iterrows():
         critical = 2 / cell.curvature
         assert cell.lower < critical <= cell.upper and cell.upper / cell.lower <= 1.25, cell.to_dict()
+        assert (cell.lower, cell.upper) == simulated[cell.curvature]
         assert cell.converged and cell.monotone and not cell.budget_exhausted
         ids = rows[(rows.dataset == "quadratic") & (rows.curvature == cell.curvature)]
         assert sorted(ids.lr) == sorted(cell.lrs) and set(ids.task) == {"regression"}

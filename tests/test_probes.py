@@ -15,6 +15,7 @@ from bnsweep.config import make_config
 from bnsweep.data import Dataset
 from bnsweep.models import Block, Net, build_model
 from bnsweep.norms import BatchNorm, NormOptions
+from bnsweep.schema import PROBE_SCHEMAS
 from bnsweep.trial import Trial
 
 ALL_PROBES = "landscape,ics,activations,bn_identity,layer_norms,hessian,random_direction,sharpness,scale_invariance"
@@ -279,7 +280,7 @@ def test_probes_do_not_perturb_training(norm):
     for name in ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "sharpness",
                  "scale_invariance"):
         t = tables[name]
-        assert t.schema.names[:2] == ["trial_id", "step"] and t.schema == P.SCHEMAS[name]
+        assert t.schema.names[:2] == ["trial_id", "step"] and t.schema == PROBE_SCHEMAS[name]
         assert sorted(set(t.column("step").to_pylist())) == [0, 10, 20], name
     ls = tables["landscape"].to_pandas()
     assert set(ls.direction) == {"gradient", "random"} and len(ls) == 3 * 2 * 2

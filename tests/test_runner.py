@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bnsweep.checkpoints import RAY_DIR, latest_checkpoint, prune_checkpoints, read_checkpoint
 from bnsweep.config import PROBES, make_config
-from bnsweep.runner import RAY_DIR, latest_checkpoint, prune_checkpoints, read_checkpoint, run_sweep
+from bnsweep.driver import run_sweep
 from bnsweep.trial import Trial
 
 SWEEPS = Path(__file__).resolve().parent / "sweeps"

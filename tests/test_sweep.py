@@ -7,17 +7,12 @@ import pandas as pd
 import pytest
 
 from bnsweep import records
+from bnsweep.driver import choose_scale, run_sweep
 from bnsweep.errors import BnsweepError
-from bnsweep.runner import (
-    choose_scale,
-    count_attempts,
-    expected_cost,
-    flops_per_example,
-    longest_first,
-    run_sweep,
-    status_report,
-)
+from bnsweep.schedule import expected_cost, flops_per_example, longest_first
+from bnsweep.status import status_report
 from bnsweep.sweep import SCALES, available, load, sweeps_dir
+from bnsweep.worker import count_attempts
 
 EXPERIMENTS = {"lr_grid", "noisy_bn", "ics", "landscape", "dln", "lp_norms"}
 

@@ -31,8 +31,8 @@ import pyarrow as pa
 
 from bnsweep import records
 from bnsweep.config import make_config
-from bnsweep.probes import SCHEMAS
-from bnsweep.trial import curves_schema, trials_table
+from bnsweep.schema import CURVES_SCHEMA, PROBE_SCHEMAS
+from bnsweep.trial import trials_table
 
 CHANCE = 0.1
 HIST_BINS = 16
@@ -63,7 +63,7 @@ class FakeTrial:
 
 def _table(name: str, columns: dict[str, object], n: int) -> pa.Table:
     """A table with the real schema; columns the fake does not model are null."""
-    schema = SCHEMAS[name] if name in SCHEMAS else curves_schema()
+    schema = PROBE_SCHEMAS.get(name, CURVES_SCHEMA)
     arrays = [pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(n, f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
 

@@ -35,9 +35,11 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from bnsweep import records
+from bnsweep.checkpoints import RAY_DIR
 from bnsweep.config import make_config
+from bnsweep.driver import run_sweep
 from bnsweep.estimate import trial_seconds
-from bnsweep.runner import RAY_DIR, measure_trial, run_sweep
+from bnsweep.schedule import measure_trial
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true"}

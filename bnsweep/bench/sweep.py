@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from bnsweep.data import load_dataset
-from bnsweep.runner import run_sweep
+from bnsweep.driver import run_sweep
 from bnsweep.sweep import load
 from bnsweep.trial import Trial
 

@@ -1,0 +1,77 @@
+"""A running trial's checkpoints: where Tune keeps them, reading them safely, deleting them once recorded.
+
+Tune writes them under RESULTS/_ray/<sweep>/<trial_id>/checkpoint_NNNNNN/ (trial.pt and step.txt). A results
+directory may be a shared bucket, so a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import sys
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from bnsweep import records
+
+RAY_DIR = "_ray"  # Tune's experiment state and checkpoints; underscore: ignored by Parquet readers
+
+
+def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> dict | None:
+    """A trial's checkpoint, or None when it cannot be used: cut off mid-write, or holding anything but
+    tensors and plain types. torch.load(weights_only=True) refuses every pickled object outside that set
+    without running it."""
+    import torch
+
+    try:
+        if fs is None:
+            with open(path, "rb") as f:
+                blob = f.read()
+        else:
+            with fs.open_input_stream(path) as f:
+                blob = f.read()
+        return torch.load(io.BytesIO(blob), weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        print(f"bnsweep: warning: refusing checkpoint {path}: it holds more than tensors and plain types "
+              f"({reason}); resuming from an older checkpoint or step 0", file=sys.stderr, flush=True)
+        return None
+    except (OSError, pa.ArrowException, RuntimeError, EOFError):
+        return None  # a checkpoint cut off mid-write: fall back to an older one or step 0
+
+
+def _checkpoint_dirs(fs: pafs.FileSystem, trial_dir: str) -> list[pafs.FileInfo]:
+    found = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+    return [i for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+
+
+def latest_checkpoint(results: str, sweep_name: str, trial_id: str) -> dict | None:
+    """The newest readable checkpoint of a trial left by any earlier run, by step."""
+    fs, root = records.filesystem(results)
+    candidates = []
+    for info in _checkpoint_dirs(fs, f"{root}/{RAY_DIR}/{sweep_name}/{trial_id}"):
+        try:
+            with fs.open_input_stream(f"{info.path}/step.txt") as f:
+                candidates.append((int(f.read().decode()), info.path))
+        except (OSError, ValueError, pa.ArrowException):
+            continue
+    for _, path in sorted(candidates, reverse=True):
+        state = read_checkpoint(f"{path}/trial.pt", fs)
+        if state is not None:
+            return state
+    return None
+
+
+def prune_checkpoints(results: str, sweep_name: str, trial_ids: list[str] | set[str]) -> int:
+    """Delete the checkpoints of trials whose records are written (they will never resume); returns how many
+    checkpoint folders went. Tune's own result files in the trial's folder stay."""
+    fs, root = records.filesystem(results)
+    gone = 0
+    for trial_id in trial_ids:
+        for info in _checkpoint_dirs(fs, f"{root}/{RAY_DIR}/{sweep_name}/{trial_id}"):
+            with contextlib.suppress(OSError, pa.ArrowException):  # already gone: fine
+                fs.delete_dir(info.path)
+                gone += 1
+    return gone

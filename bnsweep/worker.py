@@ -1,0 +1,132 @@
+"""What runs inside a Ray worker: the trainable, its attempt markers and the per-worker data cache.
+
+Tune reuses a worker process for trial after trial (`reuse_actors`), so a worker loads each data set once and
+hands a finished trial's memory back before the next. A trial's records are written before its last report:
+when Tune hears a trial end, its `trials` file is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from bnsweep import records
+from bnsweep.checkpoints import latest_checkpoint, read_checkpoint
+from bnsweep.config import TrialConfig, make_config
+
+ATTEMPTS = "_attempts"  # RESULTS/_attempts/<trial_id>/<uuid>: one empty file per start of a trial
+# The key of bnsweep's trial id in the config Tune sees (Tune's results carry a `trial_id` of Tune's own).
+ID = "bnsweep_trial_id"
+FINAL_METRICS = ("final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "wall_time_s")
+
+
+def count_attempts(results: str, trial_id: str) -> int:
+    fs, root = records.filesystem(results)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{ATTEMPTS}/{trial_id}", allow_not_found=True))
+    return sum(1 for i in infos if i.type == pafs.FileType.File)
+
+
+def mark_attempt(results: str, trial_id: str) -> int:
+    """Record one more start of this trial; returns how many starts there have been, this one included."""
+    fs, root = records.filesystem(results)
+    folder = f"{root}/{ATTEMPTS}/{trial_id}"
+    fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(f"{folder}/{time.time_ns()}-{uuid.uuid4().hex[:8]}"):
+        pass
+    return count_attempts(results, trial_id)
+
+
+_DATA: dict[tuple, Any] = {}  # per worker process: the data sets of the trials it ran last
+
+
+def worker_data(config: TrialConfig):
+    """The trial's data set, loaded once per worker process (trials only read it)."""
+    from bnsweep.data import load_dataset, release_raw_cache
+    from bnsweep.trial import pick_device
+
+    device = pick_device(config.device)
+    key = (config.dataset, config.data_root, config.data_seed, config.curvature, str(device))
+    if key not in _DATA:
+        if len(_DATA) >= 2:  # a sweep mixes at most a few data sets; the queue alternates between them
+            _DATA.pop(next(iter(_DATA)))
+        _DATA[key] = load_dataset(config.dataset, root=config.data_root, device=device,
+                                  data_seed=config.data_seed, curvature=config.curvature)
+        release_raw_cache()
+    return _DATA[key]
+
+
+def release_memory() -> None:
+    """Hand a finished trial's memory back to the system. Tune runs each trial in a new thread, glibc gives each
+    thread's allocations an arena of its own that keeps freed memory, and Arrow's allocator keeps what the
+    record tables freed: without this a reused worker grows by a few hundred MB per trial."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()  # Arrow's own allocator (mimalloc) keeps what the tables freed
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def trial_config(params: dict[str, Any], runtime: dict[str, Any]) -> TrialConfig:
+    """The trial Tune asked for: its identity options (Tune's config of the trial) and where it runs."""
+    config = make_config({k: v for k, v in params.items() if k != ID} | runtime)
+    if config.trial_id != params[ID]:  # the identity must survive Tune's config unchanged
+        raise RuntimeError(f"trial {params['trial_id']} rebuilt as {config.trial_id}")
+    return config
+
+
+def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one grid point, checkpointed, its records written before its last report.
+
+    `params` is Tune's config of the trial (its identity options and its id under ID); `run` holds what every trial of
+    the round shares: results location, sweep name, checkpoint and report intervals, each trial's runtime
+    options (device, threads: not part of its identity)."""
+    import torch
+    from ray import tune
+
+    from bnsweep.trial import run_trial
+
+    config = trial_config(params, run["runtime"][params[ID]])
+    results, trial_id = run["results"], config.trial_id
+    attempt = mark_attempt(results, trial_id)
+    state = None
+    checkpoint = tune.get_checkpoint()  # set when Tune retries this trial in the same run
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = read_checkpoint(str(Path(d) / "trial.pt"))
+    if state is None and attempt > 1:
+        state = latest_checkpoint(results, run["sweep"], trial_id)
+    every = run["checkpoint_every"]
+
+    def report(trial) -> None:
+        # timesteps_total is the training step: the trackers (MLflow, W&B) draw the loss curve against it.
+        metrics = {"step": trial.step, "timesteps_total": trial.step, "loss": trial.history[trial.step - 1, 0].item(),
+                   "status": trial.status, "done": False}
+        if every and trial.step % every == 0 and trial.step < trial.config.steps:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(trial.state_dict(), Path(d) / "trial.pt")
+                (Path(d) / "step.txt").write_text(str(trial.step))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
+
+    trial = run_trial(config, results=None, data=worker_data(config), callback=report,
+                      callback_every=run["report_every"], state=state, catch=False, attempt=attempt)
+    records.write_trial(results, trial_id, trial.tables())
+    outcome = trial.outcome()
+    del trial, state
+    release_memory()
+    final_loss = outcome["final_loss"]
+    tune.report({"step": outcome["steps_done"], "timesteps_total": outcome["steps_done"],
+                 "loss": final_loss if math.isfinite(final_loss) else float("nan"),
+                 "status": outcome["status"], "trained": outcome["trained"], "done": True,
+                 **{k: outcome[k] for k in FINAL_METRICS}})
