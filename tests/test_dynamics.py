@@ -51,6 +51,43 @@ def test_lanczos_top_eigenvalue_of_a_quadratic():
     assert few.top <= 10.0 + 1e-12 and few.steps == 3  # a Ritz value never exceeds the top eigenvalue
 
 
+def test_sharpness_probe_matches_the_dense_hessian():
+    """The probe on a tiny float64 BatchNorm MLP, full batch over two ghost batches: its top and bottom
+    eigenvalues are those of the dense Hessian of the same loss (Lanczos run to the parameter count)."""
+    model = build_model("mlp", width=1 / 128, depth=3, norm="batch", in_shape=(3,), num_outputs=2,
+                        generator=_gen(3)).double()
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    config = make_config({"arch": "mlp", "depth": 3, "norm": "batch", "lr": 0.1, "probe_every": 1,
+                          "probes": "sharpness", "sharpness_iters": sum(sizes), "ghost_batch": 6,
+                          "batch_size": 12})
+    trial = _fake_trial(model, config)
+    probes = P.Probes(trial)
+    g = _gen(4)
+    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(2, (12,), generator=g)
+    probes.begin(0)
+    loss = sum(F.cross_entropy(model(x[i:i + 6]), y[i:i + 6]) * 0.5 for i in (0, 6))
+    trial.optimizer.zero_grad()
+    loss.backward()
+    probes.before_update(0, x, y, loss)
+    row = probes.tables()["sharpness"].to_pylist()[0]
+    from torch.func import functional_call
+
+    buffers = dict(model.named_buffers())
+
+    def flat_loss(theta):
+        params = dict(zip(names, [t.view_as(p) for t, p in zip(theta.split(sizes), model.parameters(),
+                                                                   strict=True)], strict=True))
+        state = {**params, **{n: b.clone() for n, b in buffers.items()}}
+        return sum(F.cross_entropy(functional_call(model, state, (x[i:i + 6],)), y[i:i + 6]) * 0.5 for i in (0, 6))
+
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    eig = torch.linalg.eigvalsh(torch.autograd.functional.hessian(flat_loss, theta))
+    assert row["sharpness"] == pytest.approx(float(eig[-1]), rel=1e-8)
+    assert row["min_eigenvalue"] == pytest.approx(float(eig[0]), rel=1e-6, abs=1e-8)
+    assert row["examples"] == 12 and row["ghost_batch"] == 6 and row["two_over_lr"] == pytest.approx(20.0)
+
+
 def test_eos_threshold():
     assert dynamics.eos_threshold(0.01) == pytest.approx(200.0)
     assert dynamics.eos_threshold(0.01, momentum=0.9) == pytest.approx(380.0)
