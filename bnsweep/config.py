@@ -232,12 +232,8 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
                                "quadratic, the image networks with cifar10 or fashion-mnist"))
     if c.arch == "linear" and c.norm != "none":
         out.append(("norm", "arch 'linear' has no hidden layer to normalize: use norm none"))
-    if c.norm in RESIDUAL_NORMS and c.arch not in RESNETS:
-        out.append(("norm", f"{c.norm} rescales residual branches: it needs a residual network "
-                            f"({' or '.join(RESNETS)}), not {c.arch}"))
-    if c.norm in CONV_NORMS and c.arch not in CONV_ARCHS:
-        out.append(("norm", f"{c.norm} standardizes convolution weights: it needs a convolutional network "
-                            f"({', '.join(CONV_ARCHS)}), not {c.arch}"))
+    if norm_problem(c.arch, c.norm):
+        out.append(("norm", norm_problem(c.arch, c.norm)))
     for key in ("nf_alpha", "agc_clip"):
         if c.norm != "nf" and getattr(c, key) is not None:
             out.append((key, f"{key} only applies to norm nf, not {c.norm!r}: leave it out"))
@@ -257,6 +253,16 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
         if problem:
             out.append((key, problem))
     return out
+
+
+def norm_problem(arch: str, norm: str) -> str | None:
+    """Why variant `norm` does not apply to `arch` (and which networks it needs), or None when it does."""
+    if norm in RESIDUAL_NORMS and arch not in RESNETS:
+        return f"{norm} rescales residual branches: it needs a residual network ({' or '.join(RESNETS)}), not {arch}"
+    if norm in CONV_NORMS and arch not in CONV_ARCHS:
+        return (f"{norm} standardizes convolution weights: it needs a convolutional network "
+                f"({', '.join(CONV_ARCHS)}), not {arch}")
+    return None
 
 
 def effective_batch(c: TrialConfig) -> int:

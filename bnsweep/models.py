@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnsweep.config import ARCHS, CONV_ARCHS, CONV_NORMS, RESIDUAL_NORMS, RESNETS
+from bnsweep.config import ARCHS, RESNETS, norm_problem
 from bnsweep.errors import BnsweepError
 from bnsweep.norms import (
     DEFAULT_OPTIONS,
@@ -391,11 +391,8 @@ def build_model(arch: str, *, width: float = 1.0, norm: str = "none", in_shape: 
     """
     if arch not in ARCHS:
         raise BnsweepError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
-    if norm in RESIDUAL_NORMS and arch not in RESNETS:
-        raise BnsweepError(f"norm {norm!r} rescales residual branches: it needs {' or '.join(RESNETS)}, not {arch}")
-    if norm in CONV_NORMS and arch not in CONV_ARCHS:
-        raise BnsweepError(f"norm {norm!r} standardizes convolutions: it needs one of {', '.join(CONV_ARCHS)}, "
-                           f"not {arch}")
+    if norm_problem(arch, norm):
+        raise BnsweepError(f"norm {norm!r}: {norm_problem(arch, norm)}")
     if init not in INITS:
         raise BnsweepError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
     if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):

@@ -300,6 +300,7 @@ class ScaledWSConv2d(nn.Conv2d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{**kwargs, "bias": True})
+        nn.init.zeros_(self.bias)
         self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
 
     def standardized_weight(self) -> torch.Tensor:
