@@ -173,7 +173,11 @@ class TrialConfig:
             c.nf_alpha = 0.2 if c.nf_alpha is None else c.nf_alpha
             c.agc_clip = 0.01 if c.agc_clip is None else c.agc_clip
         if c.hold_fixed == "examples" and c.examples is not None:
-            c.steps = -(-c.examples // effective_batch(c))  # at least the budget: the last batch may overshoot
+            derived = -(-c.examples // effective_batch(c))  # at least the budget: the last batch may overshoot
+            if c.steps not in (FIELDS["steps"].default, derived):
+                raise BnsweepError(f"{(labels or {}).get('steps', 'steps')}={c.steps}: with hold_fixed=examples the "
+                                   f"steps follow from examples / batch size ({derived} here): leave steps out")
+            c.steps = derived
         c.validate(labels)
         return c
 

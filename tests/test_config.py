@@ -48,6 +48,7 @@ def test_numbers_written_as_strings_are_numbers():
     ({"examples": 1000}, ["examples=1000", "hold_fixed=examples"]),
     ({"hold_fixed": "epochs"}, ["hold_fixed", "'epochs'", "steps, examples"]),
     ({"hold_fixed": "examples", "examples": 10**11}, ["examples"]),
+    ({"hold_fixed": "examples", "examples": 1280, "steps": 50}, ["steps=50", "examples / batch size (10 here)"]),
 ])
 def test_bad_values_name_themselves(values, words):
     with pytest.raises(BnsweepError) as e:
