@@ -26,6 +26,9 @@ RESIDUAL_NORMS = ("fixup", "skipinit", "nf")
 CONV_ARCHS = ("vgg11", "vgg13", "vgg16", *RESNETS)
 CONV_NORMS = ("ws_group",)
 HOLD_FIXED = ("steps", "examples")
+# nf's defaults, the NF authors' (deepmind-research nfnets: nf_resnet.py alpha=0.2; optim.py SGD_AGC clipping=0.01)
+NF_ALPHA = 0.2
+AGC_CLIP = 0.01
 DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction")
 DEFAULT_PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms")
@@ -170,8 +173,8 @@ class TrialConfig:
         if c.activation_layers is None:
             c.activation_layers = "all"
         if c.norm == "nf":
-            c.nf_alpha = 0.2 if c.nf_alpha is None else c.nf_alpha
-            c.agc_clip = 0.01 if c.agc_clip is None else c.agc_clip
+            c.nf_alpha = NF_ALPHA if c.nf_alpha is None else c.nf_alpha
+            c.agc_clip = AGC_CLIP if c.agc_clip is None else c.agc_clip
         if c.hold_fixed == "examples" and c.examples is not None:
             derived = -(-c.examples // effective_batch(c))  # at least the budget: the last batch may overshoot
             if c.steps not in (FIELDS["steps"].default, derived):

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnsweep.config import ARCHS, RESNETS, norm_problem
+from bnsweep.config import ARCHS, NF_ALPHA, RESNETS, norm_problem
 from bnsweep.errors import BnsweepError
 from bnsweep.norms import (
     DEFAULT_OPTIONS,
@@ -43,7 +43,6 @@ DLN_DEPTH = 25  # paper App. A: k = 25 square layers
 # He et al. 2016, section 4.2: 6n + 2 weight layers, n basic blocks in each of 3 stages of 16, 32, 64 channels.
 RESNET_BLOCKS = {"resnet20": 3, "resnet56": 9}
 RESNET_CHANNELS = (16, 32, 64)
-NF_ALPHA = 0.2  # NF-ResNets' residual scale, the authors' default (nfnets/nf_resnet.py)
 
 
 class Block(nn.Module):
