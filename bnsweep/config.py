@@ -16,8 +16,19 @@ from typing import Any
 from bnsweep.errors import BnsweepError
 from bnsweep.rules import Choice, Device, Directory, Flag, Items, Nullable, Number, Rule, check, show
 
-ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear")
-NORMS = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group")
+ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear", "resnet20", "resnet56")
+NORMS = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group", "ws_group", "fixup",
+         "skipinit", "nf")
+# Which variant fits which network: fixup, skipinit and nf rescale residual branches, so they need one;
+# ws_group standardizes convolution weights, so it needs convolutions.
+RESNETS = ("resnet20", "resnet56")
+RESIDUAL_NORMS = ("fixup", "skipinit", "nf")
+CONV_ARCHS = ("vgg11", "vgg13", "vgg16", *RESNETS)
+CONV_NORMS = ("ws_group",)
+HOLD_FIXED = ("steps", "examples")
+# nf's defaults, the NF authors' (deepmind-research nfnets: nf_resnet.py alpha=0.2; optim.py SGD_AGC clipping=0.01)
+NF_ALPHA = 0.2
+AGC_CLIP = 0.01
 DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction", "sharpness",
           "scale_invariance")
@@ -27,10 +38,13 @@ DEFAULT_PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms
 # checks them against bnsweep.models and bnsweep.data): a batch larger than the training set, or a layer number
 # the network lacks, is refused where it is written, not in a Ray worker.
 TRAIN_EXAMPLES = {"cifar10": 50_000, "fashion-mnist": 60_000, "gaussian-linear": 1_000, "quadratic": 64}
-NUM_LAYERS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "mlp": 4, "dln": 25, "linear": 1}  # mlp: at its default depth
-# The default ICS layers: VGG's #5 and #10 (the paper's figure), a middle and the last hidden layer otherwise.
+# Weight layers per architecture (the MLP at its default depth).
+NUM_LAYERS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "mlp": 4, "dln": 25, "linear": 1, "resnet20": 20,
+              "resnet56": 56}
+# The default ICS layers: VGG's #5 and #10 (the paper's figure), a middle and the last hidden layer of the MLP and
+# DLN, the last convolution of the first and of the second stage of a ResNet.
 DEFAULT_ICS_LAYERS = {"vgg11": (5, 10), "vgg13": (5, 10), "vgg16": (5, 10), "mlp": (2, 3), "dln": (9, 17),
-                      "linear": (1,)}
+                      "linear": (1,), "resnet20": (7, 13), "resnet56": (19, 37)}
 
 # Upper bounds of counts and sizes: far above any sensible trial, far below what exhausts memory or overflows.
 MAX_STEPS = 10_000_000
@@ -59,7 +73,7 @@ class TrialConfig:
 
     # What is trained.
     arch: str = _f("vgg11", "network: " + ", ".join(ARCHS), Choice(ARCHS))
-    width: float = _f(1.0, "channel/unit width multiplier (VGG, MLP)", _n(float, 0, MAX_WIDTH, True))
+    width: float = _f(1.0, "channel/unit width multiplier (VGG, ResNet, MLP)", _n(float, 0, MAX_WIDTH, True))
     depth: int | None = _f(None, "mlp: number of weight layers (hidden layers + the output layer; default 4)",
                            Nullable(_n(int, 2, MAX_DEPTH)), omit_default=True)
     norm: str = _f("batch", "normalization variant: " + ", ".join(NORMS), Choice(NORMS))
@@ -69,7 +83,8 @@ class TrialConfig:
                                "2/curvature)", _n(float, 0, 1e6, True), omit_default=True)
     # How it is trained (protocol.md §1: plain SGD, fixed LR, batch 128, no augmentation).
     lr: float = _f(0.1, "learning rate (fixed, no schedule)", _n(float, 0, 1e6, True))
-    steps: int = _f(1000, "number of optimizer steps", _n(int, 1, MAX_STEPS))
+    steps: int = _f(1000, "number of optimizer steps (with hold_fixed=examples: derived from examples and the "
+                          "batch size)", _n(int, 1, MAX_STEPS))
     batch_size: int | None = _f(None, "minibatch size, at most the training set's size; 0 = full batch (default: "
                                       "128; full batch for dln and linear)", Nullable(_n(int, 0, 1_000_000)))
     train_subset: int | None = _f(None, "train on a fixed subset of this many training examples (drawn with "
@@ -81,6 +96,11 @@ class TrialConfig:
     loss: str = _f("cross_entropy", "classification loss: cross_entropy or mse (half the squared error against "
                                     "one-hot targets, summed over classes, mean over examples)",
                    Choice(LOSSES), omit_default=True)
+    hold_fixed: str = _f("steps", "what stays fixed when the batch size changes: steps, or examples (the training "
+                                  "examples seen; steps = ceil(examples / batch size))", Choice(HOLD_FIXED),
+                         omit_default=True)
+    examples: int | None = _f(None, "hold_fixed=examples: the budget of training examples (epochs x training set)",
+                              Nullable(_n(int, 1, MAX_STEPS * 1000)), omit_default=True)
     momentum: float = _f(0.0, "SGD momentum (the paper used none)", _n(float, 0, 1))
     weight_decay: float = _f(0.0, "SGD weight decay (the paper used none)", _n(float, 0, 1))
     seed: int = _f(0, "initialization, batch-order and noise seed", _n(int, 0, MAX_SEED))
@@ -99,7 +119,14 @@ class TrialConfig:
                               Choice(("after_affine", "before_affine")))
     noise_at_eval: str = _f("expected", "noisy_batch in eval mode: expected (noise replaced by its mean, as "
                             "dropout) or none", Choice(("expected", "none")))
-    groups: int = _f(32, "group norm: number of groups (largest divisor of C not above it)", _n(int, 1, 4096))
+    groups: int = _f(32, "group norm (group, ws_group): number of groups (largest divisor of C not above it)",
+                     _n(int, 1, 4096))
+    # Normalizer-free ResNets (Brock et al. 2021a, b): both only apply to norm nf, and are filled in for it.
+    nf_alpha: float | None = _f(None, "nf: residual branch scale alpha, h + alpha f(h / beta) (default 0.2, the "
+                                      "authors' code)", Nullable(_n(float, 0, 10, True)), omit_default=True)
+    agc_clip: float | None = _f(None, "nf: adaptive gradient clipping threshold lambda, unit-wise |G|/max(|W|, "
+                                      "1e-3) (default 0.01, the authors' code; 0 = no clipping)",
+                                Nullable(_n(float, 0, 100)), omit_default=True)
     # What is measured.
     eval_every: int = _f(250, "evaluate on a training subset and the test set every N steps (and at the end)",
                          _n(int, 1, MAX_STEPS))
@@ -162,6 +189,15 @@ class TrialConfig:
             c.ics_layers = default_ics_layers(c.arch, c.depth)
         if c.activation_layers is None:
             c.activation_layers = "all"
+        if c.norm == "nf":
+            c.nf_alpha = NF_ALPHA if c.nf_alpha is None else c.nf_alpha
+            c.agc_clip = AGC_CLIP if c.agc_clip is None else c.agc_clip
+        if c.hold_fixed == "examples" and c.examples is not None:
+            derived = -(-c.examples // effective_batch(c))  # at least the budget: the last batch may overshoot
+            if c.steps not in (FIELDS["steps"].default, derived):
+                raise BnsweepError(f"{(labels or {}).get('steps', 'steps')}={c.steps}: with hold_fixed=examples the "
+                                   f"steps follow from examples / batch size ({derived} here): leave steps out")
+            c.steps = derived
         c.validate(labels)
         return c
 
@@ -230,6 +266,16 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
                                "quadratic, the image networks with cifar10 or fashion-mnist"))
     if c.arch == "linear" and c.norm != "none":
         out.append(("norm", "arch 'linear' has no hidden layer to normalize: use norm none"))
+    if norm_problem(c.arch, c.norm):
+        out.append(("norm", norm_problem(c.arch, c.norm)))
+    for key in ("nf_alpha", "agc_clip"):
+        if c.norm != "nf" and getattr(c, key) is not None:
+            out.append((key, f"{key} only applies to norm nf, not {c.norm!r}: leave it out"))
+    if c.hold_fixed == "examples" and c.examples is None:
+        out.append(("examples", "hold_fixed=examples needs the budget of training examples: set examples "
+                                "(steps are then examples / batch size)"))
+    if c.hold_fixed == "steps" and c.examples is not None:
+        out.append(("examples", "examples only applies with hold_fixed=examples: set that, or leave examples out"))
     if c.dataset != "quadratic" and c.curvature != FIELDS["curvature"].default:
         out.append(("curvature", f"curvature only applies to dataset quadratic, not {c.dataset!r}: leave it at 1"))
     if c.depth is not None and c.arch != "mlp":
@@ -256,6 +302,21 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
         if problem:
             out.append((key, problem))
     return out
+
+
+def norm_problem(arch: str, norm: str) -> str | None:
+    """Why variant `norm` does not apply to `arch` (and which networks it needs), or None when it does."""
+    if norm in RESIDUAL_NORMS and arch not in RESNETS:
+        return f"{norm} rescales residual branches: it needs a residual network ({' or '.join(RESNETS)}), not {arch}"
+    if norm in CONV_NORMS and arch not in CONV_ARCHS:
+        return (f"{norm} standardizes convolution weights: it needs a convolutional network "
+                f"({', '.join(CONV_ARCHS)}), not {arch}")
+    return None
+
+
+def effective_batch(c: TrialConfig) -> int:
+    """Examples per step: the batch size, or the whole training set for full batch (0)."""
+    return c.batch_size or TRAIN_EXAMPLES.get(c.dataset or "", 1)
 
 
 def num_layers(arch: str, depth: int | None = None) -> int | None:

@@ -1,7 +1,10 @@
-"""Normalization layers placed between a weight layer and its non-linearity (Santurkar et al., 2018).
+"""Normalization layers placed between a weight layer and its non-linearity (Santurkar et al., 2018), and the
+weight-standardized convolutions of the variants that normalize weights instead.
 
 Variants: plain BatchNorm, the paper's "noisy" BatchNorm (Algorithm 1), the lp-normalization schemes of
-section 3.3 / protocol section 5, LayerNorm and GroupNorm (as GroupNorm with 1 or G groups), and none.
+section 3.3 / protocol section 5, LayerNorm and GroupNorm (as GroupNorm with 1 or G groups), none, and beyond the
+paper: ws_group (WSConv2d + GroupNorm, Qiao et al. 2019) and the residual-only fixup, skipinit and nf, whose norm
+slot holds no activation normalization (bnsweep/models.py builds their scalars; nf uses ScaledWSConv2d).
 """
 
 from __future__ import annotations
@@ -261,4 +264,50 @@ def make_norm(variant: str, num_features: int, *, spatial: bool, options: NormOp
         return LpBatchNorm(num_features, _LP[variant], spatial=spatial, eps=o.eps, momentum=o.momentum)
     if variant == "layer":
         return nn.GroupNorm(1, num_features, eps=o.eps)  # per sample over (C, H, W), per-channel affine
-    return nn.GroupNorm(group_count(num_features, o.groups), num_features, eps=o.eps)
+    if variant in ("group", "ws_group"):
+        return nn.GroupNorm(group_count(num_features, o.groups), num_features, eps=o.eps)
+    return nn.Identity()  # fixup, skipinit, nf: no activation normalization (their scalars are the model's)
+
+
+# ---------------------------------------------------------------- weight standardization
+
+WS_EPS = 1e-5  # Qiao et al.'s code: (W - mean) / (std + 1e-5)
+SCALED_WS_EPS = 1e-4  # the NF authors' code (nfnets/base.py): rsqrt(max(fan_in * var, 1e-4))
+# NF-ResNets' gain for ReLU: relu(z) of z ~ N(0, 1) has variance (1 - 1/pi) / 2, so gamma * relu(z) has variance 1.
+# The authors' code uses 1.7139588594436646 (measured); this is the exact value of the same definition.
+RELU_GAIN = math.sqrt(2 / (1 - 1 / math.pi))
+
+
+def standardize(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
+    """Weight standardization (Qiao et al. 2019): each output filter (dim 0) minus its mean, over its standard
+    deviation (biased, over the filter's fan-in), so every filter has zero mean and unit variance."""
+    var, mean = torch.var_mean(weight, dim=list(range(1, weight.dim())), keepdim=True, correction=0)
+    return (weight - mean) / (var + eps).sqrt()
+
+
+class WSConv2d(nn.Conv2d):
+    """A convolution whose filters are standardized on every forward (Qiao et al. 2019; for ws_group). `weight`
+    stays the raw parameter, so probes, SGD and checkpoints see what is optimized."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, standardize(self.weight), self.bias)
+
+
+class ScaledWSConv2d(nn.Conv2d):
+    """Scaled weight standardization of the NF-ResNets (Brock et al. 2021a): W_hat = gain (W - mean) /
+    sqrt(fan_in var), a learnable gain per output channel (init 1) and a bias (init 0), as in the authors' WSConv2D.
+    With unit-variance inputs each output channel then has unit variance at initialization (times gain)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "bias": True})
+        nn.init.zeros_(self.bias)
+        self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+
+    def standardized_weight(self) -> torch.Tensor:
+        w = self.weight
+        var, mean = torch.var_mean(w, dim=[1, 2, 3], keepdim=True, correction=0)
+        fan_in = w[0].numel()
+        return (w - mean) * self.gain * torch.rsqrt((var * fan_in).clamp_min(SCALED_WS_EPS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.standardized_weight(), self.bias)

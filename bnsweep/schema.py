@@ -62,6 +62,8 @@ def trials_schema() -> pa.Schema:
 
 
 # -- probe tables: one row per probed step (and layer, direction or step size) ---------------------------------
+# A per-layer table's `position` is the layer's place in the network (models.Net.position: 'stem', 's2.b1.conv1',
+# 'head' in a ResNet; 'conv', 'fc', 'head' in a plain stack), filled by the trial when it writes the table.
 
 QUANTILE_COLUMNS = {"q01": 0.01, "q05": 0.05, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q95": 0.95, "q99": 0.99}
 PROBE_SCHEMAS: dict[str, pa.Schema] = {
@@ -71,22 +73,22 @@ PROBE_SCHEMAS: dict[str, pa.Schema] = {
         ("grad_diff_min", _F), ("grad_diff_max", _F), ("beta_eff", _F), ("noise_in_probes", _S)]),
     "ics": pa.schema(_ID + [
         ("layer", _I), ("l2_diff", _F), ("cos", _F), ("rel_diff", _F), ("grad_norm", _F), ("grad_norm_after", _F),
-        ("noise_in_probes", _S)]),
+        ("noise_in_probes", _S), ("position", _S)]),
     "activations": pa.schema(_ID + [
         ("layer", _I), ("source", _S), ("numel", _I), ("nonfinite", _I), ("sample_size", _I), ("mean", _F),
         ("std", _F), ("min", _F), ("max", _F),
         ("q01", _F), ("q05", _F), ("q25", _F), ("q50", _F), ("q75", _F), ("q95", _F), ("q99", _F),
         ("hist_edges", pa.list_(_F)), ("hist_counts", pa.list_(_I)), ("delta_mean", _F), ("delta_var", _F),
         ("channel_delta_mean", _F), ("channel_delta_mean_max", _F), ("channel_delta_var", _F),
-        ("channel_delta_var_max", _F)]),
+        ("channel_delta_var_max", _F), ("position", _S)]),
     "bn_identity": pa.schema(_ID + [
         ("layer", _I), ("norm", _S), ("channels", _I), ("m", _I), ("eps", _F), ("tol", _F),
         ("exact_holds_frac", _F), ("exact_max_rel_err", _F), ("printed_holds_frac", _F),
         ("printed_max_violation", _F), ("printed_bound_holds", _B), ("grad_in_sq", _F), ("exact_sq", _F),
-        ("printed_sq", _F), ("scaled_grad_out_sq", _F)]),
+        ("printed_sq", _F), ("scaled_grad_out_sq", _F), ("position", _S)]),
     "layer_norms": pa.schema(_ID + [
         ("layer", _I), ("weight_norm", _F), ("grad_norm", _F), ("ratio", _F), ("lr_ratio", _F), ("update_norm", _F),
-        ("update_ratio", _F)]),
+        ("update_ratio", _F), ("position", _S)]),
     "hessian": pa.schema(_ID + [
         ("top_eigenvalue", _F), ("residual", _F), ("iters", _I), ("edge_of_stability", _F), ("beta_eff", _F),
         ("noise_in_probes", _S)]),
@@ -99,7 +101,8 @@ PROBE_SCHEMAS: dict[str, pa.Schema] = {
         ("momentum", _F), ("weight_decay", _F), ("weight_norm", _F), ("grad_norm", _F), ("inner", _F),
         ("inner_pred", _F), ("cos_wg", _F), ("inner_rel_err", _F), ("norm_sq", _F), ("norm_sq_next", _F),
         ("norm_sq_next_pred", _F), ("norm_sq_rel_err", _F), ("norm_change", _F), ("norm_change_pred", _F),
-        ("norm_change_rel_err", _F), ("effective_lr", _F), ("angle", _F), ("angle_equilibrium", _F)]),
+        ("norm_change_rel_err", _F), ("effective_lr", _F), ("angle", _F), ("angle_equilibrium", _F),
+        ("position", _S)]),
 }
 
 # -- boundaries: one row per critical-learning-rate cell, and one per cell group over seeds --------------------

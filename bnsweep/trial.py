@@ -69,15 +69,42 @@ def squared_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") ->
     return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
+AGC_EPS = 1e-3  # NFNets' floor of a unit's weight norm, so zero-initialised weights can still move (nfnets/optim.py)
+
+
+def unitwise_norm(t: torch.Tensor) -> torch.Tensor:
+    """The norm of each output unit of a weight (each row of a linear layer, each filter of a convolution: every
+    dim but 0), kept broadcastable against `t`; a scalar or vector (gains, biases) counts as one unit, as in the
+    NFNet authors' unitwise_norm."""
+    if t.squeeze().dim() <= 1:
+        return torch.linalg.vector_norm(t)
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True)
+
+
+@torch.no_grad()
+def adaptive_clip_(params: list[torch.Tensor], grads: list[torch.Tensor], clip: float, eps: float = AGC_EPS) -> None:
+    """Adaptive gradient clipping (Brock et al. 2021b), in place, unit-wise: a unit's gradient G becomes
+    clip * max(|W|, eps) / |G| * G where |G| / max(|W|, eps) > clip, and stays as it is elsewhere."""
+    for p, g in zip(params, grads, strict=True):
+        limit = unitwise_norm(p).clamp_min_(eps).mul_(clip)
+        # min(1, limit/|G|) is the rule's factor: below 1 exactly where |G| > limit (1e-6 guards |G| = 0)
+        g.mul_((limit / unitwise_norm(g).clamp_min_(1e-6)).clamp_max_(1.0))
+
+
 class SGD:
     """torch.optim.SGD's update through torch's own functional `sgd`, the function SGD.step calls: the same
     arithmetic bit for bit (a test compares them). Not torch.optim.SGD itself: the first use of any
     torch.optim.Optimizer imports torch's compiler stack (torch._dynamo, sympy), 150 MB in every Ray worker,
-    for nothing a plain loop uses."""
+    for nothing a plain loop uses. With agc_clip > 0 the gradients are first clipped by adaptive_clip_, except
+    those of `unclipped` (NF-ResNets leave the final linear layer unclipped)."""
 
-    def __init__(self, params: list[torch.Tensor], *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, params: list[torch.Tensor], *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 agc_clip: float = 0.0, unclipped: list[torch.Tensor] = ()):  # fmt: skip
         self.params, self.lr, self.momentum, self.weight_decay = list(params), lr, momentum, weight_decay
         self.buffers: list[torch.Tensor | None] = [None] * len(self.params)  # momentum buffers, made on step 1
+        self.agc_clip = agc_clip
+        skip = {id(p) for p in unclipped}
+        self.clipped = [p for p in self.params if id(p) not in skip]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -85,6 +112,9 @@ class SGD:
 
     @torch.no_grad()
     def step(self) -> None:
+        if self.agc_clip > 0:
+            clipped = [p for p in self.clipped if p.grad is not None]
+            adaptive_clip_(clipped, [p.grad for p in clipped], self.agc_clip)
         live = [i for i, p in enumerate(self.params) if p.grad is not None]  # as SGD: params without a grad wait
         buffers = [self.buffers[i] for i in live]
         sgd([self.params[i] for i in live], [self.params[i].grad for i in live], buffers, foreach=True,
@@ -128,7 +158,7 @@ class Trial:
         self.model = build_model(c.arch, width=c.width, norm=c.norm, in_shape=self.data.in_shape,
                                  num_outputs=self.data.num_outputs, norm_options=options,
                                  noise_generator=self.noise_generator, init=c.init,
-                                 generator=init_generator, depth=c.depth).to(self.device)
+                                 generator=init_generator, depth=c.depth, nf_alpha=c.nf_alpha).to(self.device)
         if c.channels_last is None:  # resolved here, where the device is known, and recorded so
             self.config = c = dataclasses.replace(c, channels_last=self.device.type == "cpu"
                                                   and len(self.data.in_shape) == 3)
@@ -138,7 +168,9 @@ class Trial:
             self.model.check_layers(getattr(c, key))
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        head = self.model.layer_params(self.model.num_layers)  # the final linear layer, which AGC leaves alone
+        self.optimizer = SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                             agc_clip=c.agc_clip or 0.0, unclipped=head)
         n = self.data.train_x.shape[0]
         # The fixed training subset (train_subset): batches are drawn from it and evaluations read it; its own
         # generator, so the evaluation subset without it is the same as before it existed.
@@ -405,9 +437,18 @@ class Trial:
             columns[name] = [self.evals.get(t, {}).get(name, math.nan) for t in range(len(history))]
         tables = {schema.CURVES: pa.table(columns, schema=schema.CURVES_SCHEMA)}
         if self.probes is not None:
-            tables.update(self.probes.tables())
+            tables.update({name: self._with_positions(t) for name, t in self.probes.tables().items()})
         tables[schema.TRIALS] = trials_table(self.config, {**self.outcome(), **self.provenance()})
         return tables
+
+    def _with_positions(self, table: pa.Table) -> pa.Table:
+        """A per-layer probe table with each layer's place in the network (models.Net.position): 'stem',
+        's2.b1.conv1', 'head' in a ResNet, 'conv', 'fc', 'head' in a plain stack."""
+        if "layer" not in table.column_names:
+            return table
+        positions = [self.model.position(i) for i in table.column("layer").to_pylist()]
+        index = table.schema.get_field_index("position")
+        return table.set_column(index, table.schema.field(index), pa.array(positions, pa.string()))
 
     def provenance(self) -> dict[str, Any]:
         commit, dirty = git_state()

@@ -11,6 +11,11 @@ def test_defaults_follow_the_paper_per_architecture():
     dln = make_config({"arch": "dln", "lr": "1e-6"})
     assert dln.dataset == "gaussian-linear" and dln.batch_size == 0 and dln.lr == 1e-6
     assert dln.etas == (0.01, 0.1, 1.0, 10.0, 30.0) and dln.ics_layers == (9, 17)
+    resnet = make_config({"arch": "resnet20", "norm": "nf"})  # the NF authors' alpha and AGC threshold
+    assert (resnet.ics_layers, resnet.nf_alpha, resnet.agc_clip, resnet.batch_size) == ((7, 13), 0.2, 0.01, 128)
+    assert make_config({"arch": "resnet56", "norm": "nf", "agc_clip": 0}).agc_clip == 0  # no clipping
+    assert make_config({"arch": "resnet56", "norm": "skipinit"}).ics_layers == (19, 37)
+    assert make_config({"arch": "vgg13", "norm": "ws_group"}).agc_clip is None
 
 
 def test_numbers_written_as_strings_are_numbers():
@@ -33,6 +38,17 @@ def test_numbers_written_as_strings_are_numbers():
     ({"arch": "dln", "dataset": "cifar10"}, ["dln", "cifar10"]),
     ({"ics_layers": "some"}, ["ics_layers", "'some'"]),
     ({"colour": "red"}, ["colour"]),
+    ({"arch": "vgg11", "norm": "fixup"}, ["norm='fixup'", "residual network (resnet20 or resnet56)", "vgg11"]),
+    ({"arch": "dln", "norm": "skipinit"}, ["norm='skipinit'", "resnet20 or resnet56", "not dln"]),
+    ({"arch": "mlp", "norm": "nf"}, ["norm='nf'", "resnet20 or resnet56", "not mlp"]),
+    ({"arch": "mlp", "norm": "ws_group"}, ["norm='ws_group'", "convolutional", "resnet20", "not mlp"]),
+    ({"norm": "batch", "agc_clip": 0.01}, ["agc_clip=0.01", "only applies to norm nf"]),
+    ({"arch": "resnet20", "norm": "batch", "nf_alpha": 0.2}, ["nf_alpha=0.2", "only applies to norm nf"]),
+    ({"hold_fixed": "examples"}, ["examples=None", "needs the budget"]),
+    ({"examples": 1000}, ["examples=1000", "hold_fixed=examples"]),
+    ({"hold_fixed": "epochs"}, ["hold_fixed", "'epochs'", "steps, examples"]),
+    ({"hold_fixed": "examples", "examples": 10**11}, ["examples"]),
+    ({"hold_fixed": "examples", "examples": 1280, "steps": 50}, ["steps=50", "examples / batch size (10 here)"]),
 ])
 def test_bad_values_name_themselves(values, words):
     with pytest.raises(BnsweepError) as e:

@@ -6,9 +6,21 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bnsweep.config import RESIDUAL_NORMS, norm_problem
 from bnsweep.errors import BnsweepError
-from bnsweep.models import ARCHS, Block, Net, build_model
-from bnsweep.norms import VARIANTS, BatchNorm, NoisyBatchNorm
+from bnsweep.models import (
+    ARCHS,
+    NF_ALPHA,
+    Block,
+    BranchGain,
+    FixupConv2d,
+    Net,
+    ResNet,
+    ScalarAffine,
+    ScalarBias,
+    build_model,
+)
+from bnsweep.norms import VARIANTS, BatchNorm, NoisyBatchNorm, ScaledWSConv2d, WSConv2d
 
 CIFAR = dict(in_shape=(3, 32, 32), num_outputs=10)
 DLN = dict(in_shape=(10,), num_outputs=10)
@@ -72,7 +84,12 @@ def test_vgg11_pools_and_nonsquare_input():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains_one_step(variant):
     noise = _gen(5)
-    for arch, x in (("vgg11", torch.randn(4, 3, 32, 32)), ("dln", torch.randn(16, 10))):
+    for arch, x in (("vgg11", torch.randn(4, 3, 32, 32)), ("dln", torch.randn(16, 10)),
+                    ("resnet20", torch.randn(4, 3, 32, 32))):
+        if norm_problem(arch, variant):
+            with pytest.raises(BnsweepError, match=f"norm '{variant}'.*needs"):
+                _build(arch, width=0.125, norm=variant)
+            continue
         net = _build(arch, width=0.125, norm=variant, noise_generator=noise)
         net.train()
         out = net(x)
@@ -185,6 +202,13 @@ def test_parameter_counts():
 def test_build_errors():
     with pytest.raises(BnsweepError, match="unknown architecture 'resnet'.*vgg11, vgg13, vgg16, mlp, dln"):
         build_model("resnet", **CIFAR)
+    for norm in RESIDUAL_NORMS:
+        with pytest.raises(BnsweepError, match=f"norm '{norm}': .*residual network \\(resnet20 or resnet56\\)"):
+            build_model("vgg11", norm=norm, **CIFAR)
+    with pytest.raises(BnsweepError, match="ws_group.*convolutional network.*not mlp"):
+        build_model("mlp", norm="ws_group", **CIFAR)
+    with pytest.raises(BnsweepError, match=r"resnet20 needs in_shape \(C, H, W\)"):
+        build_model("resnet20", in_shape=(10,), num_outputs=10)
     for w in (0, -1.0, float("nan")):
         with pytest.raises(BnsweepError, match="width="):
             build_model("vgg11", width=w, **CIFAR)
@@ -194,4 +218,111 @@ def test_build_errors():
         build_model("mlp", norm="bn", **CIFAR)
     with pytest.raises(BnsweepError, match="H, W >= 32"):
         build_model("vgg11", in_shape=(3, 16, 16), num_outputs=10)
-    assert set(ARCHS) == {"vgg11", "vgg13", "vgg16", "mlp", "dln", "linear"}
+    assert set(ARCHS) == {"vgg11", "vgg13", "vgg16", "mlp", "dln", "linear", "resnet20", "resnet56"}
+
+
+# ---------------------------------------------------------------- ResNets (He et al. 2016, CIFAR)
+
+
+@pytest.mark.parametrize("arch,n", [("resnet20", 3), ("resnet56", 9)])
+def test_resnet_layers_are_numbered_in_forward_order(arch, n):
+    net = _build(arch, width=0.25, norm="batch")
+    assert isinstance(net, ResNet) and net.num_layers == 6 * n + 2 == len(net.positions)
+    order = []
+    for i in range(1, net.num_layers + 1):
+        net.block(i).layer.register_forward_hook(lambda m, inp, out, i=i: order.append(i))
+    net(torch.randn(2, 3, 32, 32))
+    assert order == list(range(1, net.num_layers + 1))  # layer #i is the i-th weight layer the input meets
+    assert net.position(1) == "stem" and net.position(net.num_layers) == "head"
+    assert [net.position(i) for i in (2, 3, 4)] == ["s1.b1.conv1", "s1.b1.conv2", "s1.b2.conv1"]
+    assert net.position(2 * n + 2) == "s2.b1.conv1" and net.position(6 * n + 1) == f"s3.b{n}.conv2"
+    assert all(isinstance(net.block(i).layer, nn.Conv2d) for i in range(1, net.num_layers))
+    assert isinstance(net.block(net.num_layers).layer, nn.Linear)
+    # 16, 32, 64 channels x width; stride 2 at the first unit of stages 2 and 3
+    assert [net.block(i).layer.out_channels for i in (1, 2 * n + 1, 2 * n + 2, 4 * n + 2)] == [4, 4, 8, 16]
+    assert [u.stride for u in net.units] == [1] * n + ([2] + [1] * (n - 1)) * 2
+    with pytest.raises(BnsweepError, match=f"layer #{6 * n + 3} does not exist in {arch}"):
+        net.position(6 * n + 3)
+    assert _build("vgg11", width=0.125).positions == ["conv"] * 8 + ["fc", "fc", "head"]
+
+
+@pytest.mark.parametrize("arch,millions", [("resnet20", 0.27), ("resnet56", 0.85)])
+def test_resnet_parameter_counts_match_he_et_al(arch, millions):
+    net = _build(arch, norm="batch")  # He et al. Table 6: 0.27M and 0.85M parameters (option A shortcuts)
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == millions
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    gray = build_model(arch, width=0.25, in_shape=(1, 32, 32), num_outputs=7, generator=_gen())
+    assert gray(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_resnet_variant_layers():
+    def layers(norm):
+        return [_build("resnet20", width=0.25, norm=norm).block(i) for i in (1, 2, 3, 20)]
+
+    stem, c1, c2, head = layers("batch")  # BatchNorm after every convolution, which then needs no bias
+    assert all(isinstance(b.norm, BatchNorm) and b.layer.bias is None for b in (stem, c1, c2))
+    assert isinstance(c1.act, nn.ReLU) and isinstance(c2.act, nn.Identity)  # the unit applies relu after the sum
+    stem, c1, c2, head = layers("ws_group")
+    assert all(type(b.layer) is WSConv2d and isinstance(b.norm, nn.GroupNorm) for b in (stem, c1, c2))
+    assert all(type(b.layer) is WSConv2d for b in _build("vgg11", width=0.125, norm="ws_group").blocks[:8])
+    stem, c1, c2, head = layers("none")
+    assert all(isinstance(b.norm, nn.Identity) and b.layer.bias is not None for b in (stem, c1, c2))
+    stem, c1, c2, head = layers("skipinit")
+    assert isinstance(c2.norm, BranchGain) and c2.norm.alpha == 1 and c2.norm.gain.item() == 0
+    stem, c1, c2, head = layers("nf")
+    assert all(type(b.layer) is ScaledWSConv2d for b in (stem, c1, c2))
+    assert isinstance(c2.norm, BranchGain) and c2.norm.alpha == NF_ALPHA and c2.norm.gain.item() == 0
+
+
+def _branches(net: ResNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each residual branch's output for x (only its shape matters: every unit gets x, resized)."""
+    outs = []
+    for u in net.units:
+        xi = torch.randn(x.shape[0], u.c_in, *x.shape[2:])
+        outs.append(net.blocks[u.first + 1](net.blocks[u.first](xi)))
+    return outs
+
+
+def test_fixup_follows_zhang_et_al():
+    # Fixup: the last layer of every branch and the classification layer at 0; other branch layers He-initialised
+    # and scaled by L^(-1/(2m-2)) = L^(-1/2) for m = 2; a scalar bias before each layer and activation and a
+    # scalar multiplier (1) per branch.
+    net = _build("resnet56", norm="fixup")
+    L = len(net.units)
+    assert L == 27
+    for out in _branches(net, torch.randn(4, 16, 8, 8)):
+        assert torch.count_nonzero(out) == 0  # every branch outputs exactly zero at initialization
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.count_nonzero(net(x)) == 0  # so does the zero classification layer
+    w = torch.cat([net.blocks[u.first].layer.weight.flatten() for u in net.units[1:9]])  # 16 -> 16 channels
+    assert abs(w.std().item() / (math.sqrt(2 / (16 * 9)) * L**-0.5) - 1) < 0.05
+    stem, c1, c2, head = (net.block(i) for i in (1, 2, 3, 56))
+    assert type(stem.layer) is nn.Conv2d and isinstance(stem.norm, ScalarBias)  # no bias before the image
+    assert isinstance(c1.layer, FixupConv2d) and isinstance(c1.norm, ScalarBias) and c1.layer.bias is None
+    assert isinstance(c2.norm, ScalarAffine) and c2.norm.scale.item() == 1 and c2.norm.bias.item() == 0
+    assert head.layer.pre_bias.item() == 0
+    # the scalars belong to their layer, so ICS moves them with it
+    assert net.layer_params(2) == [c1.layer.weight, c1.layer.pre_bias, c1.norm.bias]
+    assert net.layer_params(3) == [c2.layer.weight, c2.layer.pre_bias, c2.norm.scale, c2.norm.bias]
+
+
+@pytest.mark.parametrize("norm", ["skipinit", "nf"])
+def test_skipinit_and_nf_branches_output_zero_at_init(norm):
+    net = _build("resnet20", width=0.5, norm=norm)
+    for out in _branches(net, torch.randn(4, 8, 8, 8)):
+        assert torch.count_nonzero(out) == 0
+    if norm == "skipinit":  # every unit is then the identity on its non-negative input: relu(x + 0) = x
+        x = torch.randn(4, 3, 32, 32)
+        stem = net.block(1)(x)  # (4, 8, 32, 32); stages 2 and 3 each halve H, W and double the channels
+        pooled = torch.nn.functional.pad(stem[:, :, ::4, ::4], (0, 0, 0, 0, 0, 24)).mean((2, 3))
+        torch.testing.assert_close(net(x), net.block(20)(pooled))
+
+
+def test_nf_residual_scaling_follows_the_authors_code():
+    # beta_i = 1/sqrt(expected variance of the unit's input); each branch adds alpha^2; a unit that changes shape
+    # restarts the count from its shortcut's variance (option A: c_in of c_out channels carry it).
+    net = _build("resnet20", norm="nf")
+    a2 = NF_ALPHA**2
+    want = [1, 1 + a2, 1 + 2 * a2, 1 + 3 * a2, 0.5 + a2, 0.5 + 2 * a2, 0.5 + 3 * a2, 0.5 + a2, 0.5 + 2 * a2]
+    torch.testing.assert_close([u.beta for u in net.units], [v**-0.5 for v in want])
+    assert _build("resnet20", norm="nf", nf_alpha=0.5).block(3).norm.alpha == 0.5

@@ -5,16 +5,21 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bnsweep.errors import BnsweepError
 from bnsweep.norms import (
+    RELU_GAIN,
     VARIANTS,
     BatchNorm,
     LpBatchNorm,
     NoisyBatchNorm,
     NormOptions,
+    ScaledWSConv2d,
+    WSConv2d,
     group_count,
     make_norm,
+    standardize,
 )
 
 
@@ -311,3 +316,49 @@ def test_errors():
         NormOptions(groups=0)
     with pytest.raises(BnsweepError, match="num_features=0"):
         make_norm("batch", 0, spatial=False)
+
+
+# ---------------------------------------------------------------- weight standardization
+
+
+def test_weight_standardization_gives_every_filter_zero_mean_unit_variance():
+    # Qiao et al. 2019: W_hat[i, :] = (W[i, :] - mean_i) / std_i over filter i's fan-in (biased std).
+    w = _x((6, 4, 3, 3), scale=0.2, shift=0.7)
+    ws = standardize(w, eps=0.0)
+    torch.testing.assert_close(ws.mean((1, 2, 3)), torch.zeros(6, dtype=w.dtype), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ws.var((1, 2, 3), correction=0), torch.ones(6, dtype=w.dtype), atol=1e-12, rtol=0)
+    conv = WSConv2d(4, 6, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    x = _x((2, 4, 5, 5), seed=1)
+    torch.testing.assert_close(conv(x), F.conv2d(x, standardize(w), conv.bias, padding=1))
+    conv(x).sum().backward()  # the raw weight is the parameter SGD moves
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    # invariant to the raw weight's scale and shift per filter (up to eps = 1e-5 against var = 0.04 here)
+    with torch.no_grad():
+        conv.weight.mul_(5).add_(2)
+    torch.testing.assert_close(conv(x), F.conv2d(x, standardize(w), conv.bias, padding=1), atol=1e-2, rtol=1e-3)
+
+
+def test_scaled_weight_standardization_preserves_variance():
+    # NF-ResNets: W_hat = gain (W - mean) / sqrt(fan_in var): every filter has unit norm, so a unit-variance input
+    # gives a unit-variance output channel; and gamma * relu(z) has unit variance for z ~ N(0, 1).
+    conv = ScaledWSConv2d(64, 32, 3, padding=1, bias=False).double()
+    assert conv.bias is not None and torch.count_nonzero(conv.bias) == 0 and torch.equal(conv.gain, torch.ones_like(
+        conv.gain))
+    w = conv.standardized_weight()
+    torch.testing.assert_close(w.square().sum((1, 2, 3)), torch.ones(32, dtype=w.dtype))
+    torch.testing.assert_close(w.mean((1, 2, 3)), torch.zeros(32, dtype=w.dtype), atol=1e-12, rtol=0)
+    x = torch.randn(64, 64, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = conv(x)[:, :, 1:-1, 1:-1]  # away from the zero padding
+    assert abs(y.var().item() - 1) < 0.05
+    z = torch.randn(1_000_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert abs((F.relu(z) * RELU_GAIN).var().item() - 1) < 0.01
+    assert abs(RELU_GAIN - 1.7139588594436646) < 2e-3  # the authors' code's measured constant
+
+
+def test_norm_slot_of_the_new_variants():
+    gn = make_norm("ws_group", 12, spatial=True, options=NormOptions(groups=5))
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 4
+    for v in ("fixup", "skipinit", "nf"):  # no activation normalization: their scalars are the model's
+        assert isinstance(make_norm(v, 12, spatial=True), nn.Identity)

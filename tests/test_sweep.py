@@ -14,7 +14,7 @@ from bnsweep.status import status_report
 from bnsweep.sweep import SCALES, available, load, sweeps_dir
 from bnsweep.worker import count_attempts
 
-EXPERIMENTS = {"lr_grid", "noisy_bn", "ics", "landscape", "dln", "lp_norms"}
+EXPERIMENTS = {"lr_grid", "noisy_bn", "ics", "landscape", "dln", "lp_norms", "resnet_lr", "batch_size"}
 
 
 def write(tmp_path, text: str):
@@ -49,6 +49,26 @@ def test_lr_grid_is_wide_enough_for_the_headline():
     paper = load("lr_grid", "paper")
     assert {(c.arch, c.dataset, c.steps, c.batch_size) for c in paper.configs if c.arch != "dln"} == {
         ("vgg16", "cifar10", 15000, 128)}
+
+
+def test_the_resnet_sweeps_cover_every_variant_and_batch_size():
+    from bnsweep.sweep import cells
+
+    for scale in SCALES:
+        lr = load("resnet_lr", scale)
+        assert {c.arch for c in lr.configs} == {"resnet20"} and {c.norm for c in lr.configs} == {
+            "none", "batch", "layer", "group", "ws_group", "fixup", "skipinit", "nf"}
+        per_norm = {n: sorted({c.lr for c in lr.configs if c.norm == n}) for n in {c.norm for c in lr.configs}}
+        assert len(set(map(tuple, per_norm.values()))) == 1  # every variant on the same rates
+        bs = load("batch_size", scale)
+        assert bs.search and {c.hold_fixed for c in bs.configs} == {"examples"}
+        assert all(c.steps == -(-c.examples // c.batch_size) for c in bs.configs)
+        groups = cells(bs.configs)  # each batch size is a cell of its own
+        assert len(groups) == len({(c.norm, c.batch_size, c.seed) for c in bs.configs})
+    cpu = load("batch_size", "cpu")
+    assert {16, 64, 256} <= {c.batch_size for c in cpu.configs}
+    assert {c.norm for c in cpu.configs} == {"none", "batch", "group", "ws_group", "skipinit"}
+    assert len({c.examples for c in cpu.configs}) == 1  # one budget of examples across batch sizes
 
 
 def test_scales_overrides_and_seeds(tmp_path):

@@ -147,3 +147,87 @@ def test_the_step_is_torch_sgd_bit_for_bit_without_importing_the_compiler():
             "p.grad = torch.ones(2); SGD([p], lr=0.1, momentum=0.9).step(); "
             "print(any(m.startswith('torch._dynamo') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+# ---------------------------------------------------------------- ResNets, normalizer-free variants, batch size
+
+
+def test_adaptive_clipping_clips_exactly_the_units_over_the_threshold():
+    # Brock et al. 2021b: unit i (a row / a filter) of a weight W with gradient G is rescaled to
+    # clip * max(|W_i|, eps) / |G_i| * G_i iff |G_i| / max(|W_i|, eps) > clip; a vector (bias, gain) is one unit.
+    from bnsweep.trial import AGC_EPS, adaptive_clip_
+
+    clip = 0.1
+    w = torch.ones(4, 3, 2, 2) / 4  # every filter has norm sqrt(12)/4 = 0.866
+    w[3] = 0  # a zero filter: its norm is floored at eps
+    unit_w = torch.tensor([12**0.5 / 4] * 3 + [AGC_EPS])
+    g = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    ratios = torch.tensor([0.05, 0.1, 0.3, 2.0])  # |G_i| / max(|W_i|, eps): below, at, above, above the threshold
+    g = g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * (ratios * unit_w).view(-1, 1, 1, 1)
+    bias, gbias = torch.full((3,), 0.5), torch.full((3,), 1.0)  # |g| / |b| = 2 > clip: clipped as a whole
+    small, gsmall = torch.full((3,), 0.5), torch.full((3,), 0.01)
+    grads = [g.clone(), gbias.clone(), gsmall.clone()]
+    adaptive_clip_([w, bias, small], grads, clip)
+    assert torch.equal(grads[0][:2], g[:2]) and torch.equal(grads[2], gsmall)  # at or below: untouched, bit for bit
+    clipped = grads[0][2:].flatten(1).norm(dim=1)
+    torch.testing.assert_close(clipped, clip * unit_w[2:])
+    torch.testing.assert_close(grads[0][2:] / clipped.view(-1, 1, 1, 1), g[2:] / g[2:].flatten(1).norm(dim=1)
+                               .view(-1, 1, 1, 1))  # the direction is kept
+    torch.testing.assert_close(grads[1].norm(), clip * bias.norm())
+    lin, glin = torch.ones(2, 5), torch.stack([torch.full((5,), 0.01), torch.full((5,), 1.0)])  # per row
+    adaptive_clip_([lin], [glin], clip)
+    torch.testing.assert_close(glin.norm(dim=1), torch.tensor([0.0005**0.5, clip * 5**0.5]))
+
+
+def test_nf_clips_every_layer_but_the_head(fmnist):
+    from bnsweep.trial import SGD
+
+    trial = Trial(config(arch="resnet20", width=0.125, norm="nf", lr=0.1, steps=1), fmnist)
+    head = set(map(id, trial.model.layer_params(20)))
+    assert trial.optimizer.agc_clip == 0.01 and trial.config.agc_clip == 0.01 and trial.config.nf_alpha == 0.2
+    assert {id(p) for p in trial.optimizer.clipped} == {id(p) for p in trial.params} - head and head
+    assert Trial(config(arch="resnet20", width=0.125, norm="skipinit", steps=1), fmnist).optimizer.agc_clip == 0
+    p = torch.ones(3, 2, requires_grad=True)
+    p.grad = torch.full((3, 2), 10.0)
+    SGD([p], lr=1.0, agc_clip=0.5).step()  # |G| = 10 |W| per row: clipped to 0.5 |W|, so W -> 0.5 W
+    torch.testing.assert_close(p.detach(), torch.full((3, 2), 0.5))
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet56"])
+def test_every_variant_trains_three_steps_on_a_resnet(fmnist, arch):
+    from bnsweep.config import NORMS
+
+    for norm in NORMS:
+        trial = Trial(config(arch=arch, width=0.125, norm=norm, lr=0.1, steps=3, batch_size=32, eval_every=3,
+                             eval_subset=64, test_subset=64), fmnist)
+        trial.run()
+        losses = trial.history[:, 0]
+        assert trial.status == "completed" and torch.isfinite(losses).all(), (arch, norm, losses)
+        assert math.isfinite(trial.evals[2]["test_loss"]), (arch, norm)
+
+
+def test_probe_tables_carry_each_layers_place_in_the_resnet(fmnist, tmp_path):
+    run_trial(config(arch="resnet20", width=0.125, norm="batch", lr=0.1, steps=2, batch_size=32, probe_every=1,
+                     probes=("ics", "layer_norms"), ics_layers=(2, 13)), tmp_path, data=fmnist)
+    norms = pd.read_parquet(tmp_path / "layer_norms")
+    first = norms[norms.step == 0].sort_values("layer")
+    assert list(first.layer) == list(range(1, 21))
+    assert list(first.position[:4]) == ["stem", "s1.b1.conv1", "s1.b1.conv2", "s1.b2.conv1"]
+    assert first.position.iloc[7] == "s2.b1.conv1" and first.position.iloc[-1] == "head"
+    ics = pd.read_parquet(tmp_path / "ics")
+    assert set(zip(ics.layer, ics.position, strict=True)) == {(2, "s1.b1.conv1"), (13, "s2.b3.conv2")}
+
+
+def test_a_batch_size_axis_holds_examples_or_steps_fixed(fmnist, tmp_path):
+    for batch in (16, 64, 100):
+        c = config(norm="batch", batch_size=batch, hold_fixed="examples", examples=6400)
+        assert c.steps == -(-6400 // batch) and c.examples == 6400  # steps = ceil(examples / batch)
+    assert config(batch_size=0, hold_fixed="examples", examples=120_000).steps == 2  # full batch: 60,000 a step
+    plain = config(norm="batch", batch_size=16, steps=7)
+    assert plain.hold_fixed == "steps" and plain.steps == 7 and plain.examples is None
+    assert "hold_fixed" not in plain.identity()  # ids of trials from before the option are unchanged
+    run_trial(config(norm="batch", lr=0.1, batch_size=64, hold_fixed="examples", examples=640, eval_every=10),
+              tmp_path, data=fmnist)
+    row = pd.read_parquet(tmp_path / "trials").iloc[0]
+    assert (row.hold_fixed, row.examples, row.steps, row.steps_done, row.batch_size) == ("examples", 640, 10, 10,
+                                                                                         64)
