@@ -3,11 +3,12 @@
     import analysis
     results = analysis.load("results/lr_grid")        # tidy, typed DataFrames: results["curves"], ...
     chart = analysis.figures.fig_lr_robustness(results)  # an Altair chart per figure (analysis.FIGURES)
-    claims = analysis.check_claims(results)            # verdicts for C1..C6, per seed and over seeds
+    claims = analysis.check_claims(results)            # verdicts for C1..C12, per seed and over seeds
     claims[0].verdict_text()                           # "supported, 3 of 3 seeds"; intervals: analysis.uncertainty
 """
 
-from analysis import claims_dynamics, figures, figures_dynamics  # noqa: F401 (they register C10..C12, figures)
+# Importing these registers the claims C7..C12 and the figures beyond the paper.
+from analysis import claims_dynamics, claims_resnets, figures, figures_dynamics, figures_resnets  # noqa: F401
 from analysis.claims import Claim, Thresholds, check_claims
 from analysis.figures import FIGURES, MissingData
 from analysis.load import NORM_ORDER, AnalysisError, Results, load

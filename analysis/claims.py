@@ -1,4 +1,5 @@
-"""The paper's claims C1..C6 as checks on any results directory, each with a verdict and the numbers behind it.
+"""The paper's claims C1..C6 as checks on any results directory, each with a verdict and the numbers behind it
+(C7..C12, beyond the paper, register themselves in EXTRA_CHECKS).
 
 A claim is judged case by case: a case is one setting (architecture panel) for C1 (judged from the brackets of
 a critical-learning-rate search when the results hold its `boundaries` table), one setting at one
@@ -110,6 +111,25 @@ class Thresholds:
                 "layers 2..L-1 at step 0) is above this"})
     growth_min_layers: int = field(default=5, metadata={
         "help": "C12: a depth is judged when its fit has at least this many hidden layers (depth >= this + 2)"})
+    # C7..C9 (residual networks and the batch size: analysis/claims_resnets.py)
+    nf_critical_factor: float = field(default=4.0, metadata={
+        "help": "C7: a normalizer-free variant's critical rate must be at least batch's / this (above batch's "
+                "holds too)"})
+    advantage_small: float = field(default=2.0, metadata={
+        "help": "C8: 'small' at the smallest batch size: batch's critical rate is at most this x none's"})
+    advantage_growth: float = field(default=2.0, metadata={
+        "help": "C8: 'grows': the ratio batch/none at the largest batch size is at least this x the ratio at the "
+                "smallest"})
+    small_batch_metric: str = field(default="final_test_acc", metadata={
+        "help": "C9: the accuracy compared across batch sizes (a trials column: final_test_acc, final_train_acc)"})
+    small_batch_compare: str = field(default="best", metadata={
+        "help": "C9: best (each variant at its best rate per batch size: the optimal rate moves with the batch "
+                "size) or matched (at the rate best for its largest batch size, run at every batch size too)"})
+    bn_small_batch_fall: float = field(default=0.05, metadata={
+        "help": "C9: batch's accuracy at the smallest batch size is at least this below its largest batch size's"})
+    gn_small_batch_near: float = field(default=0.02, metadata={
+        "help": "C9: group's and ws_group's accuracy at every smaller batch size is at most this below their "
+                "largest batch size's"})
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -540,7 +560,7 @@ def c6_lp(ctx: Context) -> Claim:
 
 CHECKS = (c1_robustness, c2_speed, c3_noisy, c4_ics, c5_smoothness, c6_lp)
 # Claims beyond the paper register themselves here when their module is imported (analysis/__init__.py does):
-# C10..C12 from analysis/claims_dynamics.py.
+# C7..C9 from analysis/claims_resnets.py, C10..C12 from analysis/claims_dynamics.py.
 EXTRA_CHECKS: list[Callable[[Context], Claim]] = []
 
 
@@ -556,7 +576,8 @@ def check_claims(data: Results, thresholds: Thresholds | None = None) -> list[Cl
         claim = check(pooled)
         by_seed = {seed: check(ctx) for seed, ctx in alone.items()} or {seeds[0]: claim}
         claims.append(over_seeds(claim, by_seed, th))
-    return claims
+    # By number (C7 before C10), whichever module registered first.
+    return sorted(claims, key=lambda c: int(c.key[1:]) if c.key[1:].isdigit() else math.inf)
 
 
 def over_seeds(claim: Claim, by_seed: dict[int, Claim], th: Thresholds) -> Claim:

@@ -34,7 +34,8 @@ from analysis.uncertainty import FIGURE_BOOTSTRAP, band_note
 
 W, H = 220, 150  # one panel
 NORM_COLORS = {"none": "#3b3b3b", "batch": "#1f77b4", "noisy_batch": "#ff7f0e", "l1_batch": "#2ca02c",
-               "l2_batch": "#17becf", "linf_batch": "#9467bd", "layer": "#8c564b", "group": "#e377c2"}
+               "l2_batch": "#17becf", "linf_batch": "#9467bd", "layer": "#8c564b", "group": "#e377c2",
+               "ws_group": "#ad494a", "fixup": "#d62728", "skipinit": "#bcbd22", "nf": "#393b79"}
 OUTCOME_SHAPES = {"trained": "circle", "did not train": "square", "diverged": "cross", "failed": "triangle-down"}
 
 
@@ -89,7 +90,7 @@ def table(results: Results, name: str) -> pd.DataFrame:
 def norm_color(norms: Sequence[str], title: str = "normalization") -> alt.Color:
     """The same colour for a variant in every figure, legend in NORM_ORDER."""
     present = norms_in(pd.DataFrame({"norm": list(norms)}))
-    colors = [NORM_COLORS.get(n, "#bcbd22") for n in present]
+    colors = [NORM_COLORS.get(n, "#7f7f7f") for n in present]
     return alt.Color("norm:N", title=title, sort=present, scale=alt.Scale(domain=present, range=colors),
                      legend=alt.Legend(symbolOpacity=1, symbolStrokeWidth=3))
 
@@ -207,13 +208,13 @@ def fig_lr_robustness(results: Results) -> alt.TopLevelMixin:
         x = alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log", nice=False, padding=10),
                   axis=alt.Axis(values=lrs, format="~e" if max(lrs) < 1e-3 else "~g",
                                 labelAngle=-45 if len(lrs) > 5 else 0))
-        panels = [_lr_panel(df, column, f"{setting}: {title}" if i == 0 else title, log, x, color, shape)
+        panels = [lr_panel(df, column, f"{setting}: {title}" if i == 0 else title, log, x, color, shape)
                   for i, (column, title, log) in enumerate(metrics) if column in df]
         rows.append(alt.hconcat(*panels))
     return alt.vconcat(*rows).resolve_scale(color="shared", shape="shared")
 
 
-def _lr_panel(df: pd.DataFrame, column: str, title: str, log: bool, x: alt.X, color: alt.Color,
+def lr_panel(df: pd.DataFrame, column: str, title: str, log: bool, x: alt.X, color: alt.Color,
               shape: alt.Shape) -> alt.LayerChart:
     """One metric against the learning rate: mean line and band over seeds, a mark per seed."""
     value = df[column].replace([np.inf, -np.inf], np.nan)

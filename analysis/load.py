@@ -28,9 +28,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 # The variants in the order the figures and tables list them: the baseline, BatchNorm, its noisy and lp
-# variants, then the other normalizations. Unknown values (a newer sweep) are appended after these.
-NORM_ORDER = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group")
-ARCH_ORDER = ("vgg11", "vgg13", "vgg16", "mlp", "dln")
+# variants, the other normalizations, then the normalizer-free residual variants. Unknown values (a newer sweep)
+# are appended after these.
+NORM_ORDER = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group", "ws_group",
+              "fixup", "skipinit", "nf")
+ARCH_ORDER = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear", "resnet20", "resnet56")
 STATUS_ORDER = ("completed", "diverged", "failed", "running")
 TRIALS = "trials"
 # Config columns copied onto every per-trial table so that each is tidy on its own (one row = one
@@ -277,7 +279,8 @@ def load(results: str | os.PathLike) -> Results:
     """Every table present in a results directory (local path or s3://...), as tidy typed DataFrames.
 
     `trials` has one row per finished trial with its config typed (lr float, norm an ordered categorical
-    none < batch < noisy_batch < l1_batch < l2_batch < linf_batch < layer < group, sequences as tuples) and a
+    none < batch < noisy_batch < l1_batch < l2_batch < linf_batch < layer < group < ws_group < fixup <
+    skipinit < nf, sequences as tuples) and a
     `setting` column naming its panel. Every other per-trial table gains the key columns (setting, arch, width,
     dataset, task, norm, lr, seed). Raises AnalysisError when the location is missing or is not results.
     """

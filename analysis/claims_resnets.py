@@ -1,0 +1,321 @@
+"""Claims C7..C9: residual networks without normalization, and BatchNorm across batch sizes (issue 13), judged
+from `trials` and, when a critical-learning-rate search wrote it, `boundaries`.
+
+C7 and C8 read critical learning rates per (setting, batch size, variant): from the search's brackets over
+seeds when the results have them (claims.Context.brackets; critical = sqrt(lower x upper), as
+analysis/critical_lr.py), else from the learning-rate grid of `trials` (the largest rate that trained and the
+smallest above it that did not). An open bracket leaves the critical rate a half-line, so every comparison here
+is made on ranges (`Span`): it holds, fails, or cannot be told until the search closes the bracket.
+
+Kept apart from analysis/claims.py (C1..C6), whose Context, Claim and Thresholds they use; importing this module
+registers them in claims.EXTRA_CHECKS. Every threshold is a field of claims.Thresholds, printed with the verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.claims import (
+    CONTRADICTED,
+    EXTRA_CHECKS,
+    NO_DATA,
+    SUPPORTED,
+    Claim,
+    Context,
+    combine,
+    fmt,
+    summarize,
+)
+
+NF_NORMS = ("fixup", "skipinit", "nf")  # trained without any normalization layer
+SMALL_BATCH_NORMS = ("group", "ws_group")  # normalize within one example: no batch statistics
+COMPARE = ("best", "matched")
+Key = tuple[str, int, str]  # (setting, batch size, norm)
+
+
+def batch_sizes(df: pd.DataFrame) -> pd.Series:
+    """Each row's batch size as an int; -1 where the results do not record it (older results)."""
+    column = df["batch_size"] if "batch_size" in df else pd.Series(np.nan, index=df.index)
+    return pd.to_numeric(column, errors="coerce").fillna(-1).astype("int64")
+
+
+def size_order(size: int) -> float:
+    """Sort key of a batch size: 0 (full batch) is the largest."""
+    return math.inf if size == 0 else float(size)
+
+
+def size_text(size: int) -> str:
+    return "full batch" if size == 0 else "batch ?" if size < 0 else f"batch {size}"
+
+
+# -- ranges of critical rates ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Span:
+    """Where a positive number lies: [low, high], a point when they are equal (0 and inf: unbounded)."""
+
+    low: float
+    high: float
+
+    @property
+    def point(self) -> float | None:
+        return self.low if self.low == self.high else None
+
+    def __truediv__(self, other: Span) -> Span:
+        return Span(_div(self.low, other.high), _div(self.high, other.low))
+
+    def at_least(self, k: float) -> bool | None:
+        """True when every value in the span is >= k, False when none is, None when the span straddles k."""
+        return True if self.low >= k else False if self.high < k else None
+
+    def at_most(self, k: float) -> bool | None:
+        return True if self.high <= k else False if self.low > k else None
+
+    def text(self) -> str:
+        if self.point is not None:
+            return fmt(self.point)
+        return f">= {fmt(self.low)}" if self.high == math.inf else f"<= {fmt(self.high)}" if self.low == 0 else (
+            f"{fmt(self.low)}..{fmt(self.high)}")
+
+
+def _div(x: float, y: float) -> float:
+    return math.inf if y == 0 else x / y  # x > 0 here: a positive rate over a zero lower bound is unbounded
+
+
+@dataclass(frozen=True)
+class Critical:
+    """A variant's bracket: `lower` the largest rate that trained, `upper` the smallest above it that did not
+    (None: no such rate was tried); where it came from ("boundaries" or "grid")."""
+
+    lower: float | None
+    upper: float | None
+    source: str
+    monotone: bool = True
+
+    @property
+    def span(self) -> Span:
+        """The critical rate: sqrt(lower x upper) for a closed bracket, else the half-line the bracket allows."""
+        if self.lower and self.upper:
+            value = math.sqrt(self.lower * self.upper)
+            return Span(value, value)
+        return Span(self.lower or 0.0, self.upper or math.inf)
+
+    @property
+    def value(self) -> float | None:
+        return self.span.point
+
+    def text(self) -> str:
+        lower, upper = (fmt(b) if b else "-" for b in (self.lower, self.upper))
+        return f"{self.span.text()} [{lower}, {upper}]"
+
+
+def _grid_bracket(trains: pd.Series) -> Critical:
+    """The bracket of a learning-rate grid (lr -> trains)."""
+    trains = trains.sort_index()
+    trained = trains[trains]
+    lower = float(trained.index.max()) if len(trained) else None
+    above = trains[(trains.index > (lower or 0)) & ~trains]
+    upper = float(above.index.min()) if len(above) else None
+    failed_below = lower is not None and bool((~trains[trains.index < lower]).any())
+    return Critical(lower, upper, "grid", monotone=not failed_below)
+
+
+def critical_rates(ctx: Context) -> dict[Key, Critical]:
+    """Per (setting, batch size, variant): the search's bracket over seeds where the results have one, else the
+    grid's (a variant trains at a rate when at least seed_quorum of its seeds trained there)."""
+    t = ctx.trials
+    frame = pd.DataFrame({"setting": t["setting"].astype(str), "batch_size": batch_sizes(t),
+                          "norm": t["norm"].astype(str), "lr": t["lr"], "trained": t["trained"].astype(float)})
+    share = frame.groupby(["setting", "batch_size", "norm", "lr"])["trained"].mean()
+    out: dict[Key, Critical] = {}
+    for (setting, size, norm), s in share.groupby(level=["setting", "batch_size", "norm"]):
+        out[(setting, int(size), norm)] = _grid_bracket(s.droplevel([0, 1, 2]) >= ctx.th.seed_quorum)
+    if ctx.brackets is not None:
+        b = ctx.brackets
+        for setting, size, norm, lo, hi, mono in zip(b["setting"].astype(str), batch_sizes(b), b["norm"].astype(str),
+                                                     b["lower"], b["upper"], b["monotone"], strict=True):
+            out[(setting, int(size), norm)] = Critical(float(lo) if pd.notna(lo) else None,
+                                                       float(hi) if pd.notna(hi) else None, "boundaries",
+                                                       bool(mono) if pd.notna(mono) else True)
+    return out
+
+
+def _parts_verdict(parts: list[bool | None]) -> str:
+    """A case of several parts: contradicted when one fails, not enough data when one cannot be told."""
+    return CONTRADICTED if False in parts else NO_DATA if None in parts else SUPPORTED
+
+
+def _rate(x: float | None) -> float | None:
+    return x if x is not None and 0 < x < math.inf else None
+
+
+# -- C7: normalizer-free residual networks train where the unnormalized one fails ---------------------------------
+
+def _trains_where_none_fails(v: Critical, none: Critical) -> tuple[bool | None, str]:
+    """As C1 compares batch with none: the variant trained at or above a rate where none failed (supported),
+    none trained at or above the variant's failure, or both brackets are closed and overlap (contradicted);
+    otherwise an open bracket hides the answer."""
+    v_lo, v_hi = v.lower or 0.0, v.upper or math.inf
+    n_lo, n_hi = none.lower or 0.0, none.upper or math.inf
+    if v_lo > 0 and v_lo >= n_hi:
+        return True, ""
+    if n_lo > 0 and n_lo >= v_hi:
+        return False, ""
+    if min(v_lo, n_lo) > 0 and max(v_hi, n_hi) < math.inf:
+        return False, " (the brackets overlap)"
+    if n_hi == math.inf:
+        return None, " (none trains at every rate tried)"
+    return None, " (a bracket is open)"
+
+
+def c7_normalizer_free(ctx: Context) -> Claim:
+    th = ctx.th
+    statement = ("Normalizer-free training (Zhang et al. 2019, De & Smith 2020, Brock et al. 2021): fixup, skipinit "
+                 "and nf train at learning rates where the unnormalized network (none) fails, with a critical rate "
+                 f"at least batch's / {th.nf_critical_factor:g}")
+    rates = critical_rates(ctx)
+    cases = []
+    for (setting, size, norm), v in rates.items():
+        if norm not in NF_NORMS:
+            continue
+        none, batch = rates.get((setting, size, "none")), rates.get((setting, size, "batch"))
+        case: dict = {"setting": setting, "norm": norm, "batch_size": size, "identity": ("batch_size",),
+                      "source": v.source, f"{norm}_bracket": [v.lower, v.upper]}
+        bits = [f"{norm} critical {v.text()}"]
+        parts: list[bool | None] = []
+        if none is None:
+            parts.append(None)
+            bits.append("no none trials")
+        else:
+            beyond, note = _trains_where_none_fails(v, none)
+            parts.append(beyond)
+            case["none_bracket"] = [none.lower, none.upper]
+            bits.append(f"none {none.text()}{note}")
+        ratio = None
+        if batch is None:
+            parts.append(None)
+            bits.append("no batch trials")
+        else:
+            ratio = v.span / batch.span
+            parts.append(ratio.at_least(1 / th.nf_critical_factor))
+            case["batch_bracket"] = [batch.lower, batch.upper]
+            bits.append(f"batch {batch.text()}, {norm}/batch {ratio.text()}")
+        flags = [n for n, c in ((norm, v), ("none", none), ("batch", batch)) if c is not None and not c.monotone]
+        case["numbers"] = {f"{norm} critical rate": _rate(v.value),
+                           "none critical rate": _rate(none.value) if none else None,
+                           "batch critical rate": _rate(batch.value) if batch else None,
+                           f"{norm}/batch critical-rate ratio": _rate(ratio.point) if ratio else None}
+        why = f"{norm} ({size_text(size)}): " + ", ".join(bits) + "".join(f", {f} not monotone" for f in flags)
+        cases.append({**case, "verdict": _parts_verdict(parts), "why": why})
+    summary = summarize(cases, "no fixup, skipinit or nf trials (bnsweep run resnet_lr)")
+    return Claim("C7", statement, combine(cases, th.case_quorum), summary, cases)
+
+
+# -- C8: BatchNorm's advantage grows with the batch size -----------------------------------------------------------
+
+def c8_batch_advantage(ctx: Context) -> Claim:
+    th = ctx.th
+    statement = ("BatchNorm's critical-rate advantage grows with the batch size (De & Smith 2020): the ratio of "
+                 f"batch's critical rate to none's is at most {th.advantage_small:g} at the smallest batch size and "
+                 f"at least {th.advantage_growth:g} x that at the largest")
+    rates = critical_rates(ctx)
+    cases = []
+    for setting in dict.fromkeys(s for s, _, _ in rates):
+        sizes = sorted({size for s, size, n in rates if s == setting and size >= 0
+                        and (s, size, "none") in rates and (s, size, "batch") in rates}, key=size_order)
+        if len(sizes) < 2:
+            continue
+        ratios = {size: rates[(setting, size, "batch")].span / rates[(setting, size, "none")].span for size in sizes}
+        small, large = ratios[sizes[0]], ratios[sizes[-1]]
+        growth = large / small
+        parts = [small.at_most(th.advantage_small), growth.at_least(th.advantage_growth)]
+        sources = {rates[(setting, size, n)].source for size in sizes for n in ("none", "batch")}
+        why = ("batch/none critical rate " + ", ".join(f"{r.text()} at {size_text(size)}" for size, r in ratios.items())
+               + f"; growth {growth.text()}")
+        numbers = {f"batch/none critical-rate ratio at {size_text(size)}": _rate(r.point) for size, r in ratios.items()}
+        cases.append({"setting": setting, "source": "+".join(sorted(sources)), "batch_sizes": sizes,
+                      "numbers": {**numbers, "critical-rate ratio growth": _rate(growth.point)},
+                      "verdict": _parts_verdict(parts), "why": why})
+    summary = summarize(cases, "no critical rates of none and batch at 2 batch sizes or more (bnsweep run batch_size)")
+    return Claim("C8", statement, combine(cases, th.case_quorum), summary, cases)
+
+
+# -- C9: BatchNorm degrades at small batch, GroupNorm and WS + GroupNorm do not -------------------------------------
+
+def _accuracy_by_size(rows: pd.DataFrame, metric: str, compare: str) -> tuple[dict[int, float], dict[int, float]]:
+    """One variant's accuracy per batch size (mean over seeds), and the rate it was read at: its best rate at each
+    size ("best"), or the rate best at the largest size among those run at every size ("matched")."""
+    means = rows.groupby(["batch_size", "lr"])[metric].mean().dropna()
+    if means.empty:
+        return {}, {}
+    table = means.unstack("batch_size")
+    sizes = sorted(table.columns, key=size_order)
+    if compare == "best":
+        return ({int(s): float(table[s].max()) for s in sizes if table[s].notna().any()},
+                {int(s): float(table[s].idxmax()) for s in sizes if table[s].notna().any()})
+    common = table.dropna()
+    if common.empty:
+        return {}, {}
+    lr = float(common[sizes[-1]].idxmax())
+    return {int(s): float(common.loc[lr, s]) for s in sizes}, {int(s): lr for s in sizes}
+
+
+def c9_small_batch(ctx: Context) -> Claim:
+    th = ctx.th
+    metric, compare = th.small_batch_metric, th.small_batch_compare
+    if compare not in COMPARE:
+        raise ValueError(f"small_batch_compare={compare!r}: use one of {', '.join(COMPARE)}")
+    statement = ("BatchNorm degrades at small batch, GroupNorm and WS + GroupNorm do not (Wu & He 2018; Qiao et al. "
+                 f"2019): batch's {metric} at the smallest batch size is at least {th.bn_small_batch_fall:g} below "
+                 f"its largest batch size's; group's and ws_group's at every smaller batch size at most "
+                 f"{th.gn_small_batch_near:g} below ({compare} rate per variant and batch size)")
+    t = ctx.trials
+    if metric not in t:
+        return Claim("C9", statement, NO_DATA, f"the trials have no {metric} column")
+    t = t.assign(batch_size=batch_sizes(t), norm=t["norm"].astype(str), setting=t["setting"].astype(str))
+    t = t[t["batch_size"] >= 0]
+    cases, judged_settings = [], []
+    for setting, rows in t.groupby("setting", sort=False):
+        if rows["batch_size"].nunique() < 2:
+            continue
+        mine = []
+        for norm in ("batch", *SMALL_BATCH_NORMS):
+            acc, lrs = _accuracy_by_size(rows[rows["norm"] == norm], metric, compare)
+            if not acc:
+                continue
+            sizes = sorted(acc, key=size_order)
+            case = {"setting": setting, "norm": norm, "compare": compare, "lr_by_batch_size": lrs,
+                    "numbers": {f"{metric} at {size_text(s)}": acc[s] for s in sizes}}
+            shown = ", ".join(f"{acc[s]:.3f} at {s}" for s in sizes)
+            if len(sizes) < 2:
+                mine.append({**case, "verdict": NO_DATA, "why": f"{norm}: one batch size ({shown})"})
+                continue
+            drops = {s: acc[sizes[-1]] - acc[s] for s in sizes[:-1]}
+            if norm == "batch":
+                fall = drops[sizes[0]]
+                ok = fall >= th.bn_small_batch_fall
+                case["numbers"]["fall at the smallest batch size"] = fall
+                why = f"batch: {shown}, falls {fall:+.3f}"
+            else:
+                fall = max(drops.values())
+                ok = fall <= th.gn_small_batch_near
+                case["numbers"]["largest fall"] = fall
+                why = f"{norm}: {shown}, falls at most {fall:+.3f}"
+            mine.append({**case, "verdict": SUPPORTED if ok else CONTRADICTED, "why": why})
+        judged = {c["norm"] for c in mine if c["verdict"] != NO_DATA}
+        if "batch" in judged and judged & set(SMALL_BATCH_NORMS):
+            judged_settings.append(setting)
+        cases += mine
+    # The claim compares batch with a per-example normalization: a setting without both cannot judge it.
+    verdict = combine([c for c in cases if c["setting"] in judged_settings], th.case_quorum)
+    summary = summarize(cases, "no batch, group or ws_group trials at 2 batch sizes or more (bnsweep run batch_size)")
+    if cases and not judged_settings:
+        summary += "; needs batch and group or ws_group at 2 batch sizes or more"
+    return Claim("C9", statement, verdict, summary, cases)
+
+
+EXTRA_CHECKS.extend([c7_normalizer_free, c8_batch_advantage, c9_small_batch])

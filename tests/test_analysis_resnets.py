@@ -1,0 +1,244 @@
+"""analysis/: claims C7..C9 and the figures of the residual networks and the batch-size axis (issue 13).
+
+The results sets are synthetic but written in the real layout and schemas: `trials` rows through bnsweep's own
+make_config and trials_table, `boundaries` rows in bnsweep.schema.BOUNDARIES_SCHEMA, each with knobs that make a
+claim hold, fail or lack what it needs. Only `trials` and `boundaries` are written: seconds for the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from analysis import Thresholds, check_claims, load
+from analysis.claims import CONTRADICTED, NO_DATA, SUPPORTED, claims_table
+from analysis.claims_resnets import Critical, Span
+from analysis.commands import build_all, check
+from bnsweep import records
+from bnsweep.bench.figures import FakeTrial, write_fake_trial
+from bnsweep.config import make_config
+from bnsweep.schema import BOUNDARIES_SCHEMA
+from bnsweep.trial import trials_table
+
+GRID = (0.025, 0.1, 0.4, 1.6, 6.4)  # resnet_lr's cpu grid
+COMMON = {"arch": "resnet20", "width": 0.25, "dataset": "fashion-mnist", "steps": 100}
+
+
+def write_trial(root: Path, norm: str, lr: float, trained: bool, acc: float | None = None, batch_size: int = 128,
+                seed: int = 0) -> None:
+    """One finished resnet20 trial: trained at `acc` (default 0.85), or diverged at chance."""
+    config = make_config({**COMMON, "norm": norm, "lr": lr, "batch_size": batch_size, "seed": seed})
+    acc = (0.85 if trained else 0.1) if acc is None else acc
+    outcome = {"trial_id": config.trial_id, "status": "completed" if trained else "diverged", "trained": trained,
+               "trained_rule": "final_train_acc >= 0.5", "steps_done": 100, "task": "classification",
+               "initial_loss": 2.3, "final_loss": 0.5 if trained else 1e9, "final_train_acc": acc + 0.02,
+               "final_test_acc": acc, "attempt": 1, "schema_version": records.SCHEMA_VERSION}
+    records.write_trial(root, config.trial_id, {records.TRIALS: trials_table(config, outcome)})
+
+
+def write_grid(root: Path, largest: dict[str, float], batch_size: int = 128) -> Path:
+    """Every variant of `largest` on GRID, training at every rate up to its entry there (0: at none)."""
+    for norm, top in largest.items():
+        for lr in GRID:
+            write_trial(root, norm, lr, lr <= top, batch_size=batch_size)
+    return root
+
+
+def write_bracket(root: Path, norm: str, lower: float | None, upper: float | None, batch_size: int,
+                  seeds: int = 1) -> None:
+    """A `boundaries` row over seeds for resnet20 at one batch size, in the real schema."""
+    row = dict.fromkeys(BOUNDARIES_SCHEMA.names)
+    cell_id = f"resnet20-{norm}-{batch_size}"
+    row.update(sweep="batch_size", scale="cpu", cell_id=cell_id, all_seeds=True, arch="resnet20", norm=norm,
+               width=0.25, dataset="fashion-mnist", seed=-1, seeds=seeds, steps=100, batch_size=batch_size,
+               curvature=1.0, cell=json.dumps({"norm": norm, "batch_size": batch_size}), lower=lower, upper=upper,
+               ratio=upper / lower if lower and upper else None, lower_min=lower, upper_max=upper, trials_used=6,
+               rounds=2, monotone=True, failed_below=0, converged=True, budget_exhausted=False, target_ratio=2.0,
+               budget=6, fixed_grid_trials=4)
+    records.write_table(str(root), "boundaries", cell_id, pa.Table.from_pylist([row], schema=BOUNDARIES_SCHEMA))
+
+
+def claim(root: Path, key: str, thresholds: Thresholds | None = None):
+    (found,) = [c for c in check_claims(load(root), thresholds) if c.key == key]
+    return found
+
+
+# -- ranges of critical rates -----------------------------------------------------------------------------------
+
+def test_spans_of_open_brackets():
+    closed, open_up = Critical(0.4, 1.6, "grid").span, Critical(0.4, None, "grid").span
+    assert closed.point == pytest.approx(0.8) and open_up == Span(0.4, float("inf"))
+    assert Critical(None, 0.1, "grid").span == Span(0.0, 0.1)
+    ratio = open_up / closed  # at least 0.5, unbounded above
+    assert ratio.low == pytest.approx(0.5) and ratio.high == float("inf")
+    assert ratio.at_least(0.25) is True and ratio.at_least(1.0) is None and ratio.at_most(0.4) is False
+
+
+# -- C7: normalizer-free training -------------------------------------------------------------------------------
+
+NF_TRAIN = {"none": 0.1, "batch": 1.6, "fixup": 1.6, "skipinit": 1.6, "nf": 0.4}
+
+
+@pytest.mark.parametrize("largest, verdict, words", [
+    # none fails from 0.4; every normalizer-free variant trains there, within 4x of batch's 3.2.
+    (NF_TRAIN, SUPPORTED, "fixup (batch 128): fixup critical 3.2 [1.6, 6.4], none 0.2 [0.1, 0.4]"),
+    # nf trains no further than none: the brackets coincide.
+    ({**NF_TRAIN, "nf": 0.1}, CONTRADICTED, "none 0.2 [0.1, 0.4] (the brackets overlap)"),
+    # skipinit trains where none fails, but its critical rate is 8x below batch's.
+    ({**NF_TRAIN, "none": 0.025, "skipinit": 0.1}, CONTRADICTED, "skipinit/batch 0.0625"),
+    # none trains at every rate of the grid, and so does everything else: where they fail is unknown.
+    (dict.fromkeys(NF_TRAIN, 6.4), NO_DATA, "none trains at every rate tried"),
+    # ... but where none trains above fixup's failure, fixup does not train where none fails.
+    ({**NF_TRAIN, "none": 6.4}, CONTRADICTED, "fixup critical 3.2 [1.6, 6.4], none >= 6.4 [6.4, -]"),
+])
+def test_c7_from_the_grid(tmp_path, largest, verdict, words):
+    c7 = claim(write_grid(tmp_path, largest), "C7")
+    assert c7.verdict == verdict and words in c7.summary, c7.summary
+    assert {c["norm"] for c in c7.cases} == {"fixup", "skipinit", "nf"}
+    assert all(c["source"] == "grid" and c["batch_size"] == 128 for c in c7.cases)
+
+
+def test_c7_without_normalizer_free_variants(tmp_path):
+    c7 = claim(write_grid(tmp_path, {"none": 0.1, "batch": 1.6}), "C7")
+    assert c7.verdict == NO_DATA and "no fixup, skipinit or nf trials" in c7.summary
+
+
+def test_c7_prefers_the_search_brackets(tmp_path):
+    # The grid says fixup trains where none fails; the search's finer brackets say they fail alike.
+    write_grid(tmp_path, {"none": 0.1, "batch": 1.6, "fixup": 0.4})
+    assert claim(tmp_path, "C7").verdict == SUPPORTED
+    write_bracket(tmp_path, "none", 0.3, 0.6, 128)
+    write_bracket(tmp_path, "fixup", 0.3, 0.6, 128)
+    write_bracket(tmp_path, "batch", 2.0, 4.0, 128)
+    c7 = claim(tmp_path, "C7")
+    assert c7.verdict == CONTRADICTED and c7.cases[0]["source"] == "boundaries"
+    assert "overlap" in c7.cases[0]["why"]
+
+
+# -- C8: BatchNorm's advantage grows with the batch size ---------------------------------------------------------
+
+def search(root: Path, none: dict, batch: dict) -> Path:
+    """A batch-size search's brackets, {batch size: (lower, upper)} per variant, and a trial per cell."""
+    for norm, brackets in (("none", none), ("batch", batch)):
+        for size, (lower, upper) in brackets.items():
+            write_bracket(root, norm, lower, upper, size)
+            write_trial(root, norm, lower or upper, lower is not None, batch_size=size)
+    return root
+
+
+NONE = {16: (0.2, 0.4), 64: (0.2, 0.4), 256: (0.2, 0.4)}
+
+
+@pytest.mark.parametrize("batch, verdict, words", [
+    ({16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)}, SUPPORTED, "1 at batch 16, 2 at batch 64, 8 at batch 256"),
+    ({16: (1.6, 3.2), 64: (1.6, 3.2), 256: (1.6, 3.2)}, CONTRADICTED, "8 at batch 16"),  # large everywhere
+    ({16: (0.2, 0.4), 64: (0.2, 0.4), 256: (0.2, 0.4)}, CONTRADICTED, "growth 1"),  # small everywhere
+    ({16: (0.4, None), 64: (0.4, 0.8), 256: (1.6, 3.2)}, NO_DATA, ">= 1.41 at batch 16"),  # open at the smallest
+])
+def test_c8(tmp_path, batch, verdict, words):
+    c8 = claim(search(tmp_path, NONE, batch), "C8")
+    assert c8.verdict == verdict and words in c8.summary, c8.summary
+    (case,) = c8.cases
+    assert case["batch_sizes"] == [16, 64, 256] and case["source"] == "boundaries"
+
+
+def test_c8_needs_two_batch_sizes(tmp_path):
+    c8 = claim(search(tmp_path, {128: (0.2, 0.4)}, {128: (1.6, 3.2)}), "C8")
+    assert c8.verdict == NO_DATA and "2 batch sizes or more" in c8.summary
+    assert claim(write_grid(tmp_path / "grid", NF_TRAIN), "C8").verdict == NO_DATA
+
+
+# -- C9: small batches ------------------------------------------------------------------------------------------
+
+FLAT = {256: {0.1: 0.88, 0.4: 0.9}, 16: {0.1: 0.89, 0.4: 0.885}}
+
+
+def small_batch(root: Path, accuracies: dict[str, dict[int, dict[float, float]]], seeds: int = 1) -> Path:
+    for norm, by_size in accuracies.items():
+        for size, by_lr in by_size.items():
+            for lr, acc in by_lr.items():
+                for seed in range(seeds):
+                    write_trial(root, norm, lr, True, acc=acc + 0.002 * seed, batch_size=size, seed=seed)
+    return root
+
+
+def test_c9_supported_per_seed(tmp_path):
+    falls = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.8, 0.4: 0.7}}
+    c9 = claim(small_batch(tmp_path, {"batch": falls, "group": FLAT, "ws_group": FLAT}, seeds=2), "C9")
+    assert c9.verdict == SUPPORTED and c9.verdict_text() == "supported, 2 of 2 seeds"
+    assert "batch: 0.801 at 16, 0.901 at 256, falls +0.100" in c9.summary, c9.summary  # means over 2 seeds
+    (batch,) = [c for c in c9.cases if c["norm"] == "batch"]
+    assert batch["lr_by_batch_size"] == {16: 0.1, 256: 0.4}  # each batch size at its best rate
+    assert batch["over_seeds"]["fall at the smallest batch size"].seeds == 2
+
+
+def test_c9_contradicted_when_group_degrades_too(tmp_path):
+    falls = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.8, 0.4: 0.7}}
+    c9 = claim(small_batch(tmp_path, {"batch": falls, "group": falls}), "C9")
+    assert c9.verdict == CONTRADICTED and "group: 0.800 at 16, 0.900 at 256, falls at most +0.100" in c9.summary
+
+
+def test_c9_best_or_matched_rates(tmp_path):
+    # batch's best rate moves with the batch size: at its best rates it holds up, at 256's best rate it falls.
+    moves = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.88, 0.4: 0.7}}
+    small_batch(tmp_path, {"batch": moves, "group": FLAT})
+    assert claim(tmp_path, "C9").verdict == CONTRADICTED
+    matched = claim(tmp_path, "C9", Thresholds(small_batch_compare="matched"))
+    assert matched.verdict == SUPPORTED and "matched" in matched.statement
+    (batch,) = [c for c in matched.cases if c["norm"] == "batch"]
+    assert batch["lr_by_batch_size"] == {16: 0.4, 256: 0.4}
+    with pytest.raises(ValueError, match="small_batch_compare"):
+        claim(tmp_path, "C9", Thresholds(small_batch_compare="median"))
+
+
+def test_c9_without_enough_data(tmp_path):
+    # batch alone at two batch sizes: nothing to compare it with.
+    only = claim(small_batch(tmp_path / "a", {"batch": FLAT}), "C9")
+    assert only.verdict == NO_DATA and "needs batch and group or ws_group" in only.summary
+    # One batch size: no case at all.
+    one = claim(write_grid(tmp_path / "b", {"batch": 1.6, "group": 1.6}), "C9")
+    assert one.verdict == NO_DATA and one.cases == []
+
+
+# -- the command and the figures --------------------------------------------------------------------------------
+
+def test_check_writes_c7_to_c9_in_order(tmp_path, capsys):
+    search(tmp_path, NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)})
+    assert check(str(tmp_path)) == 0
+    printed = capsys.readouterr().out
+    assert "C8    supported, 1 seed" in printed and "advantage_growth = 2: C8" in printed
+    document = json.loads((tmp_path / "claims.json").read_text())
+    keys = [k for k in document if k[0] == "C"]
+    assert keys == [f"C{i}" for i in range(1, 13)]
+    text = claims_table(check_claims(load(tmp_path)), Thresholds())
+    assert "nf_critical_factor = 4" in text and "small_batch_compare = best" in text
+
+
+def test_resnet_figures_drawn_only_with_their_data(tmp_path):
+    vgg = tmp_path / "vgg"
+    for f in (FakeTrial("none", 0.1), FakeTrial("batch", 0.1)):
+        write_fake_trial(vgg, replace(f, steps=50))
+    names = {d.figure.name for d in build_all(load(vgg))}
+    assert not {"fig_resnet_lr", "fig_critical_lr_batch_size"} & names  # left out, not "skipped"
+
+    grid = write_grid(tmp_path / "grid", NF_TRAIN)
+    drawn = {d.figure.name: d for d in build_all(load(grid), validate=True)}
+    assert "fig_critical_lr_batch_size" not in drawn  # one batch size
+    spec = drawn["fig_resnet_lr"].spec
+    rows = [r for rows in spec["datasets"].values() for r in rows]
+    assert {r["norm"] for r in rows} == set(NF_TRAIN)
+    assert {"trained", "diverged"} <= {r.get("outcome") for r in rows}
+    assert "One seed per point" in drawn["fig_resnet_lr"].caption
+
+    searched = search(tmp_path / "search", NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, None)})
+    drawn = {d.figure.name: d for d in build_all(load(searched), validate=True)}
+    spec = drawn["fig_critical_lr_batch_size"].spec
+    rows = [r for rows in spec["datasets"].values() for r in rows]
+    assert {r["batch_size"] for r in rows if "critical" in r} == {16, 64, 256}
+    assert any(r.get("open_shape") == "triangle-up" and r.get("open_at") == 1.6 for r in rows)
+    assert any(r.get("ratio") == pytest.approx(2.0) for r in rows)  # batch over none at batch 64
+    assert "fig_resnet_lr" in drawn  # its trials are ResNet trials, one row per batch size
