@@ -43,7 +43,7 @@ run: $(STAMP) data
 	$(BIN)/bnsweep check results/lr_grid
 
 test: $(STAMP) data browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check bnsweep analysis tests
