@@ -387,8 +387,10 @@ class Probes:
             def on_output(g: torch.Tensor) -> None:
                 grad_out["g"] = g if scale is None else g * scale
 
+            y_values = y.detach()  # not y itself: a hook on y that held y would never be freed
+
             def on_input(gi: torch.Tensor) -> None:  # fires after on_output; reduce now, keep no big tensor
-                self._bn[layer] = bn_identity(y.detach(), gi, grad_out.pop("g"), gamma, module.eps)
+                self._bn[layer] = bn_identity(y_values, gi, grad_out.pop("g"), gamma, module.eps)
 
             output.register_hook(on_output)
             y.register_hook(on_input)
