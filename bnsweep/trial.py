@@ -33,7 +33,7 @@ from bnsweep.data import BatchSampler, Dataset, augment, load_dataset
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import StepCosts
 from bnsweep.models import build_model
-from bnsweep.norms import NormOptions
+from bnsweep.norms import NoisyBatchNorm, NormOptions
 
 CHECK_EVERY = 25  # steps between reads of the loss history (divergence check); a sync per chunk, not per step
 EVAL_BATCH = 500  # faster on a CPU than 1000 (4,000 VGG-11 examples: 0.25 s against 0.37 s), half the memory
@@ -136,6 +136,7 @@ class Trial:
             self.model.check_layers(getattr(c, key))
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.noisy_norms = [m for m in self.model.modules() if isinstance(m, NoisyBatchNorm)]
         self.optimizer = SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         n = self.data.train_x.shape[0]
         self.sampler = BatchSampler(n, c.batch_size or n, seed=stream_seed(c.seed, "batches"), device=self.device)
@@ -191,6 +192,8 @@ class Trial:
         else:
             accuracy = torch.full((), math.nan, device=self.device)
         self.history[t] = torch.stack((loss.detach(), accuracy, grad_norm))
+        for m in self.noisy_norms:  # the step's noise is its probes'; kept, it sat beside every evaluation (20 MB)
+            m.last_scale = m.last_shift = None
 
     def run(self, callback=None, callback_every: int = 100) -> None:
         """Train until the step budget is spent or the loss diverges.
