@@ -50,7 +50,7 @@ def _quiet_ray_env() -> None:
     # The trial workers allocate with jemalloc, the allocator Ray ships (ray/core/libjemalloc.so) and already
     # preloads into its own raylet: Ray passes that LD_PRELOAD on to the workers it starts when this is 1. Under
     # glibc a trial's heap fragments (a noisy_batch trial: 155 MB in use, 290 MB of heap at a probe step); with
-    # jemalloc a trial's peak is 50-70 MB lower, and with `_keep_freed_memory` a 600-step VGG-11 trial runs 13%
+    # jemalloc a trial's peak is 50-70 MB lower, and with `memory.keep_freed_memory` a 600-step VGG-11 trial runs 13%
     # faster (13.1 s against 15.2 s: no trimming and faulting in again). Where Ray preloads no jemalloc (not
     # Linux, an LD_PRELOAD of the user's, a cluster from `ray start`), workers keep glibc and the settings above.
     os.environ.setdefault("RAY_LD_PRELOAD_ON_WORKERS", "1")
@@ -167,48 +167,17 @@ def _data_for(config: TrialConfig):
     return _DATA[key]
 
 
-def _jemalloc(name: str, value: int | None = None) -> bool:
-    """Set (or, value None, trigger) jemalloc's control `name` in this process; False where malloc is not
-    jemalloc (glibc has no mallctl) or jemalloc refuses it."""
-    import ctypes
-
-    try:
-        mallctl = ctypes.CDLL(None).mallctl
-    except (OSError, AttributeError):
-        return False
-    if value is None:
-        return mallctl(name.encode(), None, None, None, ctypes.c_size_t(0)) == 0
-    v = ctypes.c_ssize_t(value)
-    return mallctl(name.encode(), None, None, ctypes.byref(v), ctypes.c_size_t(ctypes.sizeof(v))) == 0
-
-
-def _keep_freed_memory() -> None:
-    """Under jemalloc: a trial reuses the memory it frees instead of jemalloc handing it back after 10 s and
-    faulting it in again (measured: 1.0-1.3 s more system time per 300 VGG-11 steps, as much as glibc's
-    trimming); `_release_memory` hands it back when the trial ends. The peak is the same either way: what is
-    kept is at most the trial's own high-water mark."""
-    import ctypes
-
-    if not _jemalloc("arenas.dirty_decay_ms", -1):  # arenas made from now on
-        return
-    n, size = ctypes.c_uint(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
-    ctypes.CDLL(None).mallctl(b"arenas.narenas", ctypes.byref(n), ctypes.byref(size), None, ctypes.c_size_t(0))
-    for i in range(n.value):  # and those that exist (an arena not in use yet refuses: fine)
-        _jemalloc(f"arena.{i}.dirty_decay_ms", -1)
-
-
 def _release_memory() -> None:
     """Hand a finished trial's memory back to the system. Tune runs each trial in a new thread, glibc gives each
     thread's allocations an arena of its own that keeps freed memory (jemalloc too), and Arrow's allocator keeps
     what the record tables freed: without this a reused worker grows by a few hundred MB per trial."""
-    import ctypes
     import gc
+
+    from bnsweep.memory import release_freed_memory
 
     gc.collect()
     pa.default_memory_pool().release_unused()  # Arrow's own allocator (mimalloc) keeps what the tables freed
-    if not _jemalloc("arena.4096.purge"):  # 4096: MALLCTL_ARENAS_ALL, every arena
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_freed_memory()
 
 
 def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
@@ -216,9 +185,10 @@ def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> Non
     import torch
     from ray import tune
 
+    from bnsweep.memory import keep_freed_memory
     from bnsweep.trial import run_trial
 
-    _keep_freed_memory()
+    keep_freed_memory()
     spec = specs[params["trial_id"]]
     config = make_config(spec["config"])
     results, trial_id = spec["results"], config.trial_id
