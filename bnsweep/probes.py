@@ -221,13 +221,21 @@ def bn_identity(y: torch.Tensor, grad_in: torch.Tensor, grad_out: torch.Tensor, 
     dims = [0, *range(2, y.dim())]
     m = y.numel() // y.shape[1]
     shape = (1, -1) + (1,) * (y.dim() - 2)
-    y, g, gi = y.double(), grad_out.double(), grad_in.double()
+    # One float64 copy of the layer at a time, besides y_hat (the same operations as all at once: 40 -> 24 MB
+    # at the first layer of VGG-11 at width 1/8, batch 128; this runs inside the step's backward).
+    gi = grad_in.double()
+    lhs = (gi * gi).sum(dims)
+    del gi
+    y = y.double()
     var, mean = torch.var_mean(y, dims, correction=0)
     denom = var + eps
-    y_hat = (y - mean.view(shape)) / denom.sqrt().view(shape)
+    y_hat = y - mean.view(shape)
+    del y
+    y_hat.div_(denom.sqrt().view(shape))
+    g = grad_out.double()
     gg, g1, gy = (g * g).sum(dims), g.sum(dims), (g * y_hat).sum(dims)
     scale = gamma.double() ** 2 / denom
-    return {"lhs": (gi * gi).sum(dims), "exact": scale * (gg - g1**2 / m - (2 - var / denom) * gy**2 / m),
+    return {"lhs": lhs, "exact": scale * (gg - g1**2 / m - (2 - var / denom) * gy**2 / m),
             "printed": scale * (gg - g1**2 / m - gy**2 / math.sqrt(m)), "scaled": scale * gg, "m": m}
 
 
@@ -412,8 +420,10 @@ class Probes:
             def on_output(g: torch.Tensor) -> None:
                 grad_out["g"] = g if scale is None else g * scale
 
+            y_values = y.detach()  # not y itself: a hook on y that held y would never be freed
+
             def on_input(gi: torch.Tensor) -> None:  # fires after on_output; reduce now, keep no big tensor
-                self._bn[layer] = bn_identity(y.detach(), gi, grad_out.pop("g"), gamma, module.eps)
+                self._bn[layer] = bn_identity(y_values, gi, grad_out.pop("g"), gamma, module.eps)
 
             output.register_hook(on_output)
             y.register_hook(on_input)

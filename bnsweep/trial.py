@@ -31,8 +31,9 @@ from bnsweep.config import TrialConfig, stream_seed
 from bnsweep.data import BatchSampler, Dataset, augment, load_dataset
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import StepCosts
+from bnsweep.memory import release_freed_memory
 from bnsweep.models import build_model
-from bnsweep.norms import NormOptions
+from bnsweep.norms import NoisyBatchNorm, NormOptions
 from bnsweep.schema import CURVE_COLUMNS, EVAL_COLUMNS
 
 CHECK_EVERY = 25  # steps between reads of the loss history (divergence check); a sync per chunk, not per step
@@ -168,6 +169,7 @@ class Trial:
             self.model.check_layers(getattr(c, key))
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.noisy_norms = [m for m in self.model.modules() if isinstance(m, NoisyBatchNorm)]
         head = self.model.layer_params(self.model.num_layers)  # the final linear layer, which AGC leaves alone
         self.optimizer = SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
                              agc_clip=c.agc_clip or 0.0, unclipped=head)
@@ -239,6 +241,8 @@ class Trial:
         else:
             accuracy = torch.full((), math.nan, device=self.device)
         self.history[t] = torch.stack((loss.detach(), accuracy, grad_norm))
+        for m in self.noisy_norms:  # the step's noise is its probes'; kept, it sat beside every evaluation (20 MB)
+            m.last_scale = m.last_shift = None
 
     def _ghost_backward(self, x: torch.Tensor, y: torch.Tensor, parts: list[slice]) -> tuple[torch.Tensor, ...]:
         """Forward and backward one ghost batch at a time (each normalizes with its own statistics; only one
@@ -308,6 +312,7 @@ class Trial:
     @torch.no_grad()
     def evaluate(self, t: int) -> None:
         """Loss and accuracy on the fixed training subset and the test set, in eval mode."""
+        release_freed_memory()  # what the training steps freed does not fit the evaluation's larger tensors
         self.model.eval()
         train = self._evaluate_on(self.data.train_x[self.eval_index], self.data.train_y[self.eval_index])
         if self.test_index is None:

@@ -7,7 +7,6 @@ when Tune hears a trial end, its `trials` file is there.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time
@@ -21,6 +20,7 @@ import pyarrow.fs as pafs
 from bnsweep import records
 from bnsweep.checkpoints import latest_checkpoint, read_checkpoint
 from bnsweep.config import TrialConfig, make_config
+from bnsweep.memory import keep_freed_memory, release_freed_memory
 
 ATTEMPTS = "_attempts"  # RESULTS/_attempts/<trial_id>/<uuid>: one empty file per start of a trial
 # The key of bnsweep's trial id in the config Tune sees (Tune's results carry a `trial_id` of Tune's own).
@@ -60,20 +60,19 @@ def worker_data(config: TrialConfig):
         _DATA[key] = load_dataset(config.dataset, root=config.data_root, device=device,
                                   data_seed=config.data_seed, curvature=config.curvature)
         release_raw_cache()
+        release_memory()  # and what reading the files took, which jemalloc would keep for the trial
     return _DATA[key]
 
 
 def release_memory() -> None:
     """Hand a finished trial's memory back to the system. Tune runs each trial in a new thread, glibc gives each
-    thread's allocations an arena of its own that keeps freed memory, and Arrow's allocator keeps what the
-    record tables freed: without this a reused worker grows by a few hundred MB per trial."""
-    import ctypes
+    thread's allocations an arena of its own that keeps freed memory (jemalloc too), and Arrow's allocator keeps
+    what the record tables freed: without this a reused worker grows by a few hundred MB per trial."""
     import gc
 
     gc.collect()
     pa.default_memory_pool().release_unused()  # Arrow's own allocator (mimalloc) keeps what the tables freed
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_freed_memory()
 
 
 def trial_config(params: dict[str, Any], runtime: dict[str, Any]) -> TrialConfig:
@@ -95,6 +94,7 @@ def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
 
     from bnsweep.trial import run_trial
 
+    keep_freed_memory()
     config = trial_config(params, run["runtime"][params[ID]])
     results, trial_id = run["results"], config.trial_id
     attempt = mark_attempt(results, trial_id)
