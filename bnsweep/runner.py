@@ -50,9 +50,9 @@ def _quiet_ray_env() -> None:
     # The trial workers allocate with jemalloc, the allocator Ray ships (ray/core/libjemalloc.so) and already
     # preloads into its own raylet: Ray passes that LD_PRELOAD on to the workers it starts when this is 1. Under
     # glibc a trial's heap fragments (a noisy_batch trial: 155 MB in use, 290 MB of heap at a probe step); with
-    # jemalloc a trial's peak is 50-70 MB lower, and with `memory.keep_freed_memory` a 600-step VGG-11 trial runs 13%
-    # faster (13.1 s against 15.2 s: no trimming and faulting in again). Where Ray preloads no jemalloc (not
-    # Linux, an LD_PRELOAD of the user's, a cluster from `ray start`), workers keep glibc and the settings above.
+    # jemalloc a trial's peak is 50-70 MB lower, and a 600-step VGG-11 trial runs 13% faster (13.1 s against
+    # 15.2 s, with bnsweep.memory.keep_freed_memory). Where Ray preloads no jemalloc (not Linux, an LD_PRELOAD
+    # of the user's, a cluster from `ray start`), workers keep glibc and the settings above.
     os.environ.setdefault("RAY_LD_PRELOAD_ON_WORKERS", "1")
 
 
@@ -153,6 +153,7 @@ _DATA: dict[tuple, Any] = {}  # per worker process: Tune reuses a worker for tri
 def _data_for(config: TrialConfig):
     """The trial's data set, loaded once per worker process (trials only read it)."""
     from bnsweep.data import load_dataset, release_raw_cache
+    from bnsweep.memory import purge_jemalloc
     from bnsweep.trial import pick_device
 
     device = pick_device(config.device)
@@ -163,7 +164,7 @@ def _data_for(config: TrialConfig):
         _DATA[key] = load_dataset(config.dataset, root=config.data_root, device=device,
                                   data_seed=config.data_seed, curvature=config.curvature)
         release_raw_cache()
-        _release_memory()  # and what reading the files took, which jemalloc would keep for the trial
+        purge_jemalloc()  # and what reading the files took, which jemalloc would keep through the trial
     return _DATA[key]
 
 
@@ -185,10 +186,8 @@ def train_trial(params: dict[str, Any], specs: dict[str, dict[str, Any]]) -> Non
     import torch
     from ray import tune
 
-    from bnsweep.memory import keep_freed_memory
     from bnsweep.trial import run_trial
 
-    keep_freed_memory()
     spec = specs[params["trial_id"]]
     config = make_config(spec["config"])
     results, trial_id = spec["results"], config.trial_id
