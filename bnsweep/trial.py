@@ -31,7 +31,7 @@ from bnsweep.config import TrialConfig, stream_seed
 from bnsweep.data import BatchSampler, Dataset, augment, load_dataset
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import StepCosts
-from bnsweep.memory import release_freed_memory
+from bnsweep.memory import keep_freed_memory, purge_jemalloc
 from bnsweep.models import build_model
 from bnsweep.norms import NoisyBatchNorm, NormOptions
 from bnsweep.schema import CURVE_COLUMNS, EVAL_COLUMNS
@@ -143,6 +143,7 @@ class Trial:
 
     def __init__(self, config: TrialConfig, data: Dataset | None = None):
         self.config = c = config
+        keep_freed_memory()  # this process's allocator: see bnsweep/memory.py
         self.device = pick_device(c.device)
         if c.threads:
             torch.set_num_threads(c.threads)
@@ -312,7 +313,7 @@ class Trial:
     @torch.no_grad()
     def evaluate(self, t: int) -> None:
         """Loss and accuracy on the fixed training subset and the test set, in eval mode."""
-        release_freed_memory()  # what the training steps freed does not fit the evaluation's larger tensors
+        purge_jemalloc()  # what the training steps freed does not fit the evaluation's larger tensors
         self.model.eval()
         train = self._evaluate_on(self.data.train_x[self.eval_index], self.data.train_y[self.eval_index])
         if self.test_index is None:

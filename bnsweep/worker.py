@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 from bnsweep import records
 from bnsweep.checkpoints import latest_checkpoint, read_checkpoint
 from bnsweep.config import TrialConfig, make_config
-from bnsweep.memory import keep_freed_memory, release_freed_memory
+from bnsweep.memory import purge_jemalloc, release_freed_memory
 
 ATTEMPTS = "_attempts"  # RESULTS/_attempts/<trial_id>/<uuid>: one empty file per start of a trial
 # The key of bnsweep's trial id in the config Tune sees (Tune's results carry a `trial_id` of Tune's own).
@@ -60,7 +60,7 @@ def worker_data(config: TrialConfig):
         _DATA[key] = load_dataset(config.dataset, root=config.data_root, device=device,
                                   data_seed=config.data_seed, curvature=config.curvature)
         release_raw_cache()
-        release_memory()  # and what reading the files took, which jemalloc would keep for the trial
+        purge_jemalloc()  # and what reading the files took, which jemalloc would keep through the trial
     return _DATA[key]
 
 
@@ -94,7 +94,6 @@ def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
 
     from bnsweep.trial import run_trial
 
-    keep_freed_memory()
     config = trial_config(params, run["runtime"][params[ID]])
     results, trial_id = run["results"], config.trial_id
     attempt = mark_attempt(results, trial_id)
