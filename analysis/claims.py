@@ -266,6 +266,14 @@ class Context:
         common = set.intersection(*(set(f[f].index) for f in frames)) if frames else set()
         return sorted(float(x) for x in common)
 
+    def momentum(self, setting: str, lr: float) -> float:
+        """The SGD momentum the setting's trials at this rate used (0, the paper's, where not recorded)."""
+        t = self.trials
+        if "momentum" not in t:
+            return 0.0
+        m = t.loc[(t["setting"] == setting) & (t["lr"] == lr), "momentum"].dropna()
+        return float(m.max()) if len(m) else 0.0
+
     def final_metric(self, setting: str, norm: str, lr: float) -> float:
         """Mean over seeds of the final training accuracy (classification) or final loss (regression)."""
         t = self.trials
@@ -532,9 +540,19 @@ def c5_smoothness(ctx: Context) -> Claim:
         return (SUPPORTED if lower else CONTRADICTED), why
 
     cases = _paired_probe_cases(ctx, "landscape", measures, judge, prepare)
+    for case in cases:
+        # At the edge of stability the rate, not the network, sets the curvature (Cohen et al. 2021): gradient
+        # descent with momentum alpha is stable along a direction of curvature beta only while
+        # eta * beta < 2(1 + alpha). eta * beta_eff near that limit says the landscape is as sharp as the rate
+        # allows; far below it, the network itself is smoother. The verdict is unchanged by it.
+        limit = 2 * (1 + ctx.momentum(case["setting"], case["lr"]))
+        case["eta_beta_eff"] = {n: case["lr"] * case[f"median_{n}"]["beta_eff"] for n in ("batch", "none")}
+        case["why"] += (f"; eta*beta_eff {fmt(case['eta_beta_eff']['batch'])} vs "
+                        f"{fmt(case['eta_beta_eff']['none'])} (stable below {limit:g})")
     summary = summarize(cases, "no landscape rows for none and batch at a rate both train")
     return Claim("C5", "BatchNorm smooths the landscape: batch's loss-variation range, gradient-predictiveness range "
-                 "and effective beta-smoothness are lower than none's (medians over training)",
+                 "and effective beta-smoothness are lower than none's (medians over training; eta*beta_eff "
+                 "beside them)",
                  combine(cases, th.case_quorum), summary, cases)
 
 

@@ -8,6 +8,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: the probe and dynamics tests are tiny, and on a shared machine a second OpenMP thread
+    mostly spins waiting for a busy core (10x slower at times). Bit-identity holds at any fixed thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """Real Fashion-MNIST (Debian's dataset-fashion-mnist, installed by .ci/run)."""

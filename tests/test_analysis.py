@@ -257,6 +257,18 @@ def test_claim_c3_needs_the_noise_to_shift_activations(tmp_path):
     assert all(case["shift_ratio"] < 1.5 for case in claims["C3"].cases)
 
 
+def test_claim_c5_gives_eta_beta_eff(paper):
+    """C5's numbers carry eta * beta_eff per variant (the rate times the median effective smoothness) and the
+    stability limit 2(1 + momentum) it is read against; the verdict does not depend on them."""
+    c5 = next(c for c in check_claims(load(paper)) if c.key == "C5")
+    assert c5.cases
+    for case in c5.cases:
+        for norm in ("batch", "none"):
+            assert case["eta_beta_eff"][norm] == pytest.approx(case["lr"] * case[f"median_{norm}"]["beta_eff"])
+        assert "eta*beta_eff" in case["why"] and "(stable below 2)" in case["why"]
+    assert "eta_beta_eff.batch" in c5.cases[0]["over_seeds"]
+
+
 def test_check_command(paper, capsys):
     assert check(paper) == 0
     printed = capsys.readouterr().out

@@ -20,13 +20,7 @@ from bnsweep.models import build_model
 from bnsweep.norms import NormOptions
 from bnsweep.trial import Trial, squared_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _gen(seed=0):

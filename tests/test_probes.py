@@ -21,14 +21,7 @@ from bnsweep.trial import Trial
 ALL_PROBES = "landscape,ics,activations,bn_identity,layer_norms,hessian,random_direction,sharpness,scale_invariance"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tests are tiny, and on a shared machine a second OpenMP thread mostly spins
-    waiting for a busy core (10x slower at times). Bit-identity holds at any fixed thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _gen(seed=0):
