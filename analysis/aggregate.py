@@ -165,10 +165,17 @@ def brackets(boundaries: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     for name in ("width", "curvature", "lower", "upper", "ratio", "lower_min", "upper_max"):
         if name in df:
             df[name] = pd.to_numeric(df[name], errors="coerce").astype("float64")
-    keys = trials[["arch", "width", "dataset", "setting"]].astype({"arch": str, "dataset": str, "setting": str})
-    keys = keys.drop_duplicates(["arch", "width", "dataset"])
-    df = df.merge(keys, on=["arch", "width", "dataset"], how="left")
-    df["setting"] = df["setting"].fillna(df["arch"])
+    # A cell's panel is its trials': matched on the network and, where both record it, the batch size (a search
+    # over batch sizes brackets each size in a panel of its own).
+    on = ["arch", "width", "dataset"] + (["batch_size"] if "batch_size" in df and "batch_size" in trials else [])
+    labels = ["setting", "network"] if "network" in trials else ["setting"]
+    keys = trials[on + labels].astype({"arch": str, "dataset": str, **dict.fromkeys(labels, str)})
+    if "batch_size" in on and keys["batch_size"].dtype != df["batch_size"].dtype:  # older files lack it: NaN
+        keys["batch_size"] = pd.to_numeric(keys["batch_size"], errors="coerce").astype("float64")
+        df["batch_size"] = pd.to_numeric(df["batch_size"], errors="coerce").astype("float64")
+    df = df.merge(keys.drop_duplicates(on), on=on, how="left")
+    for label in labels:
+        df[label] = df[label].fillna(df["arch"])
     quadratic = df["dataset"] == "quadratic"
     curvature = df["curvature"].map("{:g}".format) if "curvature" in df else ""
     df["cell_label"] = df["norm"].where(~quadratic, df["norm"] + " (curvature " + curvature + ")")

@@ -43,6 +43,12 @@ def batch_sizes(df: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(column, errors="coerce").fillna(-1).astype("int64")
 
 
+def network(df: pd.DataFrame) -> pd.Series:
+    """Each row's network label as text: its panel without the batch size (analysis.load's `network`), which C7..C9
+    compare across."""
+    return (df["network"] if "network" in df else df["setting"]).astype(str)
+
+
 def size_order(size: int) -> float:
     """Sort key of a batch size: 0 (full batch) is the largest."""
     return math.inf if size == 0 else float(size)
@@ -128,7 +134,7 @@ def critical_rates(ctx: Context) -> dict[Key, Critical]:
     """Per (setting, batch size, variant): the search's bracket over seeds where the results have one, else the
     grid's (a variant trains at a rate when at least seed_quorum of its seeds trained there)."""
     t = ctx.trials
-    frame = pd.DataFrame({"setting": t["setting"].astype(str), "batch_size": batch_sizes(t),
+    frame = pd.DataFrame({"setting": network(t), "batch_size": batch_sizes(t),
                           "norm": t["norm"].astype(str), "lr": t["lr"], "trained": t["trained"].astype(float)})
     share = frame.groupby(["setting", "batch_size", "norm", "lr"])["trained"].mean()
     out: dict[Key, Critical] = {}
@@ -136,7 +142,7 @@ def critical_rates(ctx: Context) -> dict[Key, Critical]:
         out[(setting, int(size), norm)] = _grid_bracket(s.droplevel([0, 1, 2]) >= ctx.th.seed_quorum)
     if ctx.brackets is not None:
         b = ctx.brackets
-        for setting, size, norm, lo, hi, mono in zip(b["setting"].astype(str), batch_sizes(b), b["norm"].astype(str),
+        for setting, size, norm, lo, hi, mono in zip(network(b), batch_sizes(b), b["norm"].astype(str),
                                                      b["lower"], b["upper"], b["monotone"], strict=True):
             out[(setting, int(size), norm)] = Critical(float(lo) if pd.notna(lo) else None,
                                                        float(hi) if pd.notna(hi) else None, "boundaries",
@@ -276,7 +282,7 @@ def c9_small_batch(ctx: Context) -> Claim:
     t = ctx.trials
     if metric not in t:
         return Claim("C9", statement, NO_DATA, f"the trials have no {metric} column")
-    t = t.assign(batch_size=batch_sizes(t), norm=t["norm"].astype(str), setting=t["setting"].astype(str))
+    t = t.assign(batch_size=batch_sizes(t), norm=t["norm"].astype(str), setting=network(t))
     t = t[t["batch_size"] >= 0]
     cases, judged_settings = [], []
     for setting, rows in t.groupby("setting", sort=False):

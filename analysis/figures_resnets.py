@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis import critical_lr
 from analysis.aggregate import OUTCOMES, brackets, outcome
-from analysis.claims_resnets import batch_sizes, size_order, size_text
+from analysis.claims_resnets import batch_sizes, network, size_order, size_text
 from analysis.figures import (
     OUTCOME_SHAPES,
     H,
@@ -97,8 +97,9 @@ def _critical_by_size(results: Results) -> pd.DataFrame:
     """One row per (setting, variant, batch size) of a search over several batch sizes: the bracket over seeds
     (geometric means), its critical rate sqrt(lower x upper) and the band over seeds of the seeds' critical rates
     (critical_lo..critical_hi: bootstrap interval with 3 seeds or more, range with 2, none with 1)."""
+    # Here a panel is a network across its batch sizes (analysis.load's `network`), not one batch size's setting.
     b = brackets(table(results, "boundaries"), table(results, "trials"))
-    b = b[b["all_seeds"].astype(bool)].assign(batch_size=lambda d: batch_sizes(d))
+    b = b[b["all_seeds"].astype(bool)].assign(batch_size=lambda d: batch_sizes(d), setting=lambda d: network(d))
     b = b[b["batch_size"] >= 0]
     several = b.groupby("setting")["batch_size"].transform("nunique") > 1
     b = b[several].copy()
@@ -110,7 +111,7 @@ def _critical_by_size(results: Results) -> pd.DataFrame:
     seeds = critical_lr.per_seed(results)
     if len(seeds):
         # Rates are compared in log space: the band of the mean log is that of the geometric mean.
-        seeds = seeds.assign(batch_size=batch_sizes(seeds), log_critical=np.log(
+        seeds = seeds.assign(batch_size=batch_sizes(seeds), setting=network(seeds), log_critical=np.log(
             pd.to_numeric(seeds["critical"], errors="coerce").astype(float)))
         band = band_over_seeds(seeds, "log_critical", keys)
         band["critical_lo"], band["critical_hi"] = np.exp(band["log_critical_lo"]), np.exp(band["log_critical_hi"])

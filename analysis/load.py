@@ -38,7 +38,7 @@ TRIALS = "trials"
 # Config columns copied onto every per-trial table so that each is tidy on its own (one row = one
 # observation with everything needed to group it).
 SEQUENCES = ("probes", "etas", "ics_layers", "activation_layers")  # stored as JSON text in `trials`
-KEYS = ("setting", "arch", "width", "dataset", "task", "norm", "lr", "seed")
+KEYS = ("setting", "network", "arch", "width", "dataset", "task", "norm", "lr", "seed")
 # Columns every file of a table must have for the figures and claims to read it, by kind: a file written by
 # something else (another schema, no `status`) is named in a one-line AnalysisError instead of a KeyError.
 REQUIRED: dict[str, dict[str, str]] = {
@@ -209,21 +209,49 @@ def _parse_sequences(df: pd.DataFrame) -> None:
         df.loc[values.index, name] = parsed.map(lambda v: tuple(v) if isinstance(v, list) else v)
 
 
-def _setting_labels(trials: pd.DataFrame) -> pd.Series:
-    """A panel label per trial: the architecture, plus width and data set where one architecture has several."""
+# Axes a sweep varies within one network: each becomes part of the panel label where it takes several values, so
+# the paper's figures and claims never pool them as if they were seeds. `network` is the label without them: the
+# claims beyond the paper that compare across an axis (C8, C9 across batch sizes; C12 across depths) group by it.
+AXES = (("batch_size", lambda v: "full batch" if v == 0 else f"batch {v:g}"), ("depth", "depth {:g}".format),
+        ("loss", "{}".format))
+
+
+def _varies(trials: pd.DataFrame, by: pd.Series, column: str) -> pd.Series:
+    """Per trial: whether `column` takes several values among the trials of its group `by`."""
+    if column not in trials:
+        return pd.Series(False, index=trials.index)
+    return trials[column].groupby(by).transform("nunique") > 1
+
+
+def _ordered_labels(trials: pd.DataFrame, labels: pd.Series, width: pd.Series) -> pd.Series:
+    """Panels by architecture, then width, then each axis's value, as the user would read them."""
+    key = pd.DataFrame({"a": trials["arch"].cat.codes, "w": width.fillna(0), "label": labels})
+    sort = ["a", "w"]
+    for column, _ in AXES:
+        if column in trials and pd.api.types.is_numeric_dtype(trials[column]):
+            key[column] = trials[column].fillna(-1)
+            sort.append(column)
+    order = tuple(key.sort_values([*sort, "label"])["label"].drop_duplicates())
+    return ordered(labels, order)
+
+
+def _setting_labels(trials: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """A panel label per trial (`setting`): the architecture, plus width and data set where one architecture has
+    several, plus each of AXES where one network has several values; and the label without AXES (`network`)."""
     labels = trials["arch"].astype(str)
     width = trials["width"] if "width" in trials else pd.Series(np.nan, index=trials.index)
     dataset = trials["dataset"].astype(str) if "dataset" in trials else pd.Series("", index=trials.index)
-    by_arch = pd.DataFrame({"arch": labels, "width": width, "dataset": dataset}).groupby("arch")
-    many_widths = by_arch["width"].transform("nunique") > 1
-    many_data = by_arch["dataset"].transform("nunique") > 1
+    frame = pd.DataFrame({"arch": labels, "width": width, "dataset": dataset})
+    many_widths = _varies(frame, frame["arch"], "width")
+    many_data = _varies(frame, frame["arch"], "dataset")
     labels = labels.where(~many_widths, labels + " ×" + width.map("{:g}".format))
-    labels = labels.where(~many_data, labels + " " + dataset)
-    # Order panels by architecture, then width, as the user would read them.
-    key = pd.DataFrame({"a": trials["arch"].cat.codes, "w": width.fillna(0), "label": labels})
-    order = tuple(key.sort_values(["a", "w", "label"])["label"].drop_duplicates())
-    return ordered(labels, order)
-
+    network = labels.where(~many_data, labels + " " + dataset)
+    setting = network
+    for column, text in AXES:
+        many = _varies(trials, network, column)
+        if many.any():
+            setting = setting.where(~many, setting + " " + trials[column].map(text, na_action="ignore").fillna(""))
+    return _ordered_labels(trials, setting, width), _ordered_labels(trials, network, width)
 
 def type_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """Typed config columns: floats, ordered categories for variants and architectures, parsed sequences."""
@@ -244,7 +272,7 @@ def type_trials(trials: pd.DataFrame) -> pd.DataFrame:
     df["task"] = ordered(df["task"], ("classification", "regression"))
     if "status" in df:
         df["status"] = ordered(df["status"], STATUS_ORDER)
-    df["setting"] = _setting_labels(df)
+    df["setting"], df["network"] = _setting_labels(df)
     return df.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
 
 
@@ -280,8 +308,9 @@ def load(results: str | os.PathLike) -> Results:
 
     `trials` has one row per finished trial with its config typed (lr float, norm an ordered categorical
     none < batch < noisy_batch < l1_batch < l2_batch < linf_batch < layer < group < ws_group < fixup <
-    skipinit < nf, sequences as tuples) and a
-    `setting` column naming its panel. Every other per-trial table gains the key columns (setting, arch, width,
+    skipinit < nf, sequences as tuples), a `setting` column naming its panel (the architecture, with its width,
+    data set, batch size, depth or loss where the results hold several) and `network` (the panel without batch
+    size, depth and loss). Every other per-trial table gains the key columns (setting, network, arch, width,
     dataset, task, norm, lr, seed). Raises AnalysisError when the location is missing or is not results.
     """
     fs, root = filesystem(results)

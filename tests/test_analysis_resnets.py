@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from analysis import Thresholds, check_claims, load
+from analysis import Thresholds, aggregate, check_claims, load
 from analysis.claims import CONTRADICTED, NO_DATA, SUPPORTED, claims_table
 from analysis.claims_resnets import Critical, Span
 from analysis.commands import build_all, check
@@ -150,6 +150,23 @@ def test_c8_needs_two_batch_sizes(tmp_path):
     c8 = claim(search(tmp_path, {128: (0.2, 0.4)}, {128: (1.6, 3.2)}), "C8")
     assert c8.verdict == NO_DATA and "2 batch sizes or more" in c8.summary
     assert claim(write_grid(tmp_path / "grid", NF_TRAIN), "C8").verdict == NO_DATA
+
+
+def test_each_batch_size_is_a_panel_of_its_own(tmp_path):
+    """The paper's figures and C1..C6 group by `setting`: batch sizes must not be pooled there as if seeds. C1..C6
+    judge each batch size alone; C8 still compares across them through `network`."""
+    data = load(search(tmp_path, NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)}))
+    t = data.trials
+    assert list(t["setting"].cat.categories) == ["resnet20 batch 16", "resnet20 batch 64", "resnet20 batch 256"]
+    assert set(t["network"].astype(str)) == {"resnet20"}
+    assert all((t["setting"].astype(str) == f"resnet20 batch {b}").equals(t["batch_size"] == b) for b in (16, 64))
+    b = aggregate.brackets(data["boundaries"], t)  # each cell's bracket in its batch size's panel
+    assert (b["setting"] == "resnet20 batch " + b["batch_size"].astype(str)).all()
+    assert (b["network"] == "resnet20").all()
+    c1 = {c.key: c for c in check_claims(data)}["C1"]
+    assert {case["setting"] for case in c1.cases} == set(t["setting"].astype(str))
+    # One batch size alone keeps the plain label.
+    assert set(load(write_grid(tmp_path / "one", NF_TRAIN)).trials["setting"].astype(str)) == {"resnet20"}
 
 
 # -- C9: small batches ------------------------------------------------------------------------------------------
