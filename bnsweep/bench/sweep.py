@@ -1,17 +1,18 @@
 """Parallel efficiency of `bnsweep run`: the sweep's wall time against the same trials run one after another.
 
-Evidence (2026-11-25, 2-core x86_64 dev machine, no GPU, torch 2.14.1, ray 2.60.0, otherwise idle):
-    12 trials of vgg11 width 0.125, 600 steps, evaluations every 200, probes every 100, 1 thread each
-    one after another in one process: 277.5 s   on Ray (2 at a time): 152.8 s
-    the trials' own time: 275.5 s one after another, 282.8 s on Ray; outside the trials: 22.9 core-seconds
-    efficiency: 0.908 (sequential / (sweep wall x 2 cores))
-    Ray overhead per trial: 2.35 core-seconds
-With --trials 8 the same machine gave 0.829 to 0.889 over five runs: about 20 core-seconds of the sweep are fixed
-(Ray's start, about 6 s before the first trial runs; each worker's imports and data on its first trial; the last
-trial running alone; Ray's shutdown, 1.4 s), and two trials at once run 0 to 6% slower than one alone, as they
-share the memory system. Before the queue ran the costliest trials first, 8 trials gave 0.792 (185.9 s against
-117.4 s): the grid's order put the four batch trials (27 s each) on one worker and the four none trials (21 s) on
-the other, which then sat idle for 23 s. lr_grid's cpu scale runs 44 such trials.
+Evidence (2026-11-30, 2-core AMD EPYC KVM (family 26), no GPU, torch 2.14.1, ray 2.60.0, otherwise idle, this
+bench on main (one driver, one executor) and right after on 447db23 (the runner.py it replaced, before the memory
+work), one run each:
+                              sequential   on Ray, 2 at a time   trials' own time on Ray   efficiency   overhead/trial
+    main (8b46e4f)               165.6 s          93.6 s                 166.2 s               0.884     1.81 core-s
+    447db23                      161.6 s         103.8 s                 182.7 s               0.779     3.83 core-s
+    peak resident memory per worker: 857 MB on main, 1085 MB on 447db23.
+The trials' own time on Ray is now that of the sequential pass: workers allocate with jemalloc, which keeps a
+trial's freed memory (447db23's glibc workers ran 13 % slower than one process alone). About 21 core-seconds of
+the sweep are fixed: Ray's start, about 6 s before the first trial runs; each worker's imports and data on its
+first trial; the last trial running alone; Ray's shutdown. Part of the gain is the allocator's, not Ray's: the
+sequential pass runs under glibc. Earlier (2026-11-25, another machine of this kind): --trials 8 gave 0.829 to
+0.889 over five runs; before the queue ran the costliest trials first, 8 trials gave 0.792.
 
 efficiency = (sum of the trials' times run one after another in one process, same thread count)
              / (the sweep's wall time on Ray x cores used)
@@ -90,8 +91,9 @@ def main(argv: list[str]) -> int:
         path = write_sweep(folder, a.steps, a.trials, a.width)
         n = len(load(str(path), "paper").configs)
         used = min(cores, n)
+        lr_grid = len(load("lr_grid", "cpu").configs)
         print(f"bench sweep: {n} trials of vgg11 width {a.width}, {a.steps} steps, evaluations every 200, probes "
-              f"every 100 (lr_grid's cpu-scale trials; that sweep runs 44), 1 thread each, {cores} cores, "
+              f"every 100 (lr_grid's cpu-scale trials; that sweep runs {lr_grid}), 1 thread each, {cores} cores, "
               f"torch {torch.__version__}")
         t_seq, own_seq = sequential(path)
         t_par = on_ray(path, folder / "results")
