@@ -56,8 +56,9 @@ def quiet_ray_env() -> None:
     # preloads into its own raylet: Ray passes that LD_PRELOAD on to the workers it starts when this is 1. Under
     # glibc a trial's heap fragments (a noisy_batch trial: 155 MB in use, 290 MB of heap at a probe step); with
     # jemalloc a trial's peak is 50-70 MB lower, and a 600-step VGG-11 trial runs 13% faster (13.1 s against
-    # 15.2 s, with bnsweep.memory.keep_freed_memory). Where Ray preloads no jemalloc (not
-    # Linux, an LD_PRELOAD of the user's, a cluster from `ray start`), workers keep glibc and the settings above.
+    # 15.2 s, with bnsweep.memory.keep_freed_memory). Where Ray preloads no jemalloc (not Linux, an LD_PRELOAD
+    # of the user's), workers keep glibc and the settings above. A cluster's workers inherit `ray start`'s
+    # environment, not this one: cluster.yaml sets both variables for its containers.
     os.environ.setdefault("RAY_LD_PRELOAD_ON_WORKERS", "1")
 
 

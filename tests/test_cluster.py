@@ -195,6 +195,21 @@ def test_bnsweep_installed_from_synced_checkout(cfg):
     assert "pip install -e /home/ray/bnsweep" in cfg["setup_commands"]
 
 
+def test_cluster_workers_get_the_local_allocator_settings(cfg):
+    """The environment quiet_ray_env gives a local Ray reaches a cluster's `ray start` through the container."""
+    from bnsweep.executor import quiet_ray_env
+
+    options = cfg["docker"]["run_options"]
+    saved = dict(os.environ)
+    try:
+        quiet_ray_env()
+        for name in ("RAY_LD_PRELOAD_ON_WORKERS", "MALLOC_ARENA_MAX"):
+            assert f"--env {name}={os.environ[name]}" in options, name
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def test_cluster_yaml_opens_only_ssh_to_world(cfg):
     assert world_open_port_violations(cfg) == []
 
