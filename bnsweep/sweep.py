@@ -373,6 +373,9 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
         merged = {**blocks.base, **block, **overrides, **grid_overrides.get(name, {})}
         if "seed" not in merged:
             merged["seed"] = list(range(run.get("seeds", 1)))
+        elif seeds is not None:
+            raise BnsweepError(f"--seeds {seeds}: grid {name!r} of {path} sets its own seed ({merged['seed']}); "
+                               "drop --seeds, or the grid's seed")
         merged_grids[name] = merged
     sizes = {name: _grid_size(merged) for name, merged in merged_grids.items()}
     if sum(sizes.values()) > MAX_TRIALS:

@@ -90,6 +90,21 @@ def test_scales_overrides_and_seeds(tmp_path):
     assert {c.steps for c in load(path, "smoke", sets=["steps=7"]).configs} == {7}
 
 
+def test_seeds_flag_against_a_grid_that_sets_its_seed(tmp_path):
+    """--seeds with a grid that names its own seeds would be silently ignored: one line naming both instead."""
+    path = write(tmp_path, """
+        description: test
+        grids:
+          a: {arch: dln, norm: none, lr: 1e-6, seed: [4, 5]}
+        """)
+    assert {c.seed for c in load(path, "paper").configs} == {4, 5}
+    with pytest.raises(BnsweepError, match=r"--seeds 3: grid 'a' of .*s\.yaml sets its own seed \(\[4, 5\]\)"):
+        load(path, "paper", seeds=3)
+    with pytest.raises(BnsweepError, match="sets its own seed"):
+        load(write(tmp_path, "description: t\ngrids: {a: {arch: dln, lr: 1e-6}}\n"), "paper", sets=["seed=2"],
+             seeds=2)
+
+
 @pytest.mark.parametrize("body, words", [
     ("grids: {a: {arch: dln, colour: red}}", ["s.yaml", "colour", "allowed"]),
     ("grids: {a: {arch: resnet}}", ["s.yaml", "arch", "resnet", "vgg11"]),
