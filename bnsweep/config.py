@@ -29,6 +29,10 @@ HOLD_FIXED = ("steps", "examples")
 # nf's defaults, the NF authors' (deepmind-research nfnets: nf_resnet.py alpha=0.2; optim.py SGD_AGC clipping=0.01)
 NF_ALPHA = 0.2
 AGC_CLIP = 0.01
+# Fixup's scalar biases and multipliers (and the head's bias) train at base_lr / 10 in the authors' code
+# (hongyi-zhang/Fixup, cifar/cifar_train.py and imagenet/imagenet_train.py: the parameter groups whose names hold
+# 'bias' or 'scale'); the paper's text does not state it.
+FIXUP_SCALAR_LR = 0.1
 DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction", "sharpness",
           "scale_invariance")
@@ -127,6 +131,9 @@ class TrialConfig:
     agc_clip: float | None = _f(None, "nf: adaptive gradient clipping threshold lambda, unit-wise |G|/max(|W|, "
                                       "1e-3) (default 0.01, the authors' code; 0 = no clipping)",
                                 Nullable(_n(float, 0, 100)), omit_default=True)
+    fixup_scalar_lr: float | None = _f(None, "fixup: learning rate of the scalar biases and multipliers and of the "
+                                             "head's bias, as a multiple of lr (default 0.1, the authors' code)",
+                                       Nullable(_n(float, 0, 10)), omit_default=True)
     # What is measured.
     eval_every: int = _f(250, "evaluate on a training subset and the test set every N steps (and at the end)",
                          _n(int, 1, MAX_STEPS))
@@ -192,6 +199,8 @@ class TrialConfig:
         if c.norm == "nf":
             c.nf_alpha = NF_ALPHA if c.nf_alpha is None else c.nf_alpha
             c.agc_clip = AGC_CLIP if c.agc_clip is None else c.agc_clip
+        if c.norm == "fixup":
+            c.fixup_scalar_lr = FIXUP_SCALAR_LR if c.fixup_scalar_lr is None else c.fixup_scalar_lr
         if c.hold_fixed == "examples" and c.examples is not None:
             derived = -(-c.examples // effective_batch(c))  # at least the budget: the last batch may overshoot
             if c.steps not in (FIELDS["steps"].default, derived):
@@ -268,9 +277,9 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
         out.append(("norm", "arch 'linear' has no hidden layer to normalize: use norm none"))
     if norm_problem(c.arch, c.norm):
         out.append(("norm", norm_problem(c.arch, c.norm)))
-    for key in ("nf_alpha", "agc_clip"):
-        if c.norm != "nf" and getattr(c, key) is not None:
-            out.append((key, f"{key} only applies to norm nf, not {c.norm!r}: leave it out"))
+    for key, norm in (("nf_alpha", "nf"), ("agc_clip", "nf"), ("fixup_scalar_lr", "fixup")):
+        if c.norm != norm and getattr(c, key) is not None:
+            out.append((key, f"{key} only applies to norm {norm}, not {c.norm!r}: leave it out"))
     if c.hold_fixed == "examples" and c.examples is None:
         out.append(("examples", "hold_fixed=examples needs the budget of training examples: set examples "
                                 "(steps are then examples / batch size)"))

@@ -97,15 +97,21 @@ class SGD:
     arithmetic bit for bit (a test compares them). Not torch.optim.SGD itself: the first use of any
     torch.optim.Optimizer imports torch's compiler stack (torch._dynamo, sympy), 150 MB in every Ray worker,
     for nothing a plain loop uses. With agc_clip > 0 the gradients are first clipped by adaptive_clip_, except
-    those of `unclipped` (NF-ResNets leave the final linear layer unclipped)."""
+    those of `unclipped` (NF-ResNets leave the final linear layer unclipped). The `slow` parameters step at
+    lr * slow_lr (Fixup's scalars: the two parameter groups of the authors' torch.optim.SGD)."""
 
     def __init__(self, params: list[torch.Tensor], *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                 agc_clip: float = 0.0, unclipped: list[torch.Tensor] = ()):  # fmt: skip
+                 agc_clip: float = 0.0, unclipped: list[torch.Tensor] = (), slow: list[torch.Tensor] = (),
+                 slow_lr: float = 1.0):  # fmt: skip
         self.params, self.lr, self.momentum, self.weight_decay = list(params), lr, momentum, weight_decay
         self.buffers: list[torch.Tensor | None] = [None] * len(self.params)  # momentum buffers, made on step 1
         self.agc_clip = agc_clip
         skip = {id(p) for p in unclipped}
         self.clipped = [p for p in self.params if id(p) not in skip]
+        is_slow = {id(p) for p in slow}
+        groups = ([i for i, p in enumerate(self.params) if id(p) not in is_slow], 1.0), (
+            [i for i, p in enumerate(self.params) if id(p) in is_slow], slow_lr)
+        self.groups = [(indices, factor) for indices, factor in groups if indices]  # (parameter indices, lr factor)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -116,13 +122,14 @@ class SGD:
         if self.agc_clip > 0:
             clipped = [p for p in self.clipped if p.grad is not None]
             adaptive_clip_(clipped, [p.grad for p in clipped], self.agc_clip)
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]  # as SGD: params without a grad wait
-        buffers = [self.buffers[i] for i in live]
-        sgd([self.params[i] for i in live], [self.params[i].grad for i in live], buffers, foreach=True,
-            weight_decay=self.weight_decay, momentum=self.momentum, lr=self.lr, dampening=0.0, nesterov=False,
-            maximize=False)
-        for i, b in zip(live, buffers, strict=True):
-            self.buffers[i] = b
+        for indices, factor in self.groups:
+            live = [i for i in indices if self.params[i].grad is not None]  # as SGD: params without a grad wait
+            buffers = [self.buffers[i] for i in live]
+            sgd([self.params[i] for i in live], [self.params[i].grad for i in live], buffers, foreach=True,
+                weight_decay=self.weight_decay, momentum=self.momentum, lr=self.lr * factor, dampening=0.0,
+                nesterov=False, maximize=False)
+            for i, b in zip(live, buffers, strict=True):
+                self.buffers[i] = b
 
     def state_dict(self) -> dict[str, Any]:
         return {"momentum_buffers": list(self.buffers)}
@@ -136,6 +143,12 @@ class SGD:
             raise BnsweepError(f"optimizer checkpoint has {len(buffers)} momentum buffers for {len(self.params)} "
                                "parameters: resume with the same architecture and variant")
         self.buffers = [None if b is None else b.to(p.device) for b, p in zip(buffers, self.params, strict=True)]
+
+
+def fixup_scalars(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Fixup's scalar biases and multipliers and the head's bias: the parameters whose names hold 'bias' or
+    'scale', the authors' rule (a Fixup network's convolutions have no bias)."""
+    return [p for name, p in model.named_parameters() if "bias" in name or "scale" in name]
 
 
 class Trial:
@@ -173,7 +186,8 @@ class Trial:
         self.noisy_norms = [m for m in self.model.modules() if isinstance(m, NoisyBatchNorm)]
         head = self.model.layer_params(self.model.num_layers)  # the final linear layer, which AGC leaves alone
         self.optimizer = SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                             agc_clip=c.agc_clip or 0.0, unclipped=head)
+                             agc_clip=c.agc_clip or 0.0, unclipped=head, slow=fixup_scalars(self.model) if
+                             c.norm == "fixup" else [], slow_lr=c.fixup_scalar_lr or 1.0)
         n = self.data.train_x.shape[0]
         # The fixed training subset (train_subset): batches are drawn from it and evaluations read it; its own
         # generator, so the evaluation subset without it is the same as before it existed.

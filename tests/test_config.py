@@ -44,6 +44,7 @@ def test_numbers_written_as_strings_are_numbers():
     ({"arch": "mlp", "norm": "ws_group"}, ["norm='ws_group'", "convolutional", "resnet20", "not mlp"]),
     ({"norm": "batch", "agc_clip": 0.01}, ["agc_clip=0.01", "only applies to norm nf"]),
     ({"arch": "resnet20", "norm": "batch", "nf_alpha": 0.2}, ["nf_alpha=0.2", "only applies to norm nf"]),
+    ({"arch": "resnet20", "norm": "nf", "fixup_scalar_lr": 0.1}, ["fixup_scalar_lr=0.1", "only applies to norm fixup"]),
     ({"hold_fixed": "examples"}, ["examples=None", "needs the budget"]),
     ({"examples": 1000}, ["examples=1000", "hold_fixed=examples"]),
     ({"hold_fixed": "epochs"}, ["hold_fixed", "'epochs'", "steps, examples"]),

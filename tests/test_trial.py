@@ -4,9 +4,11 @@ import math
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bnsweep import records
 from bnsweep.config import make_config
+from bnsweep.errors import BnsweepError
 from bnsweep.trial import Trial, run_trial
 
 SMALL = {"arch": "vgg11", "width": 0.0625, "dataset": "fashion-mnist", "eval_subset": 500, "probe_every": 0,
@@ -191,6 +193,30 @@ def test_nf_clips_every_layer_but_the_head(fmnist):
     p.grad = torch.full((3, 2), 10.0)
     SGD([p], lr=1.0, agc_clip=0.5).step()  # |G| = 10 |W| per row: clipped to 0.5 |W|, so W -> 0.5 W
     torch.testing.assert_close(p.detach(), torch.full((3, 2), 0.5))
+
+
+def test_fixup_scalars_step_at_a_tenth_of_the_rate_as_in_the_authors_code(fmnist):
+    """torch.optim.SGD with the Fixup authors' parameter groups (cifar_train.py: names holding 'bias' or 'scale'
+    at lr / 10, the rest at lr) takes bit for bit the steps of a fixup trial's optimizer."""
+    trial = Trial(config(arch="resnet20", width=0.125, norm="fixup", lr=0.4, momentum=0.9, steps=1), fmnist)
+    assert trial.config.fixup_scalar_lr == 0.1
+    names = dict(trial.model.named_parameters())
+    slow = [n for n in names if "bias" in n or "scale" in n]
+    assert len(slow) == 1 + 9 * 5 + 2  # stem bias, per unit 2 pre-biases + 2 biases + scale, head pre-bias + bias
+    reference_net = copy.deepcopy(trial.model)
+    ref_params = dict(reference_net.named_parameters())
+    reference = torch.optim.SGD([{"params": [ref_params[n] for n in slow], "lr": 0.04},
+                                 {"params": [p for n, p in ref_params.items() if n not in slow]}],
+                                lr=0.4, momentum=0.9, foreach=True)
+    x, y = fmnist.inputs(fmnist.train_x[:32]), fmnist.train_y[:32]
+    for _ in range(3):
+        for net, opt in ((trial.model, trial.optimizer), (reference_net, reference)):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+    assert all(torch.equal(names[n], ref_params[n]) for n in names)
+    with pytest.raises(BnsweepError, match="fixup_scalar_lr only applies to norm fixup"):
+        config(arch="resnet20", norm="batch", fixup_scalar_lr=0.1)
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet56"])
