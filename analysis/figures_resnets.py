@@ -163,8 +163,9 @@ def fig_critical_lr_batch_size(results: Results) -> alt.TopLevelMixin:
         charts = [alt.layer(band, bar, line, open_end).properties(width=2 * W, height=H)]
         ratio = _over_none(df)
         if len(ratio):
+            # The batch sizes of the panel above, also where only some have a ratio (none's bracket open).
             rx = alt.X("batch_size:Q", title="batch size", axis=alt.Axis(values=sizes, format="d"),
-                       scale=alt.Scale(type="log", base=2, nice=False, padding=12))
+                       scale=alt.Scale(type="log", base=2, nice=False, padding=12, domain=[sizes[0], sizes[-1]]))
             lines = alt.Chart(ratio).mark_line(point=True).encode(
                 x=rx, y=y("ratio", "critical rate / none's"), color=color,
                 tooltip=["norm:N", "batch_size:Q", alt.Tooltip("ratio:Q", format=".3g")])

@@ -235,6 +235,15 @@ def test_check_writes_c7_to_c9_in_order(tmp_path, capsys):
     assert "nf_critical_factor = 4" in text and "small_batch_compare = best" in text
 
 
+def _charts(spec: dict) -> list[dict]:
+    """Every unit chart of a Vega-Lite spec, however nested."""
+    found = [spec] if "mark" in spec else []
+    for key in ("vconcat", "hconcat", "layer", "concat"):
+        for part in spec.get(key, []):
+            found += _charts(part)
+    return found
+
+
 def test_resnet_figures_drawn_only_with_their_data(tmp_path):
     vgg = tmp_path / "vgg"
     for f in (FakeTrial("none", 0.1), FakeTrial("batch", 0.1)):
@@ -258,4 +267,8 @@ def test_resnet_figures_drawn_only_with_their_data(tmp_path):
     assert {r["batch_size"] for r in rows if "critical" in r} == {16, 64, 256}
     assert any(r.get("open_shape") == "triangle-up" and r.get("open_at") == 1.6 for r in rows)
     assert any(r.get("ratio") == pytest.approx(2.0) for r in rows)  # batch over none at batch 64
+    # The ratio panel spans the batch sizes of the panel above even where a ratio is missing (open at 256).
+    ratio_x = [c["encoding"]["x"] for c in _charts(spec)
+               if c.get("encoding", {}).get("y", {}).get("field") == "ratio" and "x" in c["encoding"]]
+    assert ratio_x and all(x["scale"]["domain"] == [16, 256] for x in ratio_x)
     assert "fig_resnet_lr" in drawn  # its trials are ResNet trials, one row per batch size
