@@ -58,7 +58,7 @@ def test_each_trial_is_one_run_of_every_tracker_with_its_options(tmp_path, monke
     seen = set()
     for folder in offline:
         (log,) = folder.glob("*.wandb")
-        config, history = wandb_run(log)
+        config, history = finished_wandb_run(log)
         c = expected[config["bnsweep_trial_id"]]
         assert config["lr"] == c.lr and config["norm"] == c.norm and config["arch"] == c.arch
         assert [row["step"] for row in history] == [250, 300] and all("loss" in row for row in history)
@@ -70,7 +70,28 @@ def test_each_trial_is_one_run_of_every_tracker_with_its_options(tmp_path, monke
     assert len(events) == len(expected)  # TensorBoard output, one per trial, only when asked for
 
 
-def wandb_run(path: Path) -> tuple[dict, list[dict]]:
+def finished_wandb_run(path: Path, timeout: float = 60.0) -> tuple[dict, list[dict]]:
+    """wandb_run once the run's log holds its exit record. W&B's writer process appends the records after Tune's
+    logging actor hands them over: the options come in a `config` record written after the run's start, so a log
+    read too early lacks them (seen: the test failed 2 times in 5 reading at once). A run that never finishes
+    fails here."""
+    import time
+
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            config, history, finished = wandb_run(path, with_exit=True)
+        except DecodeError:  # the last record still being written
+            config, history, finished = {}, [], False
+        if finished or time.monotonic() > deadline:
+            assert finished, f"{path}: no exit record after {timeout:g} s: the W&B run did not finish"
+            return config, history
+        time.sleep(0.5)
+
+
+def wandb_run(path: Path, with_exit: bool = False) -> tuple:
     """The config and history rows of a W&B offline run, read from its transaction log (LevelDB's log format:
     32 KiB blocks of chunks, each a 7-byte header (crc32c, length, type) and a piece of a protobuf Record; the
     file opens with W&B's own 7-byte header). wandb's Python package no longer ships a reader of it."""
@@ -96,17 +117,19 @@ def wandb_run(path: Path) -> tuple[dict, list[dict]]:
             break
     config: dict = {}
     history: list[dict] = []
+    finished = False
     for blob in records:
         record = pb.Record()
         record.ParseFromString(blob)
         kind = record.WhichOneof("record_type")
+        finished |= kind == "exit"
         if kind in ("run", "config"):
             updates = record.run.config.update if kind == "run" else record.config.update
             config |= {item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in updates}
         elif kind == "history":
             history.append({item.key or ".".join(item.nested_key): json.loads(item.value_json)
                             for item in record.history.item})
-    return config, history
+    return (config, history, finished) if with_exit else (config, history)
 
 
 def test_a_missing_or_unknown_tracker_is_one_line_naming_what_to_install(monkeypatch):
