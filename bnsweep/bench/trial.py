@@ -14,9 +14,11 @@ the per-pair ratios.
 hand as a torch.nn module: BatchNorm, or the NF-ResNet (scaled weight standardization, pre-activation units,
 alpha/beta, skip gain) with adaptive gradient clipping before torch.optim.SGD's step, the head left unclipped.
 The hand-written ResNet computes bnsweep's function exactly (same weights, same outputs: checked when it was
-written). Evidence (2026-11-30, 2-core AMD EPYC shared with other jobs, load 3-9, 1 thread, width 0.25):
-    resnet20 batch: 79.0 ms/step against 85.3 (200 steps, ratio 0.941); 60 steps: ratio 0.857
-    resnet20 nf:    75.8 ms/step against 85.6 (60 steps, ratio 0.879)
+written). Evidence (2026-11-30, 2-core AMD EPYC (family 26, KVM), otherwise idle, 2 threads, width 0.25, the
+defaults: 60 steps, 5 interleaved repeats):
+    resnet20 batch: 77.2 ms/step against 85.1   ratio: 0.900
+    resnet20 nf:    47.9 ms/step against 53.7   ratio: 0.882
+(Earlier the same day, with the machine shared, load 3-9, 1 thread: ratios 0.857-0.941.)
 The hand loops lose on per-parameter work bnsweep does with foreach kernels (torch.optim.SGD's CPU default is
 the per-parameter loop; the gradient norm is one norm per parameter).
 """
