@@ -50,7 +50,11 @@ def fig_edge_of_stability(results: Results) -> alt.TopLevelMixin:
         data = plain(data[data["value"] > 0])
         top = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
             x=alt.X("step:Q", title="step"), y=y_enc("value:Q", f"sharpness ({loss})", log=True), color=color,
-            strokeDash=alt.StrokeDash("kind:N", title=None, sort=["sharpness", "2/lr"]),
+            # Legend entries drawn as line pieces, so the dashed 2/lr reads as dashed (points would hide it).
+            strokeDash=alt.StrokeDash("kind:N", title=None, sort=["sharpness", "2/lr"],
+                                      legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2,
+                                                        symbolStrokeColor="black", symbolSize=300,
+                                                        symbolFillColor="transparent")),
             detail="trial_id:N", tooltip=["norm:N", "lr_label:N", "kind:N", "step:Q",
                                           alt.Tooltip("value:Q", format=".4g")])
         rows.append(top.properties(width=W, height=H).facet(

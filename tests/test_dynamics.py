@@ -2,6 +2,7 @@
 identities of a small float64 network (exact for eps = 0, up to the derived eps terms for eps > 0), full-batch
 gradient descent over ghost batches, the squared loss, and the growth-factor fit."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -315,5 +316,7 @@ def test_dynamics_claims_and_figures(tmp_path):
     drawn = {d.figure.name: d for d in build_all(results, validate=True)}
     for name in ("fig_edge_of_stability", "fig_scale_invariance", "fig_gradient_explosion"):
         assert drawn[name].spec is not None, name
+    # The legend tells the dashed 2/lr from the sharpness by line pieces, not by the points both lines carry.
+    assert '"symbolType": "stroke"' in json.dumps(drawn["fig_edge_of_stability"].spec)
     text = analysis.claims.claims_table(list(claims.values()), analysis.Thresholds())
     assert "eos_band_low" in text and "C12" in text
