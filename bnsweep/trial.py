@@ -197,6 +197,8 @@ class Trial:
             self.train_index = torch.randperm(n, generator=pick)[:c.train_subset].sort().values.to(self.device)
             n = c.train_subset
         self.sampler = BatchSampler(n, c.batch_size or n, seed=stream_seed(c.seed, "batches"), device=self.device)
+        # Every batch has the same size (batch_size, or all n examples when it is n or more).
+        self.ghost_parts = ghost.chunks(min(c.batch_size or n, n), c.ghost_batch)
         self.augment_generator = (torch.Generator(self.device).manual_seed(stream_seed(c.seed, "augment"))
                                   if c.augment else None)
         subset = torch.randperm(n, generator=torch.Generator().manual_seed(c.data_seed))[:c.eval_subset]
@@ -237,7 +239,7 @@ class Trial:
         if self.augment_generator is not None:
             x = augment(x, self.augment_generator)
         probing = self.probes is not None and self.probes.begin(t)
-        parts = ghost.chunks(x.shape[0], self.config.ghost_batch)
+        parts = self.ghost_parts
         if len(parts) == 1:
             out = self.model(x)
             loss = self.loss_fn(out, y)
