@@ -4,7 +4,8 @@ A round's Tuner grids over trial ids, and every identity option of each trial (l
 the config Tune sees, so Tune's own results (`ResultGrid.get_dataframe()`, its JSON and CSV logs) and the
 experiment trackers (`--log tensorboard|mlflow|wandb`, Tune's own integrations) show the real configuration.
 The Parquet records stay the record of truth; the trackers are views. Callbacks, each with one job: the progress
-line, the failure records of trials whose retries are spent, the checkpoint pruner, the trackers.
+line, the failure records of trials whose retries are spent, the checkpoint pruner, the trackers, and keeping
+Tune from unpickling trial errors out of the results location (which may be shared: nothing there runs code).
 """
 
 from __future__ import annotations
@@ -214,6 +215,29 @@ class RecordFailures(Callback):
                                                 count_attempts(self.results, config.trial_id)))
 
 
+class ForgetPickledErrors(Callback):
+    """Tune keeps each trial's exception pickled in `error.pkl` under its storage path (RESULTS/_ray, maybe a
+    shared bucket) and unpickles it from there into the ResultGrid at the end of `fit`: whoever can write the
+    results location would run code in the driver. Tune is made to forget the pickled copy as soon as it is
+    written (and, at the end, for every trial), so the ResultGrid reads the error's text (`error.txt`) instead.
+    No other pickle under the storage path is read by a Tuner that is not restored, and bnsweep never restores
+    one: resume rebuilds the plan from the Parquet records (tests/test_trust_tune.py plants them all)."""
+
+    @staticmethod
+    def forget(trial) -> None:
+        trial.run_metadata.pickled_error_filename = None
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.forget(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.forget(trial)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        for trial in trials:
+            self.forget(trial)
+
+
 class PruneCheckpoints(Callback):
     """A finished trial's checkpoints go as soon as it ends: its records are written, it never resumes.
     A failed trial keeps them: the next run retries it from there."""
@@ -329,7 +353,8 @@ class Executor:
         run = {"results": results, "sweep": sw.name, "checkpoint_every": sw.checkpoint_every,
                "report_every": sw.report_every, "runtime": {c.trial_id: c.runtime() for c in queue}}
         progress = Progress(len(queue), estimate, self.stream)
-        callbacks: list[Callback] = [progress, RecordFailures(results, {c.trial_id: c for c in queue}),
+        callbacks: list[Callback] = [ForgetPickledErrors(), progress,
+                                     RecordFailures(results, {c.trial_id: c for c in queue}),
                                      JsonLoggerCallback(), CSVLoggerCallback()]
         if not self.keep_checkpoints:
             callbacks.append(PruneCheckpoints(results, sw.name))
