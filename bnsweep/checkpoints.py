@@ -1,7 +1,9 @@
 """A running trial's checkpoints: where Tune keeps them, reading them safely, deleting them once recorded.
 
 Tune writes them under RESULTS/_ray/<sweep>/<trial_id>/checkpoint_NNNNNN/ (trial.pt and step.txt). A results
-directory may be a shared bucket, so a checkpoint is data, never code.
+directory may be a shared bucket, so a checkpoint is data, never code; and it is tied to its trial: it records the
+trial's id and the shapes it holds, and one that does not fit the trial (`fits` says why) is refused like one that
+would run code, so the trial resumes from an older checkpoint or starts over, instead of failing on every retry.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import io
 import pickle
 import sys
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -17,12 +20,20 @@ import pyarrow.fs as pafs
 from bnsweep import records
 
 RAY_DIR = "_ray"  # Tune's experiment state and checkpoints; underscore: ignored by Parquet readers
+# Why a checkpoint's state cannot resume the trial at hand (None: it can): bnsweep.trial.Trial.checkpoint_problem.
+Fits = Callable[[dict], str | None]
 
 
-def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> dict | None:
-    """A trial's checkpoint, or None when it cannot be used: cut off mid-write, or holding anything but
-    tensors and plain types. torch.load(weights_only=True) refuses every pickled object outside that set
-    without running it."""
+def refuse(path: str, reason: str) -> None:
+    """The one-line warning of a refused checkpoint, naming the file and why."""
+    print(f"bnsweep: warning: refusing checkpoint {path}: {reason}; resuming from an older checkpoint or step 0",
+          file=sys.stderr, flush=True)
+
+
+def read_checkpoint(path: str, fs: pafs.FileSystem | None = None, fits: Fits | None = None) -> dict | None:
+    """A trial's checkpoint, or None when it cannot be used: cut off mid-write, holding anything but tensors and
+    plain types, or (`fits`) of another trial or of other shapes. torch.load(weights_only=True) refuses every
+    pickled object outside that set without running it."""
     import torch
 
     try:
@@ -32,14 +43,18 @@ def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> dict | None
         else:
             with fs.open_input_stream(path) as f:
                 blob = f.read()
-        return torch.load(io.BytesIO(blob), weights_only=True)
+        state = torch.load(io.BytesIO(blob), weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        print(f"bnsweep: warning: refusing checkpoint {path}: it holds more than tensors and plain types "
-              f"({reason}); resuming from an older checkpoint or step 0", file=sys.stderr, flush=True)
+        refuse(path, f"it holds more than tensors and plain types ({reason})")
         return None
     except (OSError, pa.ArrowException, RuntimeError, EOFError):
         return None  # a checkpoint cut off mid-write: fall back to an older one or step 0
+    problem = fits(state) if fits is not None else None
+    if problem:
+        refuse(path, problem)
+        return None
+    return state
 
 
 def _checkpoint_dirs(fs: pafs.FileSystem, trial_dir: str) -> list[pafs.FileInfo]:
@@ -47,8 +62,9 @@ def _checkpoint_dirs(fs: pafs.FileSystem, trial_dir: str) -> list[pafs.FileInfo]
     return [i for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
 
 
-def latest_checkpoint(results: str, sweep_name: str, trial_id: str) -> dict | None:
-    """The newest readable checkpoint of a trial left by any earlier run, by step."""
+def latest_checkpoint(results: str, sweep_name: str, trial_id: str, fits: Fits | None = None) -> dict | None:
+    """The newest readable checkpoint of a trial left by any earlier run, by step (with `fits`: the newest that
+    fits the trial)."""
     fs, root = records.filesystem(results)
     candidates = []
     for info in _checkpoint_dirs(fs, f"{root}/{RAY_DIR}/{sweep_name}/{trial_id}"):
@@ -58,7 +74,7 @@ def latest_checkpoint(results: str, sweep_name: str, trial_id: str) -> dict | No
         except (OSError, ValueError, pa.ArrowException):
             continue
     for _, path in sorted(candidates, reverse=True):
-        state = read_checkpoint(f"{path}/trial.pt", fs)
+        state = read_checkpoint(f"{path}/trial.pt", fs, fits)
         if state is not None:
             return state
     return None

@@ -4,8 +4,9 @@ A round's Tuner grids over trial ids, and every identity option of each trial (l
 the config Tune sees, so Tune's own results (`ResultGrid.get_dataframe()`, its JSON and CSV logs) and the
 experiment trackers (`--log tensorboard|mlflow|wandb`, Tune's own integrations) show the real configuration.
 The Parquet records stay the record of truth; the trackers are views. Callbacks, each with one job: the progress
-line, the failure records of trials whose retries are spent, the checkpoint pruner, the trackers, and keeping
-Tune from unpickling trial errors out of the results location (which may be shared: nothing there runs code).
+line, the trials' warnings, the failure records of trials whose retries are spent, the checkpoint pruner, the
+trackers, and keeping Tune from unpickling trial errors out of the results location (which may be shared: nothing
+there runs code).
 """
 
 from __future__ import annotations
@@ -200,6 +201,16 @@ class Progress(Callback):
             self.stream.write("\n")
 
 
+class ShowWarnings(Callback):
+    """A trial's warnings (a refused checkpoint), which its worker sends with a report, on the driver's stderr:
+    a worker's own stderr reaches only Ray's log files unless --verbose."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        warning = result.get("warning")
+        if isinstance(warning, str) and warning:  # below a terminal's progress line, not on it
+            print(("\n" if sys.stderr.isatty() else "") + warning, file=sys.stderr, flush=True)
+
+
 class RecordFailures(Callback):
     """A trial whose retries are spent is recorded as failed, with its error, so the sweep goes on honestly."""
 
@@ -353,7 +364,7 @@ class Executor:
         run = {"results": results, "sweep": sw.name, "checkpoint_every": sw.checkpoint_every,
                "report_every": sw.report_every, "runtime": {c.trial_id: c.runtime() for c in queue}}
         progress = Progress(len(queue), estimate, self.stream)
-        callbacks: list[Callback] = [ForgetPickledErrors(), progress,
+        callbacks: list[Callback] = [ForgetPickledErrors(), progress, ShowWarnings(),
                                      RecordFailures(results, {c.trial_id: c for c in queue}),
                                      JsonLoggerCallback(), CSVLoggerCallback()]
         if not self.keep_checkpoints:

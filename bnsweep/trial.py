@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -395,8 +396,11 @@ class Trial:
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step, "status": self.status, "diverged_step": self.diverged_step,
+        """Everything a resume needs, as tensors and plain types, tied to this trial: its id and the shapes of the
+        tensors it holds (checkpoint_problem compares them)."""
+        state = {
+            "trial_id": self.config.trial_id, "step": self.step, "status": self.status,
+            "diverged_step": self.diverged_step,
             "initial_loss": self.initial_loss, "wall_time": self.wall_time,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(), "noise_generator": self.noise_generator.get_state(),
@@ -404,6 +408,37 @@ class Trial:
             "history": self.history.cpu(), "evals": self.evals,
             "probes": None if self.probes is None else self.probes.state_dict(),
         }
+        return state | {"shapes": held_shapes(state)}
+
+    def checkpoint_problem(self, state: dict[str, Any]) -> str | None:
+        """Why a checkpoint cannot resume this trial, or None. It must name this trial (a checkpoint copied or
+        planted from another trial of the same shapes would resume the wrong run) and hold this trial's shapes, as
+        it says it does (one of other shapes fails in load_state_dict, on every retry)."""
+        if not isinstance(state, dict) or "trial_id" not in state:
+            return "it records no trial id (not a checkpoint of this bnsweep)"
+        if state["trial_id"] != self.config.trial_id:
+            return f"it is of trial {str(state['trial_id'])[:80]!r}, not of {self.config.trial_id}"
+        if not STATE_KEYS <= state.keys():
+            return f"it lacks {', '.join(sorted(STATE_KEYS - state.keys()))}"
+        try:
+            held = held_shapes(state)
+        except (AttributeError, KeyError, TypeError):
+            return "its tensors are malformed"
+        mine = held_shapes(self.shape_state())
+        buffers, params = held.pop("optimizer"), mine.pop("optimizer")
+        # A momentum buffer is made at the first step with momentum: None before it, and for good without.
+        if held != mine or len(buffers) != len(params) or any(
+                b not in (None, p) for b, p in zip(buffers, params, strict=False)):
+            return "the tensors it holds have other shapes than this trial's"
+        if state["shapes"] != held_shapes(state):
+            return "the shapes it records are not those of the tensors it holds"
+        return None
+
+    def shape_state(self) -> dict[str, Any]:
+        """This trial's tensors as a state holds them (each momentum buffer as its parameter), for held_shapes."""
+        return {"model": self.model.state_dict(), "optimizer": {"momentum_buffers": self.params},
+                "history": self.history, "noise_generator": self.noise_generator.get_state(),
+                "augment_generator": None if self.augment_generator is None else self.augment_generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("step", "status", "diverged_step", "initial_loss", "wall_time", "evals"):
@@ -485,6 +520,22 @@ class Trial:
                 "schema_version": schema.SCHEMA_VERSION}
 
 
+STATE_KEYS = {"trial_id", "shapes", "step", "status", "diverged_step", "initial_loss", "wall_time", "model",
+              "optimizer", "sampler", "noise_generator", "augment_generator", "history", "evals", "probes"}
+
+
+def held_shapes(state: dict[str, Any]) -> dict[str, Any]:
+    """The shapes of a trial state's tensors: each model tensor by name, each momentum buffer (None before its
+    first step), the loss history, the random streams. Plain lists, so a checkpoint records them as data."""
+    def shape(t) -> list[int] | None:
+        return None if t is None else list(t.shape)
+
+    return {"model": {name: shape(t) for name, t in state["model"].items()},
+            "optimizer": [shape(b) for b in state["optimizer"]["momentum_buffers"]],
+            "history": shape(state["history"]), "noise_generator": shape(state["noise_generator"]),
+            "augment_generator": shape(state["augment_generator"])}
+
+
 def trials_table(config: TrialConfig, outcome: dict[str, Any]) -> pa.Table:
     """One row: every resolved config value (lists as JSON text), then outcome and provenance."""
     unknown = set(outcome) - set(schema.OUTCOME)
@@ -534,14 +585,18 @@ def git_state() -> tuple[str | None, bool | None]:
 
 def run_trial(config: TrialConfig, results: str | os.PathLike | None = None, data: Dataset | None = None,
               callback=None, callback_every: int = 100, state: dict | None = None, catch: bool = True,
-              attempt: int = 1) -> Trial:
+              attempt: int = 1, find_state: Callable[[Trial], dict | None] | None = None) -> Trial:
     """Build, (optionally restore,) train and record one trial.
 
+    `find_state(trial)`, called once the trial is built, finds its checkpoint where `state` is not given: it can
+    check a checkpoint against the trial (Trial.checkpoint_problem) before anything is loaded.
     With catch=True an error inside training is recorded as status `failed`; with catch=False it propagates
     (a sweep lets Ray retry the trial first).
     """
     trial = Trial(config, data)
     trial.attempt = attempt
+    if state is None and find_state is not None:
+        state = find_state(trial)
     if state is not None:
         trial.load_state_dict(state)
     try:

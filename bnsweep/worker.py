@@ -7,7 +7,10 @@ when Tune hears a trial end, its `trials` file is there.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import sys
 import tempfile
 import time
 import uuid
@@ -97,19 +100,17 @@ def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
     config = trial_config(params, run["runtime"][params[ID]])
     results, trial_id = run["results"], config.trial_id
     attempt = mark_attempt(results, trial_id)
-    state = None
-    checkpoint = tune.get_checkpoint()  # set when Tune retries this trial in the same run
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = read_checkpoint(str(Path(d) / "trial.pt"))
-    if state is None and attempt > 1:
-        state = latest_checkpoint(results, run["sweep"], trial_id)
+    warnings: list[str] = []  # for the driver's output, with the next report
     every = run["checkpoint_every"]
+
+    def find_state(trial) -> dict | None:
+        with warnings_to(warnings):
+            return resume_state(trial, tune.get_checkpoint(), results, run["sweep"], attempt)
 
     def report(trial) -> None:
         # timesteps_total is the training step: the trackers (MLflow, W&B) draw the loss curve against it.
         metrics = {"step": trial.step, "timesteps_total": trial.step, "loss": trial.history[trial.step - 1, 0].item(),
-                   "status": trial.status, "done": False}
+                   "status": trial.status, "done": False, **pop_warnings(warnings)}
         if every and trial.step % every == 0 and trial.step < trial.config.steps:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(trial.state_dict(), Path(d) / "trial.pt")
@@ -119,13 +120,49 @@ def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
             tune.report(metrics)
 
     trial = run_trial(config, results=None, data=worker_data(config), callback=report,
-                      callback_every=run["report_every"], state=state, catch=False, attempt=attempt)
+                      callback_every=run["report_every"], find_state=find_state, catch=False, attempt=attempt)
     records.write_trial(results, trial_id, trial.tables())
     outcome = trial.outcome()
-    del trial, state
+    del trial
     release_memory()
     final_loss = outcome["final_loss"]
     tune.report({"step": outcome["steps_done"], "timesteps_total": outcome["steps_done"],
                  "loss": final_loss if math.isfinite(final_loss) else float("nan"),
                  "status": outcome["status"], "trained": outcome["trained"], "done": True,
-                 **{k: outcome[k] for k in FINAL_METRICS}})
+                 **{k: outcome[k] for k in FINAL_METRICS}, **pop_warnings(warnings)})
+
+
+def resume_state(trial, checkpoint, results: str, sweep: str, attempt: int) -> dict | None:
+    """The state a starting trial resumes from: Tune's checkpoint when Tune retries it in the same run, else the
+    newest one an earlier start left; either only if it fits the trial (a checkpoint of another trial, or of
+    other shapes, is refused with a warning: the trial starts over instead of failing on every retry)."""
+    fits = trial.checkpoint_problem
+    if checkpoint is not None:
+        state = read_checkpoint(f"{checkpoint.path}/trial.pt", checkpoint.filesystem, fits)
+        if state is not None:
+            return state
+    return latest_checkpoint(results, sweep, trial.config.trial_id, fits) if attempt > 1 else None
+
+
+@contextlib.contextmanager
+def warnings_to(warnings: list[str]):
+    """The `bnsweep: warning:` lines written to stderr inside, kept in `warnings` as well: a worker's stderr
+    reaches only Ray's log files (the driver hides it unless --verbose), the warnings reach the driver's
+    output with the trial's next report."""
+    caught = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(caught):
+            yield
+    finally:
+        text = caught.getvalue()
+        sys.stderr.write(text)
+        warnings += [line for line in text.splitlines() if line.startswith("bnsweep: warning:")]
+
+
+def pop_warnings(warnings: list[str]) -> dict[str, str]:
+    """The report's `warning` entry (the warnings since the last report), emptying the list; {} when none."""
+    if not warnings:
+        return {}
+    text = "\n".join(warnings)
+    warnings.clear()
+    return {"warning": text}
