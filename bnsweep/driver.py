@@ -64,11 +64,13 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
               address: str | None = None, sets: list[str] | tuple[str, ...] = (), seeds: int | None = None,
               dry_run: bool = False, verbose: bool = False, data_root: str | None = None,
               num_cpus: int | None = None, command: str | None = None, keep_checkpoints: bool = False,
-              trackers: list[str] | tuple[str, ...] = (), stream=sys.stdout) -> str:
+              trackers: list[str] | tuple[str, ...] = (), stream=None) -> str:
     """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`.
     A finished trial's checkpoints are deleted once its records are written, unless `keep_checkpoints`;
     `trackers` (tensorboard, mlflow, wandb) attach Ray Tune's integrations. The results directory is locked
-    (bnsweep/lock.py) from before anything is written until the run ends."""
+    (bnsweep/lock.py) from before anything is written until the run ends. `stream` defaults to sys.stdout as it
+    is when called (a default bound at import would keep a stdout replaced since, as pytest's capture is)."""
+    stream = stream or sys.stdout
     check_run_arguments(results, data_root, num_cpus)
     if results is not None:
         records.check_location(results, "--results")
