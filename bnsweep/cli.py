@@ -135,7 +135,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
               "it)")
         return 0
     trial = run_trial(config)
-    print(summary_line(trial))  # first: a disk that filled up during training cannot lose the outcome
+    print(printable(summary_line(trial)))  # first: a disk that filled up during training cannot lose the outcome
     try:
         records.write_trial(args.results, config.trial_id, trial.tables())
     except BnsweepError as e:
