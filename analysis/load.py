@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -78,9 +79,36 @@ class Results(Mapping[str, pd.DataFrame]):
         return self.tables[TRIALS]
 
 
+SCHEMES = ("file", "s3")  # as bnsweep's records: pyarrow opens others too (mock:// holds nothing)
+SECRET_WORDS = ("key", "secret", "token", "password", "credential", "signature")
+
+
+def location_problem(text: str) -> str | None:
+    """What is wrong with a results location, or None: the rule of bnsweep's records (this module does not import
+    bnsweep): a local path, file:// or s3:// only, and no credentials inside a URI, which would be printed and
+    written into claims.json and index.html. The message never repeats a URI that may hold a secret."""
+    if not text.strip():
+        return f"results={text!r}: an empty path; give a results directory or an s3://bucket/prefix URI"
+    if "://" not in text:
+        return None
+    scheme = text.partition("://")[0].lower()
+    if scheme not in SCHEMES:
+        return (f"results: the scheme {scheme[:20]!r} is not a results location; use a local path, file:///path or "
+                "s3://bucket/prefix")
+    parts = urlsplit(text)
+    keys = [k.lower() for k in parse_qs(parts.query, keep_blank_values=True)]
+    if "@" in parts.netloc or any(word in k for k in keys for word in SECRET_WORDS):
+        return (f"results: the {scheme}:// URI holds credentials (not shown here); remove them from the URI and "
+                "give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, an AWS profile or an instance role")
+    return None
+
+
 def filesystem(results: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """The pyarrow file system and root path of a results location (local path or URI)."""
     text = str(results)
+    problem = location_problem(text)
+    if problem:
+        raise AnalysisError(problem)
     if "://" in text:
         try:
             return pafs.FileSystem.from_uri(text)

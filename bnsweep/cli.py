@@ -9,7 +9,7 @@ import sys
 
 from bnsweep.config import FIELDS, TrialConfig
 from bnsweep.errors import BnsweepError
-from bnsweep.rules import Items, Nullable, Number, Rule
+from bnsweep.rules import Items, Nullable, Number, Rule, printable
 
 
 class Parser(argparse.ArgumentParser):
@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "against a results directory",
                            description="Print a verdict per claim and write RESULTS/claims.json.")
     check.add_argument("results", help="results directory or s3://... URI")
+
+    unlock = sub.add_parser("unlock", help="break the lock of a results directory whose bnsweep run is dead",
+                            description="Remove RESULTS/.lock, which `bnsweep run` holds while it writes. Only "
+                            "for a run that died on another host: a dead run's lock on this host is taken over by "
+                            "the next run, and a running one's is refused.")
+    unlock.add_argument("results", help="results directory or s3://... URI")
     return parser
 
 
@@ -125,16 +131,17 @@ def cmd_trial(args: argparse.Namespace) -> int:
     config = trial_config_from_args(args)
     records.check_writable(args.results)
     if config.trial_id in records.finished_trial_ids(args.results) and not args.force:
-        print(f"{config.trial_id}: already recorded in {args.results} (pass --force to rerun and replace it)")
+        print(f"{config.trial_id}: already recorded in {printable(args.results)} (pass --force to rerun and replace "
+              "it)")
         return 0
     trial = run_trial(config)
-    print(summary_line(trial))  # first: a disk that filled up during training cannot lose the outcome
+    print(printable(summary_line(trial)))  # first: a disk that filled up during training cannot lose the outcome
     try:
         records.write_trial(args.results, config.trial_id, trial.tables())
     except BnsweepError as e:
         raise BnsweepError(f"trial {config.trial_id} ran (outcome above) but was not recorded: {e}") from None
     if trial.status == "failed":
-        print(f"bnsweep: trial failed: {trial.error}", file=sys.stderr)
+        print(f"bnsweep: trial failed: {printable(str(trial.error))}", file=sys.stderr)
         return 1
     return 0
 
@@ -158,10 +165,10 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
             try:
                 sw = load(name, scale)
             except BnsweepError as e:
-                print(f"{name} [{scale}]: {e}")
+                print(printable(f"{name} [{scale}]: {e}"))
                 continue
             if scale == SCALES[0] or args.scale:
-                print(f"{name}: {sw.description}")
+                print(f"{printable(name)}: {printable(sw.description)}")
             grid = "  ".join(f"{k}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vals)}"
                              for k, vals in axes(sw).items())
             print(f"  {scale:<6} {rough_cost(sw)}; {grid}")
@@ -195,8 +202,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return check(args.results)
 
 
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from bnsweep import lock, records
+
+    records.check_location(args.results, "results", exists=True)
+    print(printable(lock.unlock(records.absolute(args.results))))
+    return 0
+
+
 COMMANDS = {"trial": cmd_trial, "run": cmd_run, "sweeps": cmd_sweeps, "status": cmd_status,
-            "figures": cmd_figures, "check": cmd_check}
+            "figures": cmd_figures, "check": cmd_check, "unlock": cmd_unlock}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,8 +260,8 @@ def user_error_in(e: BaseException) -> str | None:
 
 
 def _error(message: str) -> int:
-    """Bad input: one line on stderr, at most MAX_MESSAGE characters, exit code 2."""
-    line = " ".join(message.split())
+    """Bad input: one line on stderr, at most MAX_MESSAGE characters, control characters escaped, exit code 2."""
+    line = printable(" ".join(message.split()))
     if len(line) > MAX_MESSAGE:
         line = line[:MAX_MESSAGE - 1] + "…"
     print(f"bnsweep: error: {line}", file=sys.stderr)

@@ -23,10 +23,12 @@ import os
 import sys
 import time
 
-from bnsweep import records
+from bnsweep import lock, records
 from bnsweep.boundary import SearchPlan
 from bnsweep.checkpoints import prune_checkpoints
+from bnsweep.errors import BnsweepError
 from bnsweep.plan import GridPlan, Plan, settled
+from bnsweep.rules import printable, show
 from bnsweep.schedule import preflight
 from bnsweep.status import duration, resume_hint, summary_table, trial_line
 from bnsweep.sweep import Sweep, check_run_arguments, load, rough_cost
@@ -49,24 +51,39 @@ def make_plan(sw: Sweep) -> Plan:
     return SearchPlan(sw) if sw.search is not None else GridPlan(sw)
 
 
+def check_sweep_name(sw: Sweep) -> None:
+    """A sweep's name (its file's stem) names its default results directory (results/NAME) and Tune's state
+    (RESULTS/_ray/NAME): "...yaml" (stem "..") or "..yaml" (".") would make them the current directory, a parent or
+    the results directory itself."""
+    if sw.name in ("", ".", "..") or sw.name.startswith(".") or not sw.name.isprintable():
+        raise BnsweepError(f"sweep file {printable(str(sw.path))}: its name {show(sw.name)} cannot name a directory "
+                           "(results/NAME, RESULTS/_ray/NAME); rename the file, e.g. my_sweep.yaml")
+
+
 def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str | None = None,
               address: str | None = None, sets: list[str] | tuple[str, ...] = (), seeds: int | None = None,
               dry_run: bool = False, verbose: bool = False, data_root: str | None = None,
               num_cpus: int | None = None, command: str | None = None, keep_checkpoints: bool = False,
-              trackers: list[str] | tuple[str, ...] = (), stream=sys.stdout) -> str:
+              trackers: list[str] | tuple[str, ...] = (), stream=None) -> str:
     """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`.
     A finished trial's checkpoints are deleted once its records are written, unless `keep_checkpoints`;
-    `trackers` (tensorboard, mlflow, wandb) attach Ray Tune's integrations."""
+    `trackers` (tensorboard, mlflow, wandb) attach Ray Tune's integrations. The results directory is locked
+    (bnsweep/lock.py) from before anything is written until the run ends. `stream` defaults to sys.stdout as it
+    is when called (a default bound at import would keep a stdout replaced since, as pytest's capture is)."""
+    stream = stream or sys.stdout
     check_run_arguments(results, data_root, num_cpus)
+    if results is not None:
+        records.check_location(results, "--results")
     address = address or os.environ.get("RAY_ADDRESS") or None
     scale, why = choose_scale(scale, address)
     print(f"scale: {scale} ({why})", file=stream)
     sw = load(sweep, scale, sets, seeds)
+    check_sweep_name(sw)
     results = records.absolute(results or f"results/{sw.name}")
     if data_root:
         for c in sw.configs:
             c.data_root = data_root
-    print(f"sweep {sw.name}: {sw.description} -- {rough_cost(sw)}", file=stream)
+    print(f"sweep {printable(sw.name)}: {printable(sw.description)} -- {rough_cost(sw)}", file=stream)
     plan = make_plan(sw)
     if plan.describe():
         print(plan.describe(), file=stream)
@@ -80,12 +97,22 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
         from bnsweep.executor import check_trackers
 
         check_trackers(list(trackers))  # a missing tracker is an error before anything runs
-    records.check_writable(results)
     again = command or f"bnsweep run {sweep} --scale {scale} --results {results}"
+    with lock.held(results, again, stream=sys.stderr):
+        records.check_writable(results)
+        _run_plan(sw, plan, results, again, address=address, verbose=verbose, num_cpus=num_cpus,
+                  keep_checkpoints=keep_checkpoints, trackers=trackers, stream=stream)
+    return results
+
+
+def _run_plan(sw: Sweep, plan: Plan, results: str, again: str, *, address: str | None, verbose: bool,
+              num_cpus: int | None, keep_checkpoints: bool, trackers: list[str] | tuple[str, ...], stream) -> None:
+    """The rounds of a plan until it has nothing left to run, then the summary (under the results' lock)."""
+    again = printable(again)
     fresh: set[str] = set()
     known = records.outcomes(results)
     todo = plan.next_round(known, fresh)
-    print(f"results: {results}  ({plan.recorded(known, todo)})", file=stream)
+    print(f"results: {printable(results)}  ({plan.recorded(known, todo)})", file=stream)
     if todo:
         preflight(todo, f"sweep {sw.name} ({sw.path})")
         from bnsweep.executor import Executor  # Ray is imported only when there is something to run
@@ -103,7 +130,7 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
                 missing = [c for c in todo if c.trial_id not in known]
                 if missing:  # interrupted (Ctrl-C): what is missing is for the next invocation
                     print(resume_hint(len(missing), again), file=stream)
-                    return results
+                    return
                 todo = plan.next_round(known, fresh)
     asked = plan.asked()
     if not keep_checkpoints:  # also what an interrupted earlier invocation left behind
@@ -115,4 +142,3 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
     unfinished = [t for t in asked if not settled(known, t, set())]
     if unfinished:
         print(resume_hint(len(unfinished), again), file=stream)
-    return results

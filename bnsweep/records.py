@@ -22,6 +22,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -30,10 +31,38 @@ import pyarrow.parquet as pq
 from bnsweep.errors import BnsweepError
 from bnsweep.schema import REQUIRED_COLUMNS, SCHEMA_VERSION, TRIALS
 
+SCHEMES = ("file", "s3")  # pyarrow opens others too (mock:// keeps a "successful" run in memory, then loses it)
+SECRET_WORDS = ("key", "secret", "token", "password", "credential", "signature")
+
+
+def location_problem(results: str | os.PathLike, label: str) -> str | None:
+    """What is wrong with a results location, or None: an empty one would be the current directory, a scheme
+    other than file:// and s3:// is refused, and so are credentials inside a URI (user:secret@ or a query key
+    such as access_key): they would be printed and stored (errors, Tune's state, claims.json). The message never
+    repeats the location's text when it may hold a secret."""
+    text = str(results)
+    if not text.strip():
+        return f"{label}={text!r}: an empty path; give a results directory or an s3://bucket/prefix URI"
+    if "://" not in text:
+        return None
+    scheme = text.partition("://")[0].lower()
+    if scheme not in SCHEMES:
+        return (f"{label}: the scheme {scheme[:20]!r} is not a results location; use a local path, file:///path or "
+                "s3://bucket/prefix")
+    parts = urlsplit(text)
+    keys = [k.lower() for k in parse_qs(parts.query, keep_blank_values=True)]
+    if "@" in parts.netloc or any(word in k for k in keys for word in SECRET_WORDS):
+        return (f"{label}: the {scheme}:// URI holds credentials (not shown here); remove them from the URI and "
+                "give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, an AWS profile or an instance role")
+    return None
+
 
 def filesystem(results: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """The pyarrow file system and path for a results location (local path or URI such as s3://...)."""
     text = str(results)
+    problem = location_problem(text, "results location")
+    if problem:
+        raise BnsweepError(problem)
     if "://" in text:
         try:
             return pafs.FileSystem.from_uri(text)
@@ -54,11 +83,13 @@ def is_local(fs: pafs.FileSystem) -> bool:
 
 
 def check_location(results: str | os.PathLike, label: str, exists: bool = False) -> None:
-    """A results location as given on the command line: not empty (which would mean the current directory),
-    and, with `exists`, present (a typo must not read as "no trials recorded yet")."""
+    """A results location as given on the command line: not empty (which would mean the current directory), a
+    local path, file:// or s3:// without credentials (`location_problem`), and, with `exists`, present (a typo
+    must not read as "no trials recorded yet")."""
     text = str(results)
-    if not text.strip():
-        raise BnsweepError(f"{label}={text!r}: an empty path; give a results directory or an s3://bucket/prefix URI")
+    problem = location_problem(text, label)
+    if problem:
+        raise BnsweepError(problem)
     if not exists:
         return
     fs, root = filesystem(results)

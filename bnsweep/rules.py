@@ -24,6 +24,20 @@ class Invalid(ValueError):
     """What is wrong with a value (without its name); `check` adds the name, the value and the valid range."""
 
 
+def printable(text: str) -> str:
+    """Text as a terminal may show it: every character Python deems unprintable (escape sequences' ESC, other
+    C0/C1 controls, bidi overrides, line and paragraph separators) written as its escape (\\x1b, \\u202e), so a
+    sweep's description, a recorded error or a file name cannot move the cursor, recolour or reorder the line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def show(value: Any) -> str:
     """A value as a message shows it: on one line, at most SHOWN characters, strings quoted, lists as written."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > 200:
@@ -35,7 +49,7 @@ def show(value: Any) -> str:
             text = repr(value) if isinstance(value, str) else str(value)
         except (ValueError, RecursionError):
             text = f"<a {type(value).__name__}>"
-    text = " ".join(text.split("\n"))
+    text = printable(" ".join(text.split("\n")))
     return text if len(text) <= SHOWN else text[:SHOWN - 1] + "…"
 
 

@@ -7,6 +7,7 @@ import shlex
 from bnsweep import records
 from bnsweep.boundary import report
 from bnsweep.config import TrialConfig
+from bnsweep.rules import printable
 
 
 def duration(seconds: float) -> str:
@@ -36,8 +37,9 @@ def summary_table(results: str, trial_ids: list[str] | None = None) -> str:
     df = table.select(["arch", "norm", "status", "trained"]).to_pandas()
     rows = []
     for (arch, norm), g in df.groupby(["arch", "norm"], sort=True):
-        rows.append((arch, norm, len(g), int((g.status == "completed").sum()), int((g.status == "diverged").sum()),
-                     int((g.status == "failed").sum()), int(g.trained.fillna(False).astype(bool).sum())))
+        rows.append((printable(str(arch)), printable(str(norm)), len(g), int((g.status == "completed").sum()),
+                     int((g.status == "diverged").sum()), int((g.status == "failed").sum()),
+                     int(g.trained.fillna(False).astype(bool).sum())))
     header = ("arch", "norm", "trials", "completed", "diverged", "failed", "trained")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in [header, *rows]]
@@ -52,7 +54,7 @@ def status_report(results: str) -> str:
     if table.num_rows:
         failed = [r for r in table.select(["trial_id", "status", "error"]).to_pylist() if r["status"] == "failed"]
         for r in failed:
-            text += f"\nfailed {r['trial_id']}: {r['error']}"
+            text += f"\nfailed {printable(str(r['trial_id']))}: {printable(str(r['error']))}"
     brackets = report(results)
     if brackets:
         text += "\n\ncritical learning rate (boundaries):\n" + brackets
