@@ -269,10 +269,11 @@ def forge_idx(path: Path, magic: int, shape: tuple[int, ...], payload: bytes, co
 
 
 FORGED = {  # name: (file, magic, declared shape, payload bytes, gzipped, words of the error)
-    "2^31 cube of images": ("train-images-idx3-ubyte", 2051, (2**31, 2**31, 2**31), b"\0" * 64, False,
-                            ["2147483648 x 2147483648 x 2147483648", "60,000"]),
-    "2^31 cube, gzipped": ("train-images-idx3-ubyte", 2051, (2**31, 2**31, 2**31), b"\0" * 64, True,
-                           ["2147483648 x 2147483648 x 2147483648"]),
+    "2^31 cube of images": ("train-images-idx3-ubyte", 2051, (2**31 - 1,) * 3, b"\0" * 64, False,
+                            ["2147483647 x 2147483647 x 2147483647", "60,000"]),
+    "2^31 cube, gzipped": ("train-images-idx3-ubyte", 2051, (2**31 - 1,) * 3, b"\0" * 64, True,
+                           ["2147483647 x 2147483647 x 2147483647"]),
+    "3 TB of images": ("t10k-images-idx3-ubyte", 2051, (2**32 - 1, 28, 28), b"\0" * 64, True, ["4294967295 x 28"]),
     "4 billion labels": ("t10k-labels-idx1-ubyte", 2049, (2**32 - 1,), b"\1" * 3, True, ["4294967295", "10,000"]),
     "images of another size": ("t10k-images-idx3-ubyte", 2051, (3, 2**16, 2**16), b"\0" * 64, False, ["65536"]),
     "more rows than the data set": ("train-images-idx3-ubyte", 2051, (60_001, 28, 28), b"\0" * 64, True,
@@ -283,8 +284,9 @@ FORGED = {  # name: (file, magic, declared shape, payload bytes, gzipped, words 
 
 @pytest.mark.parametrize("name", FORGED)
 def test_a_forged_fmnist_header_is_refused_before_allocating(tmp_path, name):
-    """A header's declared shape is checked against the data set's before the array is allocated: a 2^31-cubed
-    declaration was a numpy ValueError (a traceback), a merely huge one an allocation of its size."""
+    """A header's declared shape is checked against the data set's before the array is allocated: a (2^31 - 1)-cubed
+    declaration was a numpy ValueError (a traceback), 3 TB a MemoryError, a merely large one an allocation of its
+    size."""
     stem, magic, shape, payload, compress, words = FORGED[name]
     write_tiny_fmnist(tmp_path)
     forge_idx(tmp_path / (stem + (".gz" if compress else "")), magic, shape, payload, compress)
@@ -318,7 +320,7 @@ def test_a_forged_fmnist_header_through_the_cli_is_one_line(tmp_path, capsys):
     from bnsweep.cli import main
 
     write_tiny_fmnist(tmp_path)
-    forge_idx(tmp_path / "train-images-idx3-ubyte", 2051, (2**31, 2**31, 2**31), b"\0" * 64, compress=False)
+    forge_idx(tmp_path / "train-images-idx3-ubyte", 2051, (2**31 - 1,) * 3, b"\0" * 64, compress=False)
     code = main(["trial", "--arch", "vgg11", "--width", "0.0625", "--lr", "0.1", "--steps", "1", "--device", "cpu",
                  "--dataset", "fashion-mnist", "--data-root", str(tmp_path), "--results", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
