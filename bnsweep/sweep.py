@@ -76,9 +76,10 @@ YAML11 = (
     (re.compile(r"[-+]?0b[01_]+"), "is a YAML 1.1 binary number (0b101 is 5)", "write the number in decimal"),
     (re.compile(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?"),
      "is a YAML 1.1 sexagesimal number (1:40 is 100)", "write the number itself"),
-    (re.compile(r"yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF"), "is a YAML 1.1 boolean (on is true)",
-     "write true or false"),
 )
+# yes/no/on/off are booleans to YAML 1.1 and words to YAML 1.2. As values they mean what a reader sees (true/false
+# options read them as such, text options refuse a boolean); as keys they would become True/False: refused there.
+YAML11_BOOLEAN = re.compile(r"yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF")
 # The C parser when PyYAML has it: the pure-Python one takes minutes and gigabytes on a file near the size limit.
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -195,10 +196,13 @@ def _check_text(text: str, source: str) -> None:
                        f"({name}) in the YAML: delete it; a sweep file is plain text (tabs and newlines only)")
 
 
-def _yaml11_problem(event: yaml.ScalarEvent) -> str | None:
-    """What a plain scalar that YAML 1.1 reads differently is, and how to write it instead, or None."""
+def _yaml11_problem(event: yaml.ScalarEvent, key: bool = False) -> str | None:
+    """What a plain scalar (a key with `key`) that YAML 1.1 reads differently is, and how to write it instead,
+    or None."""
     if not event.implicit[0]:  # quoted, a block scalar or tagged: read as written
         return None
+    if key and YAML11_BOOLEAN.fullmatch(event.value):
+        return f"{show(event.value)} is a YAML 1.1 boolean (on is true): quote it, or choose another name"
     for pattern, what, fix in YAML11:
         if pattern.fullmatch(event.value):
             return f"{show(event.value)} {what}: {fix}, or quote it for text"
@@ -269,8 +273,8 @@ def _check_key(event, top: _Open, source: str, line: str) -> None:
     if not isinstance(event, yaml.ScalarEvent):
         raise BnsweepError(f"{source}: {where} ({line}): a mapping key must be a plain word or number")
     top.key, top.expect_key = show(event.value).strip("'")[:40], False
-    if _yaml11_problem(event):
-        raise BnsweepError(f"{source}: {top.child()} ({line}): the key {_yaml11_problem(event)}")
+    if _yaml11_problem(event, key=True):
+        raise BnsweepError(f"{source}: {top.child()} ({line}): the key {_yaml11_problem(event, key=True)}")
     if event.implicit[0] and event.value == "<<":
         raise BnsweepError(f"{source}: {where} ({line}): YAML merge keys (<<) are not allowed in sweep files: "
                            "write the keys out")
