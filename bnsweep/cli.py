@@ -9,7 +9,7 @@ import sys
 
 from bnsweep.config import FIELDS, TrialConfig
 from bnsweep.errors import BnsweepError
-from bnsweep.rules import Items, Nullable, Number, Rule, printable
+from bnsweep.rules import Invalid, Items, Nullable, Number, Rule, printable, show
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,6 +34,15 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=None, help=help_text)
     parser.add_argument("--no-probes", action="store_true", help="switch every probe off (same as --probe-every 0)")
+
+
+def _whole(text: str) -> int:
+    """argparse's type of --seeds and --num-cpus: int() alone reads Arabic-Indic (١٠) or full-width digits as a
+    number; the ranges are checked where the values are used."""
+    try:
+        return Number(int, -float("inf"), float("inf")).parse(text)
+    except Invalid as e:
+        raise argparse.ArgumentTypeError(f"{show(text)}: {e}; use a whole number") from None
 
 
 def _valid_range(rule: Rule) -> str:
@@ -69,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="override a trial option for every grid (GRID.KEY=VALUE for one grid; "
                      "resources.cpu=0.5); repeatable")
-    run.add_argument("--seeds", type=int, default=None, help="repeat the grid over N seeds")
+    run.add_argument("--seeds", type=_whole, default=None, help="repeat the grid over N seeds")
     run.add_argument("--dry-run", action="store_true", help="print the trials and stop")
     run.add_argument("--verbose", action="store_true", help="show Ray's own output")
     run.add_argument("--data-root", default=None, help="data root [default: $BNSWEEP_DATA, then the usual places]")
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also log each trial to tensorboard, mlflow or wandb through Ray Tune's integrations "
                      "(repeatable; MLflow honours MLFLOW_TRACKING_URI, W&B WANDB_MODE and WANDB_DIR); the Parquet "
                      "records stay the record of truth")
-    run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray [default: all]")
+    run.add_argument("--num-cpus", type=_whole, default=None, help="CPUs of the embedded local Ray [default: all]")
 
     sweeps = sub.add_parser("sweeps", help="list the sweeps with their grids and sizes per scale")
     sweeps.add_argument("--scale", default=None, help="only this scale")

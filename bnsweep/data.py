@@ -30,8 +30,12 @@ FMNIST_STD = (0.3530,)
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = "test_batch"
+CIFAR_ROWS, CIFAR_PIXELS = 10_000, 3 * 32 * 32  # per batch: 10,000 images of 3,072 bytes (fewer in test fixtures)
+MAX_CIFAR_BATCH_BYTES = 64 * 2**20  # a real batch is 31 MB: a larger file is not one, and is not read
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# The shape of each file in FMNIST_FILES: a header may declare fewer rows (a subset), never more or other sizes.
+FMNIST_SHAPES = ((60_000, 28, 28), (60_000,), (10_000, 28, 28), (10_000,))
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 GAUSSIAN_DIM, GAUSSIAN_N = 10, 1000
 # quadratic: n samples in d dimensions; Hessian eigenvalues log-spaced from curvature down to curvature/CONDITION;
@@ -167,18 +171,29 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One python batch: 1 to CIFAR_ROWS rows of CIFAR_PIXELS uint8 and a label 0..9 per row, as the real files
+    hold; anything else (an empty or resized array, float labels) is refused, never cast into shape."""
+    how = "replace it with torchvision's cifar-10-batches-py"
     try:
+        if path.stat().st_size > MAX_CIFAR_BATCH_BYTES:
+            raise BnsweepError(f"CIFAR-10 batch {path} is {path.stat().st_size:,} bytes, more than a batch of "
+                               f"{CIFAR_ROWS:,} images can be: {how}")
         with open(path, "rb") as f:
             d = _CifarUnpickler(f, encoding="bytes").load()
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
+        data, labels = d[b"data"], np.asarray(d[b"labels"])
+    except BnsweepError:
+        raise
     except Exception as e:  # truncated file, wrong format, missing keys
-        raise BnsweepError(f"cannot read CIFAR-10 batch {path} ({type(e).__name__}: {e}): "
-                           "replace it with torchvision's cifar-10-batches-py") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise BnsweepError(f"CIFAR-10 batch {path} has data {data.shape} and {len(labels)} labels, "
-                           "expected (N, 3072) and N: replace it with torchvision's cifar-10-batches-py")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise BnsweepError(f"cannot read CIFAR-10 batch {path} ({type(e).__name__}: {e}): {how}") from None
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+            or data.shape[1] != CIFAR_PIXELS or not 1 <= len(data) <= CIFAR_ROWS):
+        got = f"{data.shape} {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise BnsweepError(f"CIFAR-10 batch {path} has data {got}, expected 1 to {CIFAR_ROWS:,} rows of "
+                           f"{CIFAR_PIXELS} uint8: {how}")
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
+        raise BnsweepError(f"CIFAR-10 batch {path} has labels {labels.shape} {labels.dtype} for {len(data)} images, "
+                           f"expected one whole number per image: {how}")
+    if labels.min() < 0 or labels.max() > 9:
         raise BnsweepError(f"CIFAR-10 batch {path} has labels outside 0..9: replace the file")
     return data, labels.astype(np.uint8)
 
@@ -236,10 +251,12 @@ def _fmnist_files(d: Path) -> list[Path] | None:
     return found
 
 
-def _read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse an idx file (gzip detected by its header, not the name); checks the magic number. The bytes go
-    straight into the array, a megabyte at a time: gzip.decompress held the compressed file, its output blocks
-    and their joined copy at once (120 MB at the peak for Fashion-MNIST's training images, 47 MB this way)."""
+def _read_idx(path: Path, magic: int, full: tuple[int, ...]) -> np.ndarray:
+    """Parse an idx file (gzip detected by its header, not the name); checks the magic number, and the shape its
+    header declares against `full`, the data set's (and a plain file's size) before anything is allocated: a
+    forged header of 2^31 x 2^31 x 2^31 is one line, not a MemoryError. The bytes go straight into the array, a
+    megabyte at a time: gzip.decompress held the compressed file, its output blocks and their joined copy at once
+    (120 MB at the peak for Fashion-MNIST's training images, 47 MB this way)."""
     ndim = magic & 0xFF  # 2051 -> 3 dims (images), 2049 -> 1 dim (labels)
     header = 4 + 4 * ndim
     try:
@@ -251,7 +268,8 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
                 got = int.from_bytes(head[:4], "big") if len(head) >= 4 else None
                 raise BnsweepError(f"{path} is not an idx file with magic {magic} (got {got}): replace it")
             shape = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-            out = np.empty(int(np.prod(shape)), dtype=np.uint8)
+            _check_idx_shape(path, shape, full, None if gzipped else os.fstat(f.fileno()).st_size - header)
+            out = np.empty(math.prod(shape), dtype=np.uint8)
             view, size = memoryview(out), 0
             while size < len(out) and (n := f.readinto(view[size: size + 2**20])):
                 size += n
@@ -264,8 +282,21 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     return out.reshape(shape)
 
 
+def _check_idx_shape(path: Path, shape: tuple[int, ...], full: tuple[int, ...], size: int | None) -> None:
+    """The shape an idx header declares: 1 to full[0] rows of full[1:], and, for a plain file, as many bytes as
+    follow the header (`size`; a gzipped file is checked as it is read)."""
+    if not 1 <= shape[0] <= full[0] or shape[1:] != full[1:]:
+        rows = f"images of {' x '.join(map(str, full[1:]))}" if full[1:] else "labels"
+        raise BnsweepError(f"{path}: its header declares shape {' x '.join(map(str, shape))}, but this Fashion-MNIST "
+                           f"file holds 1 to {full[0]:,} {rows}: the file is corrupt or forged; replace it "
+                           "(apt-get install --reinstall dataset-fashion-mnist)")
+    if size is not None and size != math.prod(shape):
+        raise BnsweepError(f"{path} is truncated or padded: header says {shape}, got {size} bytes; replace it")
+
+
 def _read_fmnist(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    tr_x, tr_y, te_x, te_y = (_read_idx(p, m) for p, m in zip(files, (2051, 2049, 2051, 2049), strict=True))
+    tr_x, tr_y, te_x, te_y = (_read_idx(p, m, full) for p, m, full in
+                              zip(files, (2051, 2049, 2051, 2049), FMNIST_SHAPES, strict=True))
     for x, y, px, py in ((tr_x, tr_y, files[0], files[1]), (te_x, te_y, files[2], files[3])):
         if x.shape[1:] != (28, 28) or len(x) != len(y):
             raise BnsweepError(f"{px} ({x.shape}) and {py} ({len(y)} labels) do not match "

@@ -101,7 +101,8 @@ class Number(Rule):
 
 
 def _number(raw: Any) -> int | float:
-    """An exact int or a finite float from a raw value; ints stay exact (2**63 - 1 is not rounded)."""
+    """An exact int or a finite float from a raw value; ints stay exact (2**63 - 1 is not rounded). Text is
+    ASCII only: a number that does not look like one to a reader (١٠, １０, ௧) is refused, not read."""
     if isinstance(raw, bool):
         raise Invalid("true/false is not a number")
     if isinstance(raw, numbers.Integral):
@@ -110,6 +111,8 @@ def _number(raw: Any) -> int | float:
         value = float(raw)
     elif isinstance(raw, str):
         text = raw.strip().replace("_", "")
+        if not text.isascii():  # int() and float() read Arabic-Indic (١٠) or full-width (１０) digits as numbers
+            raise Invalid("not a number written with the digits 0-9")
         try:
             return int(text)
         except ValueError:

@@ -33,6 +33,8 @@ import itertools
 import json
 import math
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -61,6 +63,23 @@ TOP_KEYS = {"description", "base", "grids", "scales", "search", *RUN_KEYS}
 RESOURCE_KEYS = tuple(RESOURCE_RULES)
 MAX_SWEEP_BYTES = 1_000_000  # a sweep file is a page of YAML; 1 MB is thousands of grids
 MAX_DEPTH = 16  # nesting of YAML collections: a sweep file needs 4 (scales.smoke.vgg.lr)
+# Characters that make a file read differently from how it looks: C0 controls but tab, newline and CR, DEL, C1,
+# the line and paragraph separators (U+2028/U+2029, line breaks to PyYAML but not to an editor), bidi controls
+# and zero-width characters (a BOM is allowed only as the first character, where YAML expects one).
+INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
+                       "\u2060-\u2069\ufeff]")
+# Plain scalars that PyYAML (YAML 1.1) reads as something other than what a reader, or YAML 1.2, sees:
+# (pattern, what it is, an example of the reading).
+YAML11 = (
+    (re.compile(r"[-+]?0[0-9_]+"), "has a leading zero, which YAML 1.1 reads as octal (010 is 8)",
+     "write the number without it"),
+    (re.compile(r"[-+]?0b[01_]+"), "is a YAML 1.1 binary number (0b101 is 5)", "write the number in decimal"),
+    (re.compile(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?"),
+     "is a YAML 1.1 sexagesimal number (1:40 is 100)", "write the number itself"),
+)
+# yes/no/on/off are booleans to YAML 1.1 and words to YAML 1.2. As values they mean what a reader sees (true/false
+# options read them as such, text options refuse a boolean); as keys they would become True/False: refused there.
+YAML11_BOOLEAN = re.compile(r"yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF")
 # The C parser when PyYAML has it: the pure-Python one takes minutes and gigabytes on a file near the size limit.
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -142,9 +161,12 @@ def read(path: Path) -> dict[str, Any]:
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Safe YAML, checked first as an event stream (C parser, constant stack): an alias, which can expand
-    exponentially (a "billion laughs"), a collection nested deeper than MAX_DEPTH, or a mapping key that is
-    not a scalar are one-line errors naming the key path, before any object is built."""
+    """Safe YAML, checked first as text (no invisible or control characters) and then as an event stream (C parser,
+    constant stack): an alias, which can expand exponentially (a "billion laughs"), a collection nested deeper than
+    MAX_DEPTH, a mapping key that is not a scalar, a key written twice (YAML keeps the last silently), a merge key
+    or a plain scalar that YAML 1.1 reads as something else (010 as 8) are one-line errors naming the key path,
+    before any object is built."""
+    _check_text(text, source)
     try:
         _check_events(yaml.parse(text, Loader=LOADER), source)
         loader = LOADER(text)  # a safe loader (see LOADER): what yaml.safe_load does, with the C parser
@@ -162,6 +184,37 @@ def parse_yaml(text: str, source: str) -> Any:
         raise BnsweepError(f"{source}: cannot read the YAML ({type(e).__name__}: {show(str(e))})") from None
 
 
+def _check_text(text: str, source: str) -> None:
+    """No character that hides or reorders what the file says (INVISIBLE), but a leading BOM."""
+    found = INVISIBLE.search(text, 1 if text.startswith("\ufeff") else 0)
+    if found is None:
+        return
+    char, at = found.group(), found.start()
+    line, column = text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+    name = unicodedata.name(char, "a control character")
+    raise BnsweepError(f"{source}: line {line}, column {column}: invisible or control character U+{ord(char):04X} "
+                       f"({name}) in the YAML: delete it; a sweep file is plain text (tabs and newlines only)")
+
+
+def _yaml11_problem(event: yaml.ScalarEvent, key: bool = False) -> str | None:
+    """What a plain scalar (a key with `key`) that YAML 1.1 reads differently is, and how to write it instead,
+    or None."""
+    if not event.implicit[0]:  # quoted, a block scalar or tagged: read as written
+        return None
+    if key and YAML11_BOOLEAN.fullmatch(event.value):
+        return f"{show(event.value)} is a YAML 1.1 boolean (on is true): quote it, or choose another name"
+    for pattern, what, fix in YAML11:
+        if pattern.fullmatch(event.value):
+            return f"{show(event.value)} {what}: {fix}, or quote it for text"
+    return None
+
+
+def _at(source: str, here: str, line: str) -> str:
+    """Where an event is, for a message: FILE: key.path (line N), or the source alone for a top-level value
+    (a --set value is one)."""
+    return f"{source}: {here} ({line})" if here else source
+
+
 @dataclass
 class _Open:
     """A collection being read by _check_events: where it is, and which child comes next."""
@@ -171,6 +224,7 @@ class _Open:
     key: str | None = None
     index: int = 0
     expect_key: bool = True
+    keys: set[str] = field(default_factory=set)
 
     def child(self) -> str:
         if self.mapping:
@@ -191,15 +245,14 @@ def _check_events(events, source: str) -> None:
         top = stack[-1] if stack else None
         line = f"line {event.start_mark.line + 1}" if event.start_mark else "?"
         if isinstance(event, node) and top is not None and top.mapping and top.expect_key:
-            if not isinstance(event, yaml.ScalarEvent):
-                raise BnsweepError(f"{source}: {top.path or 'the top level'} ({line}): a mapping key must be a "
-                                   "plain word or number")
-            top.key, top.expect_key = show(event.value).strip("'")[:40], False
+            _check_key(event, top, source, line)
             continue
         here = top.child() if top is not None else ""
+        if isinstance(event, yaml.ScalarEvent) and _yaml11_problem(event):
+            raise BnsweepError(f"{_at(source, here, line)}: {_yaml11_problem(event)}")
         if isinstance(event, yaml.AliasEvent):
-            raise BnsweepError(f"{source}: {here or 'the top level'} ({line}): YAML aliases (*{show(event.anchor)})"
-                               " are not allowed in sweep files: write the value out")
+            raise BnsweepError(f"{_at(source, here, line)}: YAML aliases (*{show(event.anchor)}) are not allowed in "
+                               "sweep files: write the value out")
         if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
             if len(stack) >= MAX_DEPTH:
                 raise BnsweepError(f"{source}: {here} ({line}): nested deeper than {MAX_DEPTH} levels: a sweep "
@@ -211,6 +264,24 @@ def _check_events(events, source: str) -> None:
                 stack[-1].advance()
         elif isinstance(event, yaml.ScalarEvent) and top is not None:
             top.advance()
+
+
+def _check_key(event, top: _Open, source: str, line: str) -> None:
+    """A mapping key: a scalar, read as written, not a merge key (<<), not written before in the same mapping
+    (YAML would keep the last one silently: a second `grids:` replaces the first)."""
+    where = top.path or "the top level"
+    if not isinstance(event, yaml.ScalarEvent):
+        raise BnsweepError(f"{source}: {where} ({line}): a mapping key must be a plain word or number")
+    top.key, top.expect_key = show(event.value).strip("'")[:40], False
+    if _yaml11_problem(event, key=True):
+        raise BnsweepError(f"{source}: {top.child()} ({line}): the key {_yaml11_problem(event, key=True)}")
+    if event.implicit[0] and event.value == "<<":
+        raise BnsweepError(f"{source}: {where} ({line}): YAML merge keys (<<) are not allowed in sweep files: "
+                           "write the keys out")
+    if event.value in top.keys:
+        raise BnsweepError(f"{source}: {top.child()} ({line}): key {show(event.value)} appears twice in {where}; "
+                           "YAML would keep only the second and drop the first silently: merge them into one")
+    top.keys.add(event.value)
 
 
 def _check_keys(path: Path, where: str, block: Any, allowed: set[str]) -> dict:
@@ -295,6 +366,9 @@ def _read_blocks(path: Path, raw: dict[str, Any], scale: str) -> _Blocks:
     search = _check_search(path, "search", raw["search"]) if "search" in raw else None
 
     scales = _check_keys(path, "scales", raw.get("scales"), set(SCALES))
+    if "paper" in scales:
+        raise BnsweepError(f"{path}: scales.paper: the top level of a sweep file is the paper scale, so a paper "
+                           "block under scales is never applied: move its keys to the top level (base, grids, ...)")
     if scale == "paper":
         return _Blocks(base, per_grid, run, search)
     if scale not in scales:
@@ -332,6 +406,10 @@ def _apply_sets(path: Path, blocks: _Blocks, sets: list[str] | tuple[str, ...]) 
             _check_axis(label, sub, value)
             grid_overrides.setdefault(grid, {})[sub] = value
         elif dot and grid == "search":
+            if blocks.search is None:
+                raise BnsweepError(f"--set {show(key)}: {path} has no search block, so it runs its grid as written; "
+                                   "--set search.* would turn it into a critical-learning-rate search: add a "
+                                   "search block to the file, or leave the --set out")
             _check_keys(path, "--set search", {sub: value}, set(SEARCH_DEFAULTS))
             blocks.search = {**(blocks.search or {}), sub: check(SEARCH_RULES[sub], value, label)}
         elif dot and grid == "resources":
@@ -361,7 +439,10 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
     path = find(sweep)
     raw = read(path)
     blocks = _read_blocks(path, raw, scale)
+    seeds_from = "seeds" if "seeds" in blocks.run else None
     overrides, grid_overrides = _apply_sets(path, blocks, sets)
+    if any(s.partition("=")[0] == "seeds" for s in sets):
+        seeds_from = "--set seeds"
     run = blocks.run
     if seeds is not None:
         run["seeds"] = check(RUN_RULES["seeds"], seeds, "--seeds")
@@ -376,6 +457,9 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
         elif seeds is not None:
             raise BnsweepError(f"--seeds {seeds}: grid {name!r} of {path} sets its own seed ({merged['seed']}); "
                                "drop --seeds, or the grid's seed")
+        else:
+            _check_seed_and_seeds(path, scale, name, merged["seed"], seeds_from,
+                                  "seed" in overrides or "seed" in grid_overrides.get(name, {}))
         merged_grids[name] = merged
     sizes = {name: _grid_size(merged) for name, merged in merged_grids.items()}
     if sum(sizes.values()) > MAX_TRIALS:
@@ -407,6 +491,18 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
                  configs=configs, resources=resources, threads=threads,
                  checkpoint_every=run.get("checkpoint_every", 1000), report_every=run.get("report_every", 100),
                  max_failures=run.get("max_failures", 2), search=search)
+
+
+def _check_seed_and_seeds(path: Path, scale: str, grid: str, seed: Any, seeds_from: str | None,
+                          seed_from_set: bool) -> None:
+    """A grid that sets its own seed ignores `seeds`: refused when both are in the file (or `--set seeds` meets
+    a seed of the file), so the number of seeds a reader sees is the number that runs. A `--set seed` meeting the
+    file's `seeds` is an explicit choice on the command line, and wins."""
+    if seeds_from is None or (seed_from_set and seeds_from == "seeds"):
+        return
+    where = "" if scale == "paper" else f" at scale {scale}"
+    raise BnsweepError(f"{path}: {seeds_from}{where} does not apply to grid {grid!r}, which sets its own seed "
+                       f"({show(seed)}): drop seeds, or the grid's seed (list the seeds in seed: [0, 1, ...])")
 
 
 def _expand(path: Path, name: str, scale: str, merged: dict[str, Any], threads: int) -> list[TrialConfig]:

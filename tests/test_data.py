@@ -142,6 +142,43 @@ def test_cifar_corrupt_batch_is_a_clean_error(tmp_path):
         load_dataset("cifar10", root=tmp_path, download=False)
 
 
+def _rewrite_batch(path: Path, **entries) -> None:
+    """The batch at `path` with some entries replaced (protocol 4: protocol 2 writes empty bytes as a call of
+    bytes(), which the loader refuses as not part of a batch before it sees the array)."""
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch.update({k.encode(): v for k, v in entries.items()})
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=4)
+
+
+@pytest.mark.parametrize("entries, words", [
+    ({"data": np.zeros((0, 3072), np.uint8), "labels": []}, ["(0, 3072)", "1 to 10,000 rows"]),
+    ({"data": np.zeros((0,), np.uint8), "labels": []}, ["(0,)"]),
+    ({"data": np.full((40, 3072), 300, np.int64)}, ["int64", "uint8"]),
+    ({"data": np.zeros((40, 3000), np.uint8)}, ["(40, 3000)"]),
+    ({"data": np.zeros((40, 3072), np.uint8).tolist()}, ["list"]),
+    ({"labels": [1.5] * 40}, ["labels", "float64"]),
+    ({"labels": [1] * 39}, ["labels (39,)", "40 images"]),
+])
+def test_a_cifar_batch_of_the_wrong_shape_or_type_is_refused(tmp_path, entries, words):
+    """Empty arrays loaded as an empty data set, int64 pixels and float labels were cast into shape silently."""
+    write_fake_cifar(tmp_path)
+    _rewrite_batch(tmp_path / "cifar-10-batches-py" / "data_batch_2", **entries)
+    with pytest.raises(BnsweepError) as e:
+        load_dataset("cifar10", root=tmp_path, download=False)
+    assert "\n" not in str(e.value) and "data_batch_2" in str(e.value)
+    for word in words:
+        assert word in str(e.value), (word, str(e.value))
+
+
+def test_a_cifar_batch_larger_than_any_real_one_is_not_read(tmp_path, monkeypatch):
+    write_fake_cifar(tmp_path)
+    monkeypatch.setattr(D, "MAX_CIFAR_BATCH_BYTES", 1000)  # the fake batches are 120 kB; real ones 31 MB
+    with pytest.raises(BnsweepError, match="data_batch_1 is .* bytes, more than a batch"):
+        load_dataset("cifar10", root=tmp_path, download=False)
+
+
 # ---------------------------------------------------------------- misc
 
 
@@ -216,6 +253,78 @@ def test_fmnist_tiny_flat_plain_files(tmp_path):
     write_idx(tmp_path / "train-labels-idx1-ubyte", tr_y, 2051, compress=False)  # wrong magic
     with pytest.raises(BnsweepError, match="magic 2049"):
         load_dataset("fashion-mnist", root=tmp_path, download=False)
+
+
+def write_tiny_fmnist(root: Path) -> None:
+    rng = np.random.default_rng(2)
+    for stem, n, magic in (("train", 7, 2051), ("t10k", 3, 2051)):
+        write_idx(root / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), magic, compress=False)
+        write_idx(root / f"{stem}-labels-idx1-ubyte", rng.integers(0, 10, n), 2049, compress=False)
+
+
+def forge_idx(path: Path, magic: int, shape: tuple[int, ...], payload: bytes, compress: bool) -> None:
+    """An idx file whose header declares `shape` but holds `payload`."""
+    raw = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in shape) + payload
+    path.write_bytes(gzip.compress(raw, compresslevel=1) if compress else raw)
+
+
+FORGED = {  # name: (file, magic, declared shape, payload bytes, gzipped, words of the error)
+    "2^31 cube of images": ("train-images-idx3-ubyte", 2051, (2**31 - 1,) * 3, b"\0" * 64, False,
+                            ["2147483647 x 2147483647 x 2147483647", "60,000"]),
+    "2^31 cube, gzipped": ("train-images-idx3-ubyte", 2051, (2**31 - 1,) * 3, b"\0" * 64, True,
+                           ["2147483647 x 2147483647 x 2147483647"]),
+    "3 TB of images": ("t10k-images-idx3-ubyte", 2051, (2**32 - 1, 28, 28), b"\0" * 64, True, ["4294967295 x 28"]),
+    "4 billion labels": ("t10k-labels-idx1-ubyte", 2049, (2**32 - 1,), b"\1" * 3, True, ["4294967295", "10,000"]),
+    "images of another size": ("t10k-images-idx3-ubyte", 2051, (3, 2**16, 2**16), b"\0" * 64, False, ["65536"]),
+    "more rows than the data set": ("train-images-idx3-ubyte", 2051, (60_001, 28, 28), b"\0" * 64, True,
+                                    ["60001 x 28 x 28"]),
+    "no rows": ("train-labels-idx1-ubyte", 2049, (0,), b"", False, ["shape 0"]),
+}
+
+
+@pytest.mark.parametrize("name", FORGED)
+def test_a_forged_fmnist_header_is_refused_before_allocating(tmp_path, name):
+    """A header's declared shape is checked against the data set's before the array is allocated: a (2^31 - 1)-cubed
+    declaration was a numpy ValueError (a traceback), 3 TB a MemoryError, a merely large one an allocation of its
+    size."""
+    stem, magic, shape, payload, compress, words = FORGED[name]
+    write_tiny_fmnist(tmp_path)
+    forge_idx(tmp_path / (stem + (".gz" if compress else "")), magic, shape, payload, compress)
+    if compress:
+        (tmp_path / stem).unlink()
+    with pytest.raises(BnsweepError) as e:
+        load_dataset("fashion-mnist", root=tmp_path, download=False)
+    assert "\n" not in str(e.value) and stem in str(e.value) and "replace it" in str(e.value)
+    for word in words:
+        assert word in str(e.value), (word, str(e.value))
+
+
+def test_a_header_that_does_not_match_the_file_size_allocates_nothing(tmp_path):
+    """A plain file declaring the full 60,000 images but holding 64 bytes: refused from its size, before the
+    47 MB array the header asks for exists (traced: numpy reports its allocations to tracemalloc)."""
+    import tracemalloc
+
+    write_tiny_fmnist(tmp_path)
+    forge_idx(tmp_path / "train-images-idx3-ubyte", 2051, (60_000, 28, 28), b"\0" * 64, compress=False)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BnsweepError, match="truncated or padded.*train-images|train-images.*truncated"):
+            load_dataset("fashion-mnist", root=tmp_path, download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20, peak
+
+
+def test_a_forged_fmnist_header_through_the_cli_is_one_line(tmp_path, capsys):
+    from bnsweep.cli import main
+
+    write_tiny_fmnist(tmp_path)
+    forge_idx(tmp_path / "train-images-idx3-ubyte", 2051, (2**31 - 1,) * 3, b"\0" * 64, compress=False)
+    code = main(["trial", "--arch", "vgg11", "--width", "0.0625", "--lr", "0.1", "--steps", "1", "--device", "cpu",
+                 "--dataset", "fashion-mnist", "--data-root", str(tmp_path), "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "train-images-idx3-ubyte" in err[0] and "Traceback" not in err[0], err
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,14 @@ def put(*keys, value):
     return change
 
 
+def without_seeds(change):
+    """`change`, and the file's `seeds` dropped (a grid that lists its seeds may not sit beside it)."""
+    def both(data):
+        data.pop("seeds", None)
+        change(data)
+    return both
+
+
 MUTATIONS = {  # name: (sweep, change, word the one-line error must name)
     "dict where a scalar belongs": (LR_GRID, put("grids", "vgg", "norm", value={"a": 1}), "norm"),
     "dict as seeds": (LR_GRID, put("seeds", value={"a": [1, 2]}), "seeds"),
@@ -121,7 +129,7 @@ MUTATIONS = {  # name: (sweep, change, word the one-line error must name)
     "layer the model lacks": (LR_GRID, put("grids", "dln", "ics_layers", value=[9, 30]), "ics_layers"),
     "grids true": (LR_GRID, put("grids", value=True), "grids"),
     "description a mapping": (LR_GRID, put("description", value={"a": 1}), "description"),
-    "grid size": (LR_GRID, put("grids", "vgg", "seed", value=list(range(10_001))), "maximum"),
+    "grid size": (LR_GRID, without_seeds(put("grids", "vgg", "seed", value=list(range(10_001)))), "maximum"),
 }
 
 
@@ -200,6 +208,87 @@ def test_the_real_sweeps_still_pass():
         for scale in ("paper", "cpu", "smoke"):
             code, err = cli("run", name, "--scale", scale, "--dry-run")
             assert code == 0, (name, scale, err)
+
+
+# A sweep file that YAML reads differently from how it looks, or whose blocks do not do what they say: each a
+# one-line error naming the file and the key path (issue 22, item 5). Every file here loaded without a word before.
+GRID = "  vgg: {arch: vgg11, width: 0.0625, norm: batch, lr: [0.1], steps: 3}\n"
+SILENT = {  # name: (sweep file text, words the error names)
+    "second grids block": ("grids:\n" + GRID + "grids:\n  dln: {arch: dln, lr: [1e-6]}\n", ["grids", "twice"]),
+    "grid named twice": ("grids:\n" + GRID + GRID, ["grids.vgg", "twice"]),
+    "key twice in a grid": ("grids:\n  vgg: {arch: vgg11, lr: 0.1, lr: 0.2}\n", ["grids.vgg.lr", "twice"]),
+    "key twice in a scale block": ("grids:\n" + GRID + "scales:\n  smoke: {steps: 2, steps: 3}\n",
+                                   ["scales.smoke.steps", "twice"]),
+    "merge key": ("grids:\n  vgg: {<<: {arch: dln}, arch: vgg11, lr: 0.1}\n", ["grids.vgg", "<<"]),
+    "line separator": ("description: one\u2028two\ngrids:\n" + GRID, ["line 1", "U+2028"]),
+    "paragraph separator": ("description: one\u2029two\ngrids:\n" + GRID, ["line 1", "U+2029"]),
+    "bidi override": ("description: \u202egnp.exe\ngrids:\n" + GRID, ["U+202E"]),
+    "escape character": ("description: \x1b[2Jhidden\ngrids:\n" + GRID, ["U+001B"]),
+    "DEL": ("description: a\x7fb\ngrids:\n" + GRID, ["U+007F"]),
+    "C1 control": ("description: a\x9bb\ngrids:\n" + GRID, ["U+009B"]),
+    "zero-width space": ("description: d\ngrids:\n  vgg: {arch: vgg11, lr: 0.1, norm: none\u200b}\n",
+                         ["line 3", "U+200B"]),
+    "octal": ("grids:\n  vgg: {arch: vgg11, lr: 0.1, steps: 010}\n", ["grids.vgg.steps", "'010'", "octal"]),
+    "sexagesimal": ("grids:\n  vgg: {arch: vgg11, lr: 0.1, steps: 1:40}\n", ["grids.vgg.steps", "'1:40'"]),
+    "binary": ("grids:\n  vgg: {arch: vgg11, lr: 0.1, seed: 0b101}\n", ["grids.vgg.seed", "'0b101'"]),
+    "boolean grid name": ("grids:\n  on: {arch: vgg11, lr: 0.1}\n", ["grids.on", "boolean"]),
+    "Arabic-Indic digits": ("grids:\n  vgg: {arch: vgg11, lr: 0.1, steps: \u0661\u0660}\n",
+                            ["grids.vgg.steps", "0-9"]),
+    "full-width digits": ("grids:\n  vgg: {arch: vgg11, lr: \uff10.\uff11}\n", ["grids.vgg.lr", "0-9"]),
+    "scales.paper": ("grids:\n" + GRID + "scales:\n  paper: {steps: 100}\n  smoke: {steps: 2}\n",
+                     ["scales.paper", "top level"]),
+    "seeds beside a grid's seed": ("grids:\n  vgg: {arch: vgg11, lr: 0.1, seed: [0]}\nseeds: 3\n",
+                                   ["seeds", "'vgg'", "own seed"]),
+    "seeds beside a scale's seed": ("grids:\n" + GRID + "seeds: 3\nscales:\n  smoke: {seed: 7}\n",
+                                    ["seeds at scale smoke", "'vgg'", "own seed"]),
+}
+
+
+@pytest.mark.parametrize("name", SILENT)
+def test_sweep_files_that_silently_mean_something_else_are_one_line(tmp_path, name):
+    text, words = SILENT[name]
+    path = tmp_path / "silent.yaml"
+    path.write_text(text, encoding="utf-8")
+    scale = "smoke" if "smoke:" in text else "paper"
+    assert_one_line_error(*cli("run", str(path), "--scale", scale, "--dry-run"), "silent.yaml", *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "search.ratio=1.1"], ["search.ratio", "no search block"]),
+    (["--set", "search.budget=5"], ["search.budget", "no search block"]),
+    (["--set", "steps=010"], ["--set steps", "octal"]),
+    (["--set", "steps=1:40"], ["--set steps", "sexagesimal"]),
+    (["--set", "steps=\u0661\u0660"], ["--set steps", "0-9"]),
+    (["--set", "vgg.lr=\uff10.\uff11"], ["--set vgg.lr", "0-9"]),
+    (["--set", "description=a\u2028b"], ["--set description", "U+2028"]),
+    (["--seeds", "\u0662"], ["--seeds", "0-9"]),
+    (["--num-cpus", "\uff12"], ["--num-cpus", "0-9"]),
+])
+def test_set_values_that_silently_mean_something_else_are_one_line(args, words):
+    assert_one_line_error(*cli("run", "lr_grid", "--scale", "smoke", "--dry-run", *args), *words)
+
+
+def test_set_seeds_against_a_grid_seed_is_one_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("grids:\n  vgg: {arch: vgg11, width: 0.0625, lr: 0.1, steps: 3, seed: [4]}\n")
+    code, err = cli("run", str(path), "--scale", "paper", "--dry-run", "--set", "seeds=2")
+    assert_one_line_error(code, err, "--set seeds", "own seed")
+
+
+def test_what_reads_as_written_still_loads(tmp_path):
+    """The new rules refuse only what reads differently: quoted text, hex, underscores, a leading BOM, tabs,
+    yes/no as a flag's value and --set seed over the file's seeds are read as a reader would read them."""
+    from bnsweep.sweep import load
+
+    path = tmp_path / "s.yaml"
+    path.write_text("\ufeffdescription: 'run 010 at 1:40'\t# comment\r\ngrids:\n"
+                    "  vgg: {arch: vgg11, width: 0.0625, lr: 0.1, steps: 1_000, data_seed: 0x10, augment: yes}\n"
+                    "seeds: 2\nscales:\n  smoke: {steps: 3}\n", encoding="utf-8")
+    sweep = load(str(path), "paper")
+    assert sweep.description == "run 010 at 1:40"
+    assert [(c.steps, c.data_seed, c.augment, c.seed) for c in sweep.configs] == [(1000, 16, True, s) for s in (0, 1)]
+    assert {c.seed for c in load(str(path), "smoke", sets=["seed=[3, 4]"]).configs} == {3, 4}
+    assert {c.seed for c in load("lr_grid", "smoke", sets=["seed=5"]).configs} == {5}
 
 
 # -- bnsweep trial --------------------------------------------------------------------------------------------
