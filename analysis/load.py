@@ -6,6 +6,10 @@ Ray's state) and are skipped, so loading a directory that a sweep is still writi
 row is published last, and rows of the other tables whose trial has no `trials` row yet are left out until it
 has one.
 
+Nothing found there is trusted: each file's footer is checked before it is decoded (schema version, rows, size),
+and a file holding another trial's rows than its name, a trial recorded twice or a malformed bracket is an
+AnalysisError naming the file.
+
 This module reads only Parquet (pyarrow, local paths or any pyarrow file system URI such as s3://...) and
 never imports the training code, so the analysis runs wherever the results are.
 """
