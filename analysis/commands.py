@@ -6,12 +6,18 @@ and exits 2).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import stat
 import time
+import uuid
 from dataclasses import dataclass
 
 import altair as alt
 import pyarrow as pa
+import pyarrow.fs as pafs
 import vl_convert as vlc
 
 from analysis import critical_lr
@@ -68,16 +74,68 @@ def export(spec: dict) -> tuple[str, bytes]:
     return svg, vlc.svg_to_png(svg, scale=PNG_SCALE)
 
 
-def _write(fs, path: str, data: bytes | str) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+def refuse_special(path: str) -> None:
+    """A local output that exists must be a regular file: a symlink planted in a shared results directory would
+    point the write at a file elsewhere, and a FIFO would hang it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise AnalysisError(f"{path} is a symbolic link: remove it (bnsweep writes its outputs itself and never "
+                            "writes through a link)")
+    if not stat.S_ISREG(mode):
+        raise AnalysisError(f"{path} exists and is not a regular file: remove or rename it")
+
+
+def publish(fs, path: str, data: bytes | str) -> None:
+    """Write one output whole or not at all. On a local disk: beside its target under a dot-prefixed temporary
+    name, then renamed over it, so a full disk leaves the previous file as it was; on S3 a single PUT, which is
+    atomic already. An OSError or ArrowException is the caller's to word."""
+    payload = data.encode() if isinstance(data, str) else data
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as f:
+            f.write(payload)
+        return
+    refuse_special(path)
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        # O_EXCL | O_NOFOLLOW: the temporary is a new file of ours, never something planted under its name.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # replaces the name itself: a link swapped in since the check is not followed
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _reason(e: BaseException) -> str:
+    """The one-line reason of an I/O error ("No space left on device"), also from pyarrow's wordier messages."""
+    text = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    detail = re.search(r"\[errno \d+\] (.+)", text)
+    return detail.group(1) if detail else text
+
+
+def _publish_figure(fs, out: str, path: str, data: bytes | str) -> None:
+    try:
+        publish(fs, path, data)
+    except (OSError, pa.ArrowException) as e:
+        raise AnalysisError(f"cannot write {path} ({_reason(e)}): free space or choose a writable --out; no file in "
+                            f"{out} is half-written (those before it are new, it and those after are as they were)"
+                            ) from None
 
 
 def figures(results: str, out: str | None) -> int:
     """Write each drawable figure as PNG and SVG in OUT (default RESULTS/figures) and an offline index.html."""
     data = load(results)
+    fs, root = filesystem(out or child(results, "figures"))
+    if out is None and isinstance(fs, pafs.LocalFileSystem) and os.path.islink(root):
+        raise AnalysisError(f"{root} is a symbolic link: remove it, or pass --out to choose where the figures go")
     out = out or child(results, "figures")
-    fs, root = filesystem(out)
     try:
         fs.create_dir(root, recursive=True)
     except (OSError, pa.ArrowException) as e:
@@ -94,12 +152,12 @@ def figures(results: str, out: str | None) -> int:
             skipped.append((fig.name, fig.title, d.reason))
             continue
         svg, png = export(d.spec)
-        _write(fs, f"{root}/{fig.name}.svg", svg)
-        _write(fs, f"{root}/{fig.name}.png", png)
+        _publish_figure(fs, out, f"{root}/{fig.name}.svg", svg)
+        _publish_figure(fs, out, f"{root}/{fig.name}.png", png)
         shown.append((fig.name, fig.title, d.caption, d.spec))
         print(f"{fig.name}.png/.svg  {fig.title}" + (f"  [{d.band_short}]" if d.band_short else ""))
     title = f"bnsweep figures: {str(results).partition('?')[0]}"
-    _write(fs, f"{root}/index.html", page(title, str(results), data.trials, shown, skipped))
+    _publish_figure(fs, out, f"{root}/index.html", page(title, str(results), data.trials, shown, skipped))
     left_out = f" ({len(skipped)} skipped)" if skipped else ""  # "skipped" only when one was: scripts grep it
     print(f"{len(shown)} figures{left_out} and index.html in {out} "
           f"[built in {built - start:.1f}s, exported in {time.perf_counter() - built:.1f}s]")
@@ -121,10 +179,10 @@ def check(results: str, thresholds: Thresholds | None = None) -> int:
     if data.has("boundaries"):
         document["critical_lr"] = critical_lr.as_json(data, boot)
     try:
-        _write(fs, f"{root}/claims.json", json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
+        publish(fs, f"{root}/claims.json", json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
     except (OSError, pa.ArrowException) as e:
-        raise AnalysisError(f"cannot write claims.json in {str(results)!r} ({str(e).splitlines()[0]}): make the "
-                            "results directory writable") from None
+        raise AnalysisError(f"cannot write claims.json in {str(results)!r} ({_reason(e)}): free space or make the "
+                            "results directory writable; the claims.json there before is unchanged") from None
     # Written before anything is printed, so a closed pipe (`| head`) cannot lose it.
     print(claims_table(claims, thresholds, more=critical_lr.report(data, boot)))
     print(f"wrote {target.partition('?')[0]}")

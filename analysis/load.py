@@ -6,6 +6,10 @@ Ray's state) and are skipped, so loading a directory that a sweep is still writi
 row is published last, and rows of the other tables whose trial has no `trials` row yet are left out until it
 has one.
 
+Nothing found there is trusted: each file's footer is checked before it is decoded (schema version, rows, size),
+and a file holding another trial's rows than its name, a trial recorded twice or a malformed bracket is an
+AnalysisError naming the file.
+
 This module reads only Parquet (pyarrow, local paths or any pyarrow file system URI such as s3://...) and
 never imports the training code, so the analysis runs wherever the results are.
 """
@@ -13,6 +17,7 @@ never imports the training code, so the analysis runs wherever the results are.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +52,16 @@ REQUIRED: dict[str, dict[str, str]] = {
              "status": "string", "trained": "bool", "final_loss": "float", "final_train_acc": "float"},
     "boundaries": {"arch": "string", "norm": "string", "width": "float", "dataset": "string", "lower": "float",
                    "upper": "float", "ratio": "float", "all_seeds": "bool"},
+    # A first curves file without a column would otherwise set the schema every later file is read with.
+    "curves": {"trial_id": "string", "step": "int", "loss": "float"},
 }
+# The newest results schema this code reads, and how much one file may hold: bnsweep/schema.py's SCHEMA_VERSION,
+# MAX_ROWS, MAX_ROWS_OTHER and MAX_FILE_BYTES (written out here: analysis/ never imports bnsweep; a test checks
+# that the two agree). A file is judged by its footer before it is decoded.
+SCHEMA_VERSION = 1
+MAX_ROWS = {TRIALS: 1_000, "boundaries": 1_000, "curves": 10_000_001}
+MAX_ROWS_OTHER = 100_000_000
+MAX_FILE_BYTES = 4 * 2**30
 
 
 class AnalysisError(ValueError):
@@ -158,41 +172,155 @@ def schema_problem(schema: pa.Schema, required: Mapping[str, str]) -> str | None
     return None
 
 
+def footer_problem(metadata: pq.FileMetaData, table: str) -> str | None:
+    """What makes a file unreadable here, from its footer alone: a newer schema version, or more rows or bytes
+    than a file of `table` may hold; or None."""
+    version = (metadata.metadata or {}).get(b"bnsweep.schema_version")
+    if version is not None:
+        if not version.isdigit():
+            return f"has schema version {version[:20]!r}, not a number: move it out of the results directory"
+        if int(version) > SCHEMA_VERSION:
+            return (f"was written by a newer bnsweep (schema version {int(version)}; this one reads up to "
+                    f"{SCHEMA_VERSION}): upgrade bnsweep to read these results")
+    limit = MAX_ROWS.get(table, MAX_ROWS_OTHER)
+    if metadata.num_rows > limit:
+        return (f"holds {metadata.num_rows:,} rows, more than a {table} file may ({limit:,}): move it out of the "
+                "results directory")
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    size = max(sum(g.total_byte_size for g in groups),
+               sum(g.column(j).total_uncompressed_size for g in groups for j in range(g.num_columns)))
+    if size > MAX_FILE_BYTES:
+        return (f"would decode to {size / 2**30:.1f} GiB, more than a file may ({MAX_FILE_BYTES / 2**30:.0f} GiB): "
+                "move it out of the results directory")
+    return None
+
+
+def _footer(fs: pafs.FileSystem, path: str, table: str) -> pq.FileMetaData:
+    try:
+        metadata = pq.read_metadata(path, filesystem=fs)
+    except (OSError, pa.ArrowException) as e:
+        raise AnalysisError(f"corrupt Parquet file {path} ({str(e).splitlines()[0]}): delete it and rerun that trial "
+                            "(bnsweep run resumes it)") from None
+    problem = footer_problem(metadata, table)
+    if problem:
+        raise AnalysisError(f"{path} {problem}")
+    return metadata
+
+
+def _id_column(table: str) -> str:
+    return "cell_id" if table == "boundaries" else "trial_id"
+
+
+def footer_ids(metadata: pq.FileMetaData, column: str) -> set[str] | None:
+    """The values of a text column by its statistics when each row group holds one value and no null, else None
+    (then the column itself is read): enough to check a million-row curves file without decoding it."""
+    names = [metadata.schema.column(j).path for j in range(metadata.num_columns)]
+    if column not in names:
+        return set()
+    index, ids = names.index(column), set()
+    for i in range(metadata.num_row_groups):
+        stats = metadata.row_group(i).column(index).statistics
+        if stats is None or not stats.has_min_max or stats.null_count != 0 or stats.min != stats.max:
+            return None
+        ids.add(stats.min)
+    return ids
+
+
+def id_problem(fs: pafs.FileSystem, path: str, table: str, metadata: pq.FileMetaData) -> str | None:
+    """Rows of another trial (or search cell) than the file's name says, or None."""
+    column = _id_column(table)
+    ids = footer_ids(metadata, column)
+    if ids is None:
+        ids = set(pq.read_table(path, columns=[column], filesystem=fs).column(column).unique().to_pylist())
+    name = Path(path).name.removesuffix(".parquet")
+    other = next((v for v in sorted(ids, key=str) if v != name), name)
+    return None if other == name else f"it holds rows of {column} {str(other)[:80]!r}, not of {name!r} as its name says"
+
+
+def duplicate_problem(files: list[str], parts: list[pa.Table]) -> str | None:
+    """A trial recorded twice (two `trials` rows of one trial_id, in one file or two), or None."""
+    seen: dict[object, str] = {}
+    for path, part in zip(files, parts, strict=True):
+        for trial_id in part.column("trial_id").to_pylist():
+            if trial_id in seen:
+                where = path if seen[trial_id] == path else f"{seen[trial_id]} and {path}"
+                return (f"trial {str(trial_id)[:80]!r} is recorded twice (in {where}): keep one record of it and "
+                        "move the other out of the results directory")
+            seen[trial_id] = path
+    return None
+
+
+def bounds_problem(part: pa.Table) -> str | None:
+    """A `boundaries` row whose bracket is malformed, or None. A missing bound (null) is an open bracket and
+    legitimate; a NaN, an infinite or non-positive rate, lower not below upper, or a cell's row with neither
+    bound after it ran trials is not."""
+    columns = [c for c in ("lower", "upper", "lower_min", "upper_max", "all_seeds", "trials_used")
+               if c in part.column_names]
+    for i, row in enumerate(part.select(columns).to_pylist()):
+        for name in ("lower", "upper", "lower_min", "upper_max"):
+            value = row.get(name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                return f"row {i}: {name} = {value}, not a positive finite learning rate"
+        lower, upper = row.get("lower"), row.get("upper")
+        if lower is not None and upper is not None and lower >= upper:
+            return f"row {i}: lower = {lower:g} is not below upper = {upper:g}"
+        if lower is None and upper is None and not row.get("all_seeds") and (row.get("trials_used") or 0) > 0:
+            return f"row {i}: neither bound after {row['trials_used']} trials"
+    return None
+
+
 def read_table(fs: pafs.FileSystem, folder: str, uniform: bool = True,
                required: Mapping[str, str] | None = None) -> pa.Table:
-    """Every published file of one table, concatenated; a corrupt file is an AnalysisError naming it.
+    """Every published file of one table, concatenated; a bad file is an AnalysisError naming it.
 
-    `uniform` tables (one schema for every trial: curves and the probe tables) are read as one pyarrow dataset,
-    multithreaded in C++; `trials`, whose columns grew between versions, tables with `required` columns and any
-    read that fails are read file by file and concatenated with their schemas unified, which also names a
-    corrupt or foreign file.
+    Each file's footer is read first: a file of a newer schema version, more rows or bytes than its table's file
+    may hold (MAX_ROWS, MAX_FILE_BYTES), without the `required` columns or holding another trial's rows than its
+    name says is refused before anything is decoded. `uniform` tables (curves and the probe tables) whose files
+    all have one schema are read as one pyarrow dataset, multithreaded in C++; `trials`, whose columns grew
+    between versions, and any table whose files differ are read file by file and concatenated with their schemas
+    unified, which also names a corrupt file. Then a trial recorded twice, or a malformed `boundaries` bracket,
+    is refused.
     """
     files = _parquet_files(fs, folder)
     if not files:
         return pa.table({})
+    table = folder.rstrip("/").rsplit("/", 1)[-1]
+    # Threads, not processes: pyarrow releases the GIL while it decodes, and S3 reads are mostly waiting.
+    with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+        footers = list(pool.map(lambda path: _footer(fs, path, table), files))
+    schemas = [m.schema.to_arrow_schema() for m in footers]
+    for path, schema, metadata in zip(files, schemas, footers, strict=True):
+        problem = schema_problem(schema, required or {}) or id_problem(fs, path, table, metadata)
+        if problem:
+            raise AnalysisError(f"{path} is not a bnsweep {table} file ({problem}): move it out of {folder}")
     # trial_id as a dictionary column: a million repeated strings become one small dictionary.
     options = ds.ParquetReadOptions(dictionary_columns={"trial_id"})
-    if uniform and not required:
+    combined = None
+    if uniform and table not in (TRIALS, "boundaries") and all(s.equals(schemas[0]) for s in schemas):
         try:
-            return ds.dataset(files, format=ds.ParquetFileFormat(read_options=options), filesystem=fs).to_table()
+            combined = ds.dataset(files, format=ds.ParquetFileFormat(read_options=options), filesystem=fs).to_table()
         except (OSError, pa.ArrowException):
-            pass  # read file by file below: unify the schemas, or name the file that is corrupt
+            pass  # read file by file below, which names the file that is corrupt
 
     def read(path: str) -> pa.Table:
         try:
-            table = pq.read_table(path, filesystem=fs, read_dictionary=["trial_id"])
+            return pq.read_table(path, filesystem=fs, read_dictionary=["trial_id"])
         except (OSError, pa.ArrowException) as e:
             raise AnalysisError(f"corrupt Parquet file {path} ({str(e).splitlines()[0]}): delete it and rerun "
                                 "that trial (bnsweep run resumes it)") from None
-        problem = schema_problem(table.schema, required or {})
-        if problem:
-            raise AnalysisError(f"{path} is not a bnsweep {folder.rstrip('/').rsplit('/', 1)[-1]} file ({problem}):"
-                                f" move it out of {folder}")
-        return table
 
-    # Threads, not processes: pyarrow releases the GIL while it decodes, and S3 reads are mostly waiting.
+    if combined is not None:
+        return combined
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
         parts = list(pool.map(read, files))
+    problem = duplicate_problem(files, parts) if table == TRIALS else None
+    if problem:
+        raise AnalysisError(problem)
+    for path, part in zip(files, parts, strict=True):
+        problem = bounds_problem(part) if table == "boundaries" else None
+        if problem:
+            raise AnalysisError(f"{path} has a malformed bracket ({problem}): move it out of {folder} and rerun "
+                                "the search (bnsweep run resumes it)")
     try:
         return pa.concat_tables(parts, promote_options="permissive")
     except pa.ArrowException as e:

@@ -29,7 +29,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from bnsweep.errors import BnsweepError
-from bnsweep.schema import REQUIRED_COLUMNS, SCHEMA_VERSION, TRIALS
+from bnsweep.schema import (
+    BOUNDARIES,
+    MAX_FILE_BYTES,
+    MAX_ROWS,
+    MAX_ROWS_OTHER,
+    REQUIRED_COLUMNS,
+    SCHEMA_VERSION,
+    TRIALS,
+)
 
 SCHEMES = ("file", "s3")  # pyarrow opens others too (mock:// keeps a "successful" run in memory, then loses it)
 SECRET_WORDS = ("key", "secret", "token", "password", "credential", "signature")
@@ -192,8 +200,10 @@ def finished_trial_ids(results: str | os.PathLike) -> set[str]:
 
 def read_table(results: str | os.PathLike, table: str, trial_ids: Iterable[str] | None = None,
                required: Mapping[str, str] | pa.Schema | None = None) -> pa.Table:
-    """Read a table (all trials, or the given ones). A corrupt file, or one without the `required` columns
-    (default: REQUIRED_COLUMNS of the table), is a one-line error naming it."""
+    """Read a table (all trials, or the given ones). Each of these is a one-line error naming the file: a corrupt
+    file; one written by a newer bnsweep; one larger than a table's file may be (checked in its footer, before
+    it is decoded); one without the `required` columns (default: REQUIRED_COLUMNS of the table); one whose rows
+    belong to another trial than its name says; a trial recorded twice."""
     fs, root = filesystem(results)
     files = list_trial_files(results, table)
     if trial_ids is not None:
@@ -206,15 +216,20 @@ def read_table(results: str | os.PathLike, table: str, trial_ids: Iterable[str] 
     parts = []
     for path in files:  # every file read before any is judged foreign: a corrupt file is the first to fix
         try:
+            problem = footer_problem(pq.read_metadata(path, filesystem=fs), table)
+            if problem:
+                raise BnsweepError(f"{path} {problem}")
             parts.append(pq.read_table(path, filesystem=fs))
         except (OSError, pa.ArrowException) as e:
             raise BnsweepError(f"corrupt Parquet file {path}: {_reason(e)}; delete it and rerun the "
                                "trial (bnsweep run resumes it)") from None
     for path, part in zip(files, parts, strict=True):
-        problem = schema_problem(part.schema, required)
+        problem = schema_problem(part.schema, required) or id_problem(path, table, part)
         if problem:
             raise BnsweepError(f"{path} is not a bnsweep {table} file ({problem}): move it out of "
                                f"{root}/{table}")
+    if table == TRIALS:
+        _refuse_duplicates(files, parts)
     if not parts:
         return pa.table({})
     try:
@@ -222,6 +237,54 @@ def read_table(results: str | os.PathLike, table: str, trial_ids: Iterable[str] 
     except pa.ArrowException as e:
         raise BnsweepError(f"the files of {root}/{table} have incompatible schemas ({_reason(e)}): results of "
                            "different bnsweep versions, or other files, cannot share a directory") from None
+
+
+def footer_problem(metadata: pq.FileMetaData, table: str) -> str | None:
+    """What makes a file unreadable here, from its footer alone: a newer schema version, or more rows or bytes
+    than a file of `table` may hold (MAX_ROWS, MAX_FILE_BYTES); or None."""
+    version = (metadata.metadata or {}).get(b"bnsweep.schema_version")
+    if version is not None:
+        if not version.isdigit():
+            return f"has schema version {version[:20]!r}, not a number: move it out of the results directory"
+        if int(version) > SCHEMA_VERSION:
+            return (f"was written by a newer bnsweep (schema version {int(version)}; this one reads up to "
+                    f"{SCHEMA_VERSION}): upgrade bnsweep to read these results")
+    limit = MAX_ROWS.get(table, MAX_ROWS_OTHER)
+    if metadata.num_rows > limit:
+        return (f"holds {metadata.num_rows:,} rows, more than a {table} file may ({limit:,}): move it out of the "
+                "results directory")
+    size = max(sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
+               sum(metadata.row_group(i).column(j).total_uncompressed_size
+                   for i in range(metadata.num_row_groups) for j in range(metadata.num_columns)))
+    if size > MAX_FILE_BYTES:
+        return (f"would decode to {size / 2**30:.1f} GiB, more than a file may ({MAX_FILE_BYTES / 2**30:.0f} GiB): "
+                "move it out of the results directory")
+    return None
+
+
+def id_problem(path: str, table: str, data: pa.Table) -> str | None:
+    """Rows of another trial (or search cell) than the file's name says, or None: the name is what resume and
+    `status` go by, so a file must hold only its own trial's rows."""
+    column = "cell_id" if table == BOUNDARIES else "trial_id"
+    if column not in data.column_names:
+        return None
+    name = Path(path).name.removesuffix(".parquet")
+    other = next((v for v in data.column(column).unique().to_pylist() if v != name), name)
+    return None if other == name else f"it holds rows of {column} {str(other)[:80]!r}, not of {name!r} as its name says"
+
+
+def _refuse_duplicates(files: list[str], parts: list[pa.Table]) -> None:
+    """A trial recorded twice (two rows of one trial_id, in one file or two) is an error naming both places."""
+    seen: dict[str, str] = {}
+    for path, part in zip(files, parts, strict=True):
+        if "trial_id" not in part.column_names:
+            continue
+        for trial_id in part.column("trial_id").to_pylist():
+            if trial_id in seen:
+                where = path if seen[trial_id] == path else f"{seen[trial_id]} and {path}"
+                raise BnsweepError(f"trial {str(trial_id)[:80]!r} is recorded twice (in {where}): keep one record "
+                                   "of it and move the other out of the results directory")
+            seen[trial_id] = path
 
 
 def kind(data_type: pa.DataType) -> str:

@@ -126,3 +126,12 @@ REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
     TRIALS: {"trial_id": "string", "status": "string", "arch": "string", "norm": "string", "trained": "bool",
              "error": "string"},
 }
+
+# -- how much one file may hold ---------------------------------------------------------------------------------
+# Readers check a file's Parquet footer against these before decoding it, so a small file that would decode to
+# gigabytes (a forged row count, one long string repeated) is a one-line error, not an exhausted machine. Each is
+# generous for a real trial: `trials` and `boundaries` files hold one row; `curves` one row per step (steps <=
+# 10^7, bnsweep/config.py's MAX_STEPS); a probe table one row per probed step and layer or direction.
+MAX_ROWS: dict[str, int] = {TRIALS: 1_000, BOUNDARIES: 1_000, CURVES: 10_000_001}
+MAX_ROWS_OTHER = 100_000_000  # the probe tables, and any table not named above
+MAX_FILE_BYTES = 4 * 2**30  # uncompressed bytes of one file's data (a 10^7-step curves file is about 0.7 GB)

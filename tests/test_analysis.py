@@ -7,8 +7,14 @@ that make each claim hold or fail.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import resource
 import shutil
+import signal
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -301,3 +307,91 @@ def test_lp_and_noisy_figures_draw_when_the_reference_rate_is_off_their_grid(tmp
         assert drawn[name].spec is not None, drawn[name].reason
         rows = [row for rows in drawn[name].spec["datasets"].values() for row in rows]
         assert {row["lr"] for row in rows} == {lr} and norm in {row["norm"] for row in rows}
+
+
+# -- outputs written whole, never through a planted link (issue 22, item 4) ----------------------------------
+
+def _copy_set(source: str, tmp_path: Path) -> Path:
+    """The results of `source` without what earlier tests wrote there (figures/, claims.json)."""
+    out = tmp_path / "r"
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("figures", "claims.json"))
+    return out
+
+
+def _one_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["check", "figures"])
+def test_a_symlinked_output_is_refused_and_its_target_untouched(minimal, tmp_path, capsys, command):
+    results = _copy_set(minimal, tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    name = "claims.json" if command == "check" else "figures/index.html"
+    (results / name).parent.mkdir(exist_ok=True)
+    (results / name).symlink_to(victim)
+    assert cli([command, str(results)]) == 2
+    line = _one_line(capsys)
+    assert name.rsplit("/", 1)[-1] in line and "symbolic link" in line
+    assert victim.read_text() == "precious" and (results / name).is_symlink()
+
+
+def test_a_symlinked_default_figures_directory_is_refused(minimal, tmp_path, capsys):
+    results = _copy_set(minimal, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (results / "figures").symlink_to(elsewhere)
+    assert cli(["figures", str(results)]) == 2
+    assert "symbolic link" in _one_line(capsys) and list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["check", "figures"])
+def test_a_fifo_output_is_refused_without_hanging(minimal, tmp_path, capsys, command):
+    """A reader holds the FIFO open (O_RDWR never blocks) with a large pipe buffer, so a writer that followed it
+    would finish, not hang; the FIFO must be refused all the same."""
+    results = _copy_set(minimal, tmp_path)
+    fifo = results / ("claims.json" if command == "check" else "figures/fig1_lr_robustness.svg")
+    fifo.parent.mkdir(exist_ok=True)
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(reader, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        assert cli([command, str(results)]) == 2
+    finally:
+        os.close(reader)
+    line = _one_line(capsys)
+    assert fifo.name in line and "not a regular file" in line
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+    """Every write of this process past `limit` bytes of a file fails with EFBIG, as on a disk that fills up
+    part-way through a file (SIGXFSZ ignored, so the write returns the error)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.parametrize("command", ["check", "figures"])
+def test_a_write_failing_midway_leaves_the_earlier_outputs_whole(minimal, tmp_path, capsys, command):
+    results = _copy_set(minimal, tmp_path)
+    assert cli([command, str(results)]) == 0
+    outputs = [results / "claims.json"] if command == "check" else sorted((results / "figures").iterdir())
+    before = {p: p.read_bytes() for p in outputs}
+    assert all(len(b) > 1500 for b in before.values())
+    capsys.readouterr()
+    with _file_size_limit(1000):  # every output is larger: each write fails after its first 1000 bytes
+        code = cli([command, str(results)])
+    assert code == 2
+    assert {p: p.read_bytes() for p in outputs} == before  # every earlier file whole
+    line = _one_line(capsys)
+    assert "File too large" in line and ("unchanged" in line or "as they were" in line), line
+    assert not [p for p in outputs[0].parent.iterdir() if p.name.startswith(".")]  # no temporary left behind

@@ -251,3 +251,46 @@ def test_checker_allows_ssh_world_and_vpc_cidr(cfg):
         ]
     )
     assert world_open_port_violations(ok) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The dashboard and Jobs API: loopback only, behind Ray's token (issue 22, item 2)
+# --------------------------------------------------------------------------------------------
+
+def _container_env(config) -> dict[str, str]:
+    """The environment `docker run` gives every node's container (and so `ray start` and `ray exec`)."""
+    pairs = [opt.removeprefix("--env ").partition("=") for opt in config["docker"]["run_options"]
+             if opt.startswith("--env ")]
+    return {name: value for name, _, value in pairs}
+
+
+def test_no_rule_opens_the_dashboard_port_to_anyone(cfg):
+    for rule in _iter_rules(cfg):
+        lo, hi = _port_range(rule)
+        assert not lo <= 8265 <= hi, f"an ingress rule opens 8265: {rule}"
+
+
+def test_the_dashboard_listens_on_the_head_loopback_only(cfg):
+    prepared = prepare_config(copy.deepcopy(cfg))
+    start = " ".join(prepared["head_start_ray_commands"])
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", start)
+    assert hosts == ["127.0.0.1"], start
+    assert "0.0.0.0" not in start
+    assert "--dashboard-host" not in " ".join(prepared["worker_start_ray_commands"])
+
+
+def test_token_authentication_is_on_for_every_node(cfg):
+    from ray._private.authentication.authentication_token_setup import AUTH_MODE_ENV_VAR
+
+    env = _container_env(cfg)
+    assert env.get(AUTH_MODE_ENV_VAR) == "token"  # the variable Ray 2.60 reads; not settable in system_config
+    token_dir = os.path.dirname(env["RAY_AUTH_TOKEN_PATH"])
+    assert token_dir in cfg["file_mounts"], "the token file must reach every node (file_mounts)"
+    assert "--env RAY_AUTH_MODE=disabled" not in cfg["docker"]["run_options"]
+
+
+def test_roles_are_least_privilege_in_the_comments():
+    text = CLUSTER_YAML.read_text()
+    assert "iam:PassRole" in text and "instance-profile/bnsweep-head" in text
+    assert "instance-profile/bnsweep-worker" in text
+    assert "AmazonEC2FullAccess" in text  # named as what the default role has, and not to use
