@@ -263,7 +263,8 @@ def user_error_in(e: BaseException) -> str | None:
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
             # Tune's own state or checkpoints, written outside bnsweep's records.
             return (f"cannot write {e.filename or 'the results'} ({e.strerror}): free space or choose a writable "
-                    "--results; the files written before are intact")
+                    "--results; the trial records written before are intact (each is published whole), Tune's own "
+                    "files may not be")
         e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
     return None
 
