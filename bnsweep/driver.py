@@ -30,7 +30,7 @@ from bnsweep.errors import BnsweepError
 from bnsweep.plan import GridPlan, Plan, settled
 from bnsweep.rules import printable, show
 from bnsweep.schedule import preflight
-from bnsweep.status import duration, resume_hint, summary_table, trial_line
+from bnsweep.status import duration, resume_command, resume_hint, summary_table, trial_line
 from bnsweep.sweep import Sweep, check_run_arguments, load, rough_cost
 
 
@@ -58,6 +58,25 @@ def check_sweep_name(sw: Sweep) -> None:
     if sw.name in ("", ".", "..") or sw.name.startswith(".") or not sw.name.isprintable():
         raise BnsweepError(f"sweep file {printable(str(sw.path))}: its name {show(sw.name)} cannot name a directory "
                            "(results/NAME, RESULTS/_ray/NAME); rename the file, e.g. my_sweep.yaml")
+
+
+def run_command(sweep: str, *, scale: str, results: str, address: str | None = None,
+                sets: list[str] | tuple[str, ...] = (), seeds: int | None = None, data_root: str | None = None,
+                num_cpus: int | None = None, keep_checkpoints: bool = False,
+                trackers: list[str] | tuple[str, ...] = ()) -> str:
+    """The `bnsweep run` command that continues a sweep started from Python: every option that changes which
+    trials the sweep holds or where they run (a hint without --set or --seeds would resume another sweep)."""
+    words = ["run", sweep, "--scale", scale, "--results", results]
+    for value in sets:
+        words += ["--set", value]
+    for flag, value in (("--seeds", seeds), ("--data-root", data_root), ("--address", address),
+                        ("--num-cpus", num_cpus)):
+        if value is not None:
+            words += [flag, str(value)]
+    words += ["--keep-checkpoints"] if keep_checkpoints else []
+    for name in trackers:
+        words += ["--log", name]
+    return resume_command(words)
 
 
 def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str | None = None,
@@ -97,7 +116,9 @@ def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str 
         from bnsweep.executor import check_trackers
 
         check_trackers(list(trackers))  # a missing tracker is an error before anything runs
-    again = command or f"bnsweep run {sweep} --scale {scale} --results {results}"
+    again = command or run_command(sweep, scale=scale, results=results, address=address, sets=sets, seeds=seeds,
+                                   data_root=data_root, num_cpus=num_cpus, keep_checkpoints=keep_checkpoints,
+                                   trackers=trackers)
     with lock.held(results, again, stream=sys.stderr):
         records.check_writable(results)
         _run_plan(sw, plan, results, again, address=address, verbose=verbose, num_cpus=num_cpus,

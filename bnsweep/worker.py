@@ -82,7 +82,7 @@ def trial_config(params: dict[str, Any], runtime: dict[str, Any]) -> TrialConfig
     """The trial Tune asked for: its identity options (Tune's config of the trial) and where it runs."""
     config = make_config({k: v for k, v in params.items() if k != ID} | runtime)
     if config.trial_id != params[ID]:  # the identity must survive Tune's config unchanged
-        raise RuntimeError(f"trial {params['trial_id']} rebuilt as {config.trial_id}")
+        raise RuntimeError(f"trial {params[ID]} rebuilt as {config.trial_id}")
     return config
 
 
