@@ -216,10 +216,12 @@ def read_table(results: str | os.PathLike, table: str, trial_ids: Iterable[str] 
     parts = []
     for path in files:  # every file read before any is judged foreign: a corrupt file is the first to fix
         try:
-            problem = footer_problem(pq.read_metadata(path, filesystem=fs), table)
-            if problem:
-                raise BnsweepError(f"{path} {problem}")
-            parts.append(pq.read_table(path, filesystem=fs))
+            with fs.open_input_file(path) as f:  # opened once: its footer is judged before its rows are read
+                parquet = pq.ParquetFile(f)
+                problem = footer_problem(parquet.metadata, table)
+                if problem:
+                    raise BnsweepError(f"{path} {problem}")
+                parts.append(parquet.read())
         except (OSError, pa.ArrowException) as e:
             raise BnsweepError(f"corrupt Parquet file {path}: {_reason(e)}; delete it and rerun the "
                                "trial (bnsweep run resumes it)") from None

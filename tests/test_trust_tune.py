@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from test_faults import attempt_files, bnsweep_cmd, ray_env, run_to_end  # noqa: F401
+from test_runner import stopped_at
 
 from bnsweep.checkpoints import RAY_DIR, latest_checkpoint
 from bnsweep.config import make_config
@@ -113,20 +113,6 @@ def test_planted_tune_pickles_never_run_in_a_crashing_sweep_nor_its_resume(tmp_p
                 f.unlink()
     # The resumed healthy trial (its second attempt) met the planted checkpoint, refused it and started over.
     assert trials.loc[sorted(ids - {broken})[0], "attempt"] == 2
-
-
-def stopped_at(config, step: int) -> dict:
-    """The state of a trial stopped at `step`: what its checkpoint holds."""
-    saved = {}
-
-    def stop(trial):
-        if trial.step == step:
-            saved.update(trial.state_dict())
-            raise KeyboardInterrupt
-
-    with contextlib.suppress(KeyboardInterrupt):
-        Trial(config).run(stop, callback_every=step)
-    return saved
 
 
 def plant_checkpoint(results: Path, sweep: str, trial_id: str, state: dict) -> Path:
