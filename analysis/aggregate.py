@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.uncertainty import band_over_seeds
+from bnsweep import variants
 
 OUTCOMES = ("trained", "did not train", "diverged", "failed")
-LP_NORMS = ("l1_batch", "l2_batch", "linf_batch")
+LP_NORMS = variants.family(variants.LP)
 SMOOTH_STEPS = 20  # the trial's final_loss averages its last 20 minibatch losses; curves are smoothed alike
 # The step-to-step change of the activations, per unit (channel) and averaged over units, as the paper's Fig. 8
 # measures it on sampled activations; the whole-layer change (delta_mean, delta_var) averages a per-unit noise

@@ -30,9 +30,10 @@ from analysis.claims import (
     fmt,
     summarize,
 )
+from bnsweep import variants
 
-NF_NORMS = ("fixup", "skipinit", "nf")  # trained without any normalization layer
-SMALL_BATCH_NORMS = ("group", "ws_group")  # normalize within one example: no batch statistics
+NF_NORMS = variants.family(variants.NORMALIZER_FREE)  # trained without any normalization layer
+SMALL_BATCH_NORMS = variants.family(variants.GROUP_NORM)  # normalize within one example: no batch statistics
 COMPARE = ("best", "matched")
 Key = tuple[str, int, str]  # (setting, batch size, norm)
 

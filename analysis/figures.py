@@ -31,11 +31,10 @@ from analysis.aggregate import (
 )
 from analysis.load import NORM_ORDER, Results
 from analysis.uncertainty import FIGURE_BOOTSTRAP, band_note
+from bnsweep import variants
 
 W, H = 220, 150  # one panel
-NORM_COLORS = {"none": "#3b3b3b", "batch": "#1f77b4", "noisy_batch": "#ff7f0e", "l1_batch": "#2ca02c",
-               "l2_batch": "#17becf", "linf_batch": "#9467bd", "layer": "#8c564b", "group": "#e377c2",
-               "ws_group": "#ad494a", "fixup": "#d62728", "skipinit": "#bcbd22", "nf": "#393b79"}
+NORM_COLORS = {v.name: v.color for v in variants.VARIANTS}
 OUTCOME_SHAPES = {"trained": "circle", "did not train": "square", "diverged": "cross", "failed": "triangle-down"}
 
 

@@ -33,11 +33,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-# The variants in the order the figures and tables list them: the baseline, BatchNorm, its noisy and lp
-# variants, the other normalizations, then the normalizer-free residual variants. Unknown values (a newer sweep)
-# are appended after these.
-NORM_ORDER = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group", "ws_group",
-              "fixup", "skipinit", "nf")
+from bnsweep import variants
+
+# The variants in the order the figures and tables list them (bnsweep/variants.py). Unknown values (a newer
+# sweep) are appended after these.
+NORM_ORDER = variants.NAMES
 ARCH_ORDER = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear", "resnet20", "resnet56")
 STATUS_ORDER = ("completed", "diverged", "failed", "running")
 TRIALS = "trials"

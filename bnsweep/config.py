@@ -13,26 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bnsweep import variants
 from bnsweep.errors import BnsweepError
 from bnsweep.rules import Choice, Device, Directory, Flag, Items, Nullable, Number, Rule, check, show
 
 ARCHS = ("vgg11", "vgg13", "vgg16", "mlp", "dln", "linear", "resnet20", "resnet56")
-NORMS = ("none", "batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group", "ws_group", "fixup",
-         "skipinit", "nf")
-# Which variant fits which network: fixup, skipinit and nf rescale residual branches, so they need one;
-# ws_group standardizes convolution weights, so it needs convolutions.
+# The variants, which networks each fits (NETWORKS) and their own options come from bnsweep/variants.py.
+NORMS = variants.NAMES
 RESNETS = ("resnet20", "resnet56")
-RESIDUAL_NORMS = ("fixup", "skipinit", "nf")
+RESIDUAL_NORMS = variants.applying_to(variants.RESIDUAL)
 CONV_ARCHS = ("vgg11", "vgg13", "vgg16", *RESNETS)
-CONV_NORMS = ("ws_group",)
+CONV_NORMS = variants.applying_to(variants.CONVOLUTIONAL)
+NETWORKS = {variants.ALL: ARCHS, variants.CONVOLUTIONAL: CONV_ARCHS, variants.RESIDUAL: RESNETS}
 HOLD_FIXED = ("steps", "examples")
-# nf's defaults, the NF authors' (deepmind-research nfnets: nf_resnet.py alpha=0.2; optim.py SGD_AGC clipping=0.01)
-NF_ALPHA = 0.2
-AGC_CLIP = 0.01
-# Fixup's scalar biases and multipliers (and the head's bias) train at base_lr / 10 in the authors' code
-# (hongyi-zhang/Fixup, cifar/cifar_train.py and imagenet/imagenet_train.py: the parameter groups whose names hold
-# 'bias' or 'scale'); the paper's text does not state it.
-FIXUP_SCALAR_LR = 0.1
+NF_ALPHA = variants.option_default("nf_alpha")  # nf's residual scale, where a model is built without a config
 DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction", "sharpness",
           "scale_invariance")
@@ -196,11 +190,9 @@ class TrialConfig:
             c.ics_layers = default_ics_layers(c.arch, c.depth)
         if c.activation_layers is None:
             c.activation_layers = "all"
-        if c.norm == "nf":
-            c.nf_alpha = NF_ALPHA if c.nf_alpha is None else c.nf_alpha
-            c.agc_clip = AGC_CLIP if c.agc_clip is None else c.agc_clip
-        if c.norm == "fixup":
-            c.fixup_scalar_lr = FIXUP_SCALAR_LR if c.fixup_scalar_lr is None else c.fixup_scalar_lr
+        for key, (norm, default) in variants.OPTIONS.items():  # the variant's own options, at their defaults
+            if c.norm == norm and getattr(c, key) is None:
+                setattr(c, key, default)
         if c.hold_fixed == "examples" and c.examples is not None:
             derived = -(-c.examples // effective_batch(c))  # at least the budget: the last batch may overshoot
             if c.steps not in (FIELDS["steps"].default, derived):
@@ -277,7 +269,7 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
         out.append(("norm", "arch 'linear' has no hidden layer to normalize: use norm none"))
     if norm_problem(c.arch, c.norm):
         out.append(("norm", norm_problem(c.arch, c.norm)))
-    for key, norm in (("nf_alpha", "nf"), ("agc_clip", "nf"), ("fixup_scalar_lr", "fixup")):
+    for key, (norm, _) in variants.OPTIONS.items():
         if c.norm != norm and getattr(c, key) is not None:
             out.append((key, f"{key} only applies to norm {norm}, not {c.norm!r}: leave it out"))
     if c.hold_fixed == "examples" and c.examples is None:
@@ -315,12 +307,13 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
 
 def norm_problem(arch: str, norm: str) -> str | None:
     """Why variant `norm` does not apply to `arch` (and which networks it needs), or None when it does."""
-    if norm in RESIDUAL_NORMS and arch not in RESNETS:
-        return f"{norm} rescales residual branches: it needs a residual network ({' or '.join(RESNETS)}), not {arch}"
-    if norm in CONV_NORMS and arch not in CONV_ARCHS:
-        return (f"{norm} standardizes convolution weights: it needs a convolutional network "
-                f"({', '.join(CONV_ARCHS)}), not {arch}")
-    return None
+    variant = variants.BY_NAME.get(norm)
+    if variant is None or arch in NETWORKS[variant.applies_to]:
+        return None
+    archs = NETWORKS[variant.applies_to]
+    if variant.applies_to == variants.RESIDUAL:
+        return f"{norm} {variant.needs}: it needs a residual network ({' or '.join(archs)}), not {arch}"
+    return f"{norm} {variant.needs}: it needs a {variant.applies_to} network ({', '.join(archs)}), not {arch}"
 
 
 def effective_batch(c: TrialConfig) -> int:

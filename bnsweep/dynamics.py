@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from bnsweep import variants
 from bnsweep.norms import BatchNorm, LpBatchNorm
 
 Params = dict[str, torch.Tensor]
 
-# Variants whose output does not change when the weights (and bias) before them are scaled. ws_group (weight
-# standardization, if present) is scale invariant by its own construction.
-SCALE_INVARIANT = ("batch", "noisy_batch", "l1_batch", "l2_batch", "linf_batch", "layer", "group", "ws_group")
+# Variants whose output does not change when the weights (and bias) before them are scaled (bnsweep/variants.py).
+SCALE_INVARIANT = tuple(v.name for v in variants.VARIANTS if v.scale_invariant)
 
 
 # ---------------------------------------------------------------- sharpness

@@ -20,15 +20,7 @@ import torch.nn.functional as F
 
 from bnsweep.config import ARCHS, NF_ALPHA, RESNETS, norm_problem
 from bnsweep.errors import BnsweepError
-from bnsweep.norms import (
-    DEFAULT_OPTIONS,
-    RELU_GAIN,
-    NoisyBatchNorm,
-    NormOptions,
-    ScaledWSConv2d,
-    WSConv2d,
-    make_norm,
-)
+from bnsweep.norms import DEFAULT_OPTIONS, RELU_GAIN, NoisyBatchNorm, NormOptions, make_norm, norm_layer
 
 INITS = ("glorot", "torch")
 
@@ -113,11 +105,11 @@ def _scaled(c: int, width: float) -> int:
 
 
 def _blocks_vgg(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int, norm,
-                ws: bool = False) -> list[Block]:  # fmt: skip
+                conv: type[nn.Conv2d] = nn.Conv2d) -> list[Block]:  # fmt: skip
     """VGG features, then the pinned head (same for every VGG):
     Linear(c_last*s -> h) norm ReLU, Linear(h -> h) norm ReLU, Linear(h -> num_outputs), where
     h = c_last = round(512*width); s = (H//32)*(W//32) is 1 for the paper's 32x32 CIFAR inputs (five pools).
-    ws: weight-standardized convolutions (ws_group).
+    conv: the variant's convolution (weight-standardized for ws_group).
     """
     if len(in_shape) != 3 or in_shape[1] < 32 or in_shape[2] < 32:
         raise BnsweepError(f"{arch} needs in_shape (C, H, W) with H, W >= 32, got {tuple(in_shape)}")
@@ -127,7 +119,7 @@ def _blocks_vgg(arch: str, width: float, in_shape: tuple[int, ...], num_outputs:
             continue
         c = _scaled(item, width)
         pool = nn.MaxPool2d(2) if k + 1 < len(cfg) and cfg[k + 1] == "M" else nn.Identity()
-        blocks.append(Block((WSConv2d if ws else nn.Conv2d)(c_in, c, 3, padding=1), norm(c, True), nn.ReLU(), pool))
+        blocks.append(Block(conv(c_in, c, 3, padding=1), norm(c, True), nn.ReLU(), pool))
         c_in = c
     h, s = c_in, (in_shape[1] // 32) * (in_shape[2] // 32)
     blocks.append(Block(nn.Linear(c_in * s, h), norm(h, False), nn.ReLU(), nn.Identity()))
@@ -304,12 +296,12 @@ def _resnet(arch: str, width: float, in_shape: tuple[int, ...], num_outputs: int
     if len(in_shape) != 3:
         raise BnsweepError(f"{arch} needs in_shape (C, H, W), got {tuple(in_shape)}")
     n, nf, fixup = RESNET_BLOCKS[arch], variant == "nf", variant == "fixup"
-    conv_bias = variant in ("none", "skipinit")  # no per-channel shift follows the convolution otherwise
+    layer = norm_layer(variant)  # its convolution (nf's scaled WS, ws_group's WS), with a bias where no shift follows
 
     def conv(c_in: int, c_out: int, stride: int = 1, stem: bool = False) -> nn.Conv2d:
-        kind = (ScaledWSConv2d if nf else WSConv2d if variant == "ws_group" else FixupConv2d if fixup and not stem
-                else nn.Conv2d)  # Fixup's stem has no bias before it (the authors' code): its input is the image
-        return kind(c_in, c_out, 3, stride=stride, padding=1, bias=conv_bias)
+        # Fixup's stem has no bias before it (the authors' code): its input is the image
+        kind = FixupConv2d if fixup and not stem else layer.conv
+        return kind(c_in, c_out, 3, stride=stride, padding=1, bias=layer.conv_bias)
 
     def slot(c: int, last: bool) -> nn.Module:
         """The norm slot after a branch convolution (last: the branch's second)."""
@@ -416,7 +408,7 @@ def build_model(arch: str, *, width: float = 1.0, norm: str = "none", in_shape: 
             alpha = NF_ALPHA if nf_alpha is None else nf_alpha
             net: Net = _resnet(arch, width, in_shape, num_outputs, norm, norm_fn, alpha)
         elif arch in VGG_CFGS:
-            net = Net(arch, _blocks_vgg(arch, width, in_shape, num_outputs, norm_fn, ws=norm == "ws_group"))
+            net = Net(arch, _blocks_vgg(arch, width, in_shape, num_outputs, norm_fn, norm_layer(norm).conv))
         elif arch == "mlp":
             net = Net(arch, _blocks_mlp(width, in_shape, num_outputs, norm_fn, depth))
         elif arch == "linear":

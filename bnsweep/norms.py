@@ -5,6 +5,9 @@ Variants: plain BatchNorm, the paper's "noisy" BatchNorm (Algorithm 1), the lp-n
 section 3.3 / protocol section 5, LayerNorm and GroupNorm (as GroupNorm with 1 or G groups), none, and beyond the
 paper: ws_group (WSConv2d + GroupNorm, Qiao et al. 2019) and the residual-only fixup, skipinit and nf, whose norm
 slot holds no activation normalization (bnsweep/models.py builds their scalars; nf uses ScaledWSConv2d).
+
+NORM_LAYERS (at the end) maps each variant's name to its layer and the convolution that feeds it; a new per-layer
+variant is its class, its entry there and its row in bnsweep/variants.py.
 """
 
 from __future__ import annotations
@@ -17,11 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnsweep.config import NORMS as VARIANTS
 from bnsweep.errors import BnsweepError
 
 PLACEMENTS = ("after_affine", "before_affine")
-_LP = {"l1_batch": 1.0, "l2_batch": 2.0, "linf_batch": math.inf}
 
 
 @dataclass(frozen=True)
@@ -245,30 +246,6 @@ def group_count(num_features: int, groups: int) -> int:
     return max(g for g in range(1, min(groups, num_features) + 1) if num_features % g == 0)
 
 
-def make_norm(variant: str, num_features: int, *, spatial: bool, options: NormOptions = DEFAULT_OPTIONS,
-              noise_generator: torch.Generator | None = None) -> nn.Module:  # fmt: skip
-    """The normalization placed after a weight layer and before its non-linearity. spatial=True for conv
-    outputs (N, C, H, W), False for (N, C). 'none' -> nn.Identity()."""
-    if variant not in VARIANTS:
-        raise BnsweepError(f"unknown normalization {variant!r}: choose one of {', '.join(VARIANTS)}")
-    if not isinstance(num_features, int) or num_features < 1:
-        raise BnsweepError(f"num_features={num_features!r} is invalid: it must be an integer >= 1")
-    o = options
-    if variant == "none":
-        return nn.Identity()
-    if variant == "batch":
-        return BatchNorm(num_features, spatial=spatial, eps=o.eps, momentum=o.momentum)
-    if variant == "noisy_batch":
-        return NoisyBatchNorm(num_features, spatial=spatial, options=o, noise_generator=noise_generator)
-    if variant in _LP:
-        return LpBatchNorm(num_features, _LP[variant], spatial=spatial, eps=o.eps, momentum=o.momentum)
-    if variant == "layer":
-        return nn.GroupNorm(1, num_features, eps=o.eps)  # per sample over (C, H, W), per-channel affine
-    if variant in ("group", "ws_group"):
-        return nn.GroupNorm(group_count(num_features, o.groups), num_features, eps=o.eps)
-    return nn.Identity()  # fixup, skipinit, nf: no activation normalization (their scalars are the model's)
-
-
 # ---------------------------------------------------------------- weight standardization
 
 WS_EPS = 1e-5  # Qiao et al.'s code: (W - mean) / (std + 1e-5)
@@ -311,3 +288,83 @@ class ScaledWSConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.standardized_weight(), self.bias)
+
+
+# ---------------------------------------------------------------- the variants' layers, by name
+
+# A variant's layer from (num_features, spatial, options, noise_generator); spatial=True for conv outputs
+# (N, C, H, W), False for (N, C).
+Factory = Callable[[int, bool, NormOptions, torch.Generator | None], nn.Module]
+
+
+@dataclass(frozen=True)
+class NormLayer:
+    """How one variant fills a Block's norm slot: `make` builds the layer, `conv` is the convolution that feeds it,
+    `conv_bias`: whether a ResNet's convolution keeps its bias (no per-channel shift follows it)."""
+
+    make: Factory
+    conv: type[nn.Conv2d] = nn.Conv2d
+    conv_bias: bool = False
+
+
+def _identity(c: int, spatial: bool, o: NormOptions, noise: torch.Generator | None) -> nn.Module:
+    return nn.Identity()
+
+
+def _batch(c: int, spatial: bool, o: NormOptions, noise: torch.Generator | None) -> nn.Module:
+    return BatchNorm(c, spatial=spatial, eps=o.eps, momentum=o.momentum)
+
+
+def _noisy_batch(c: int, spatial: bool, o: NormOptions, noise: torch.Generator | None) -> nn.Module:
+    return NoisyBatchNorm(c, spatial=spatial, options=o, noise_generator=noise)
+
+
+def _lp_batch(p: float) -> Factory:
+    def make(c: int, spatial: bool, o: NormOptions, noise: torch.Generator | None) -> nn.Module:
+        return LpBatchNorm(c, p, spatial=spatial, eps=o.eps, momentum=o.momentum)
+    return make
+
+
+def _layer(c: int, spatial: bool, o: NormOptions, noise: torch.Generator | None) -> nn.Module:
+    return nn.GroupNorm(1, c, eps=o.eps)  # per sample over (C, H, W), per-channel affine
+
+
+def _group(c: int, spatial: bool, o: NormOptions, noise: torch.Generator | None) -> nn.Module:
+    return nn.GroupNorm(group_count(c, o.groups), c, eps=o.eps)
+
+
+# Every variant of bnsweep/variants.py, by name (tests/test_variants.py checks the two agree). fixup, skipinit and
+# nf change the architecture instead: their norm slot holds no activation normalization, bnsweep/models.py builds
+# their scalars.
+NORM_LAYERS: dict[str, NormLayer] = {
+    "none": NormLayer(_identity, conv_bias=True),
+    "batch": NormLayer(_batch),
+    "noisy_batch": NormLayer(_noisy_batch),
+    "l1_batch": NormLayer(_lp_batch(1.0)),
+    "l2_batch": NormLayer(_lp_batch(2.0)),
+    "linf_batch": NormLayer(_lp_batch(math.inf)),
+    "layer": NormLayer(_layer),
+    "group": NormLayer(_group),
+    "ws_group": NormLayer(_group, conv=WSConv2d),
+    "fixup": NormLayer(_identity),
+    "skipinit": NormLayer(_identity, conv_bias=True),
+    "nf": NormLayer(_identity, conv=ScaledWSConv2d),
+}
+VARIANTS = tuple(NORM_LAYERS)
+
+
+def norm_layer(variant: str) -> NormLayer:
+    """The registry entry of `variant`; BnsweepError names the variants there are."""
+    if variant not in NORM_LAYERS:
+        raise BnsweepError(f"unknown normalization {variant!r}: choose one of {', '.join(VARIANTS)}")
+    return NORM_LAYERS[variant]
+
+
+def make_norm(variant: str, num_features: int, *, spatial: bool, options: NormOptions = DEFAULT_OPTIONS,
+              noise_generator: torch.Generator | None = None) -> nn.Module:  # fmt: skip
+    """The normalization placed after a weight layer and before its non-linearity. spatial=True for conv
+    outputs (N, C, H, W), False for (N, C). 'none' -> nn.Identity()."""
+    entry = norm_layer(variant)
+    if not isinstance(num_features, int) or num_features < 1:
+        raise BnsweepError(f"num_features={num_features!r} is invalid: it must be an integer >= 1")
+    return entry.make(num_features, spatial, options, noise_generator)

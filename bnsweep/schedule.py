@@ -13,19 +13,14 @@ import dataclasses
 import functools
 import io
 
+from bnsweep import variants
 from bnsweep.config import TrialConfig
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import TIMED_STEPS, Estimate, StepCosts, calibrate, kind
 
-# Time per step of each variant against `none`'s, measured on this project's 2-core CPU machine with VGG-11 at
-# width 0.125 (600-step trials with probes: none 21 s, batch 27 s, noisy_batch 39 s, l1_batch 34 s, l2_batch
-# 35 s, linf_batch 41 s): normalization's elementwise work, which a FLOP count misses. layer and group were not
-# measured and are taken as batch's. tests/test_schedule.py fails when a variant is missing here.
-NORM_STEP_COST = {"none": 1.0, "batch": 1.3, "layer": 1.3, "group": 1.3, "l1_batch": 1.6, "l2_batch": 1.7,
-                  "linf_batch": 2.0, "noisy_batch": 1.9,
-                  # measured on resnet20 at width 0.25 against its none (47 ms a step of 128): ws_group 1.08x group,
-                  # fixup 1.05, skipinit 1.0, nf 1.25 (scaled WS and AGC)
-                  "ws_group": 1.4, "fixup": 1.05, "skipinit": 1.0, "nf": 1.25}
+# Time per step of each variant against `none`'s: normalization's elementwise work, which a FLOP count misses
+# (measured, bnsweep/variants.py).
+NORM_STEP_COST = {v.name: v.step_cost for v in variants.VARIANTS}
 
 
 @functools.cache
