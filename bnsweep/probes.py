@@ -1,20 +1,27 @@
 """Probes: the paper's landscape metrics, optimization-based ICS, activation statistics, the BatchNorm
 gradient identity and per-layer norms, measured on a training step's own batch without perturbing training.
 
-How a probe step runs (trial.py calls these; t is the step index, 0-based):
+A probe is one class (Probe), registered by name in PROBES (config.probes lists the same names): it declares its
+config options, its table (schema.PROBE_SCHEMAS) and its probe-only random stream. Probes, built from the trial's
+config, model, loss, optimizer, device and task (never from the Trial), runs them; PROBES' order is the order
+their work runs in. How a probe step runs (trial.py calls these; t is the step index, 0-based):
     begin(t)            before the forward. Probe steps are t % probe_every == 0, so step 0 probes the
                         initial network and a 300-step trial at cadence 100 probes steps 0, 100, 200.
-                        Arms one-shot forward hooks that read the step's own activations and the
-                        BatchNorm gradients of its own backward (hooks only read; they never change values).
+                        Each probe's arm(t, probing) returns the one-shot forward hooks it wants: the step's
+                        own activations and the BatchNorm gradients of its own backward (hooks only read;
+                        they never change values).
     before_update(...)  after loss.backward(), before optimizer.step(): p.grad is g = grad L(x_t) on the
-                        step's batch. Landscape, random direction and Hessian probes evaluate shifted weights
-                        functionally (torch.func.functional_call) with cloned BatchNorm buffers, so weights,
-                        running statistics and .grad are never touched. BatchNorm stays in training mode
-                        (batch statistics), as in the step. noisy_batch probe passes reuse the step's noise
+                        step's batch. Each probe's measure(ctx) reads a StepContext. Landscape, random direction
+                        and Hessian probes evaluate shifted weights functionally (ctx.loss_of, through
+                        torch.func.functional_call) with cloned BatchNorm buffers, so weights, running
+                        statistics and .grad are never touched. BatchNorm stays in training mode (batch
+                        statistics), as in the step. noisy_batch probe passes reuse the step's noise
                         (noise_in_probes=reuse) or draw it from a probe-only generator (fresh); the training
                         noise generator never advances.
-    after_update(...)   after optimizer.step(): ICS with the REAL update (momentum, weight decay included).
+    after_update(...)   after optimizer.step(), each probe's after_update(ctx) with ctx.new = x_{t+1}: ICS
+                        with the REAL update (momentum, weight decay included), update norms.
     begin(t+1)          also captures step t+1's per-channel activation moments for the t -> t+1 change.
+    tables(diverged_step)  the rows, without the steps after a divergence; per-layer tables get positions.
 
 Every random draw of a probe (activation subsample, random direction, Hessian start vector, fresh noise) comes
 from a probe-only generator seeded from the trial seed; training streams are never read.
@@ -68,7 +75,8 @@ g = s * dL/d(output)), g_hat = dL/dy, m = batch x H x W, v = biased batch varian
     exact:    |g_hat|^2 = gamma^2/(v+eps) * (|g|^2 - <1,g>^2/m - (2 - v/(v+eps)) <g,y_hat>^2/m)
               (BatchNorm's backward pass; with eps = 0 the last factor is 1)
     printed:  |g_hat|^2 <= gamma^2/(v+eps) * (|g|^2 - <1,g>^2/m - <g,y_hat>^2/sqrt(m))   (as printed)
-    norm             "batch" or "noisy_batch";  channels, m, eps, tol (config.bn_identity_tol)
+    norm             the layer's config.norm name (norms.BatchNorm.variant);  channels, m, eps, tol
+                     (config.bn_identity_tol)
     exact_holds_frac     fraction of channels with |lhs - exact| / max(|lhs|, |exact|) <= tol
     exact_max_rel_err    largest such relative error
     printed_holds_frac   fraction of channels with lhs <= printed + tol * max(|lhs|, |printed|)
