@@ -93,6 +93,8 @@ def _noise_like(x: torch.Tensor, fill: Callable[[torch.Tensor], torch.Tensor]) -
 class BatchNorm(nn.Module):
     """BatchNorm over dim 1, numerically identical to torch.nn.BatchNorm1d/2d (it calls F.batch_norm)."""
 
+    variant = "batch"  # config.norm's name for it (the probes' bn_identity table records it)
+
     def __init__(self, num_features: int, *, spatial: bool, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         self.num_features, self.spatial, self.eps, self.momentum = num_features, spatial, eps, momentum
@@ -127,6 +129,8 @@ class NoisyBatchNorm(BatchNorm):
     a <- s * a + m. Eval mode is plain BatchNorm. Running statistics come from the clean batch statistics
     (also with reuse_noise=True: a training forward always updates them; probes save/restore buffers).
     """
+
+    variant = "noisy_batch"
 
     def __init__(self, num_features: int, *, spatial: bool, options: NormOptions = DEFAULT_OPTIONS,
                  noise_generator: torch.Generator | None = None):  # fmt: skip

@@ -1,20 +1,27 @@
 """Probes: the paper's landscape metrics, optimization-based ICS, activation statistics, the BatchNorm
 gradient identity and per-layer norms, measured on a training step's own batch without perturbing training.
 
-How a probe step runs (trial.py calls these; t is the step index, 0-based):
+A probe is one class (Probe), registered by name in PROBES (config.probes lists the same names): it declares its
+config options, its table (schema.PROBE_SCHEMAS) and its probe-only random stream. Probes, built from the trial's
+config, model, loss, optimizer, device and task (never from the Trial), runs them; PROBES' order is the order
+their work runs in. How a probe step runs (trial.py calls these; t is the step index, 0-based):
     begin(t)            before the forward. Probe steps are t % probe_every == 0, so step 0 probes the
                         initial network and a 300-step trial at cadence 100 probes steps 0, 100, 200.
-                        Arms one-shot forward hooks that read the step's own activations and the
-                        BatchNorm gradients of its own backward (hooks only read; they never change values).
+                        Each probe's arm(t, probing) returns the one-shot forward hooks it wants: the step's
+                        own activations and the BatchNorm gradients of its own backward (hooks only read;
+                        they never change values).
     before_update(...)  after loss.backward(), before optimizer.step(): p.grad is g = grad L(x_t) on the
-                        step's batch. Landscape, random direction and Hessian probes evaluate shifted weights
-                        functionally (torch.func.functional_call) with cloned BatchNorm buffers, so weights,
-                        running statistics and .grad are never touched. BatchNorm stays in training mode
-                        (batch statistics), as in the step. noisy_batch probe passes reuse the step's noise
+                        step's batch. Each probe's measure(ctx) reads a StepContext. Landscape, random direction
+                        and Hessian probes evaluate shifted weights functionally (ctx.loss_of, through
+                        torch.func.functional_call) with cloned BatchNorm buffers, so weights, running
+                        statistics and .grad are never touched. BatchNorm stays in training mode (batch
+                        statistics), as in the step. noisy_batch probe passes reuse the step's noise
                         (noise_in_probes=reuse) or draw it from a probe-only generator (fresh); the training
                         noise generator never advances.
-    after_update(...)   after optimizer.step(): ICS with the REAL update (momentum, weight decay included).
+    after_update(...)   after optimizer.step(), each probe's after_update(ctx) with ctx.new = x_{t+1}: ICS
+                        with the REAL update (momentum, weight decay included), update norms.
     begin(t+1)          also captures step t+1's per-channel activation moments for the t -> t+1 change.
+    tables(diverged_step)  the rows, without the steps after a divergence; per-layer tables get positions.
 
 Every random draw of a probe (activation subsample, random direction, Hessian start vector, fresh noise) comes
 from a probe-only generator seeded from the trial seed; training streams are never read.
@@ -68,7 +75,8 @@ g = s * dL/d(output)), g_hat = dL/dy, m = batch x H x W, v = biased batch varian
     exact:    |g_hat|^2 = gamma^2/(v+eps) * (|g|^2 - <1,g>^2/m - (2 - v/(v+eps)) <g,y_hat>^2/m)
               (BatchNorm's backward pass; with eps = 0 the last factor is 1)
     printed:  |g_hat|^2 <= gamma^2/(v+eps) * (|g|^2 - <1,g>^2/m - <g,y_hat>^2/sqrt(m))   (as printed)
-    norm             "batch" or "noisy_batch";  channels, m, eps, tol (config.bn_identity_tol)
+    norm             the layer's config.norm name (norms.BatchNorm.variant);  channels, m, eps, tol
+                     (config.bn_identity_tol)
     exact_holds_frac     fraction of channels with |lhs - exact| / max(|lhs|, |exact|) <= tol
     exact_max_rel_err    largest such relative error
     printed_holds_frac   fraction of channels with lhs <= printed + tol * max(|lhs|, |printed|)
@@ -136,7 +144,9 @@ import math
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import torch
@@ -144,9 +154,9 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from bnsweep import dynamics, ghost
-from bnsweep.config import stream_seed
+from bnsweep.config import TrialConfig, stream_seed
 from bnsweep.norms import BatchNorm, NoisyBatchNorm
-from bnsweep.schema import PROBE_SCHEMAS, QUANTILE_COLUMNS
+from bnsweep.schema import LAYER, PROBE_SCHEMAS, QUANTILE_COLUMNS
 
 QUANTILE_SAMPLE = 2**18  # quantiles on a subsample: torch.quantile sorts (and fails above 2**24 elements)
 HIST_BINS = 64
@@ -155,10 +165,6 @@ QUANTILES = tuple(QUANTILE_COLUMNS.values())
 Params = dict[str, torch.Tensor]
 LossOf = Callable[[Params], torch.Tensor]
 
-# Which probe (config.probes) fills which table.
-TABLE_OF = {"landscape": "landscape", "random_direction": "landscape", "ics": "ics",
-            "activations": "activations", "bn_identity": "bn_identity", "layer_norms": "layer_norms",
-            "hessian": "hessian", "sharpness": "sharpness", "scale_invariance": "scale_invariance"}
 
 
 # ---------------------------------------------------------------- pure functions (any loss_of(params))
@@ -314,340 +320,173 @@ def _pooled(mean_c: torch.Tensor, var_c: torch.Tensor) -> tuple[torch.Tensor, to
     return mean, var_c.mean() + ((mean_c - mean) ** 2).mean()
 
 
-# ---------------------------------------------------------------- the trial's probes
+# ---------------------------------------------------------------- what a probe reads
 
 
-class Probes:
-    """The probes of one trial. `trial` needs .config, .model (a models.Net), .optimizer, .loss_fn, .device."""
+@dataclass
+class StepContext:
+    """What a probe may read at probe step t: the step's batch and loss, the weights x_t and gradients g (named,
+    detached; g is zero for a parameter without a gradient), the loss closure L(params) on the step's batch
+    (BatchNorm in training mode on cloned buffers, the step's ghost batches, the step's noise or probe-only noise),
+    the update rule, the probe-only generators. `new` (x_{t+1}) is set once the optimizer has stepped."""
 
-    def __init__(self, trial: Any):
-        self.trial = trial
-        c = self.config = trial.config
-        self.model = trial.model
-        self.every = c.probe_every
-        self.enabled = set(c.probes)
-        n_layers = self.model.num_layers
-        every_layer = list(range(1, n_layers + 1))
-        self.ics_layers = every_layer if c.ics_layers == "all" else sorted(set(c.ics_layers))
-        self.act_layers = every_layer if c.activation_layers == "all" else sorted(set(c.activation_layers))
-        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        name_of = {id(p): n for n, p in self.named}
-        self.layer_names = [[name_of[id(p)] for p in self.model.layer_params(i) if id(p) in name_of]
-                            for i in every_layer]
-        self.weight_names = [name_of[id(self.model.block(i).layer.weight)] for i in every_layer]
-        self.bn_layers = [i for i in every_layer if isinstance(self.model.block(i).norm, BatchNorm)]
-        self.noisy = [m for m in self.model.modules() if isinstance(m, NoisyBatchNorm)]
-        self.noise_mode = c.noise_in_probes if self.noisy else "none"
-        self.trial_id = c.trial_id
-        # Probe-only random streams, seeded from the trial seed; CPU generators so draws match on any device.
-        self.generators = {name: torch.Generator().manual_seed(stream_seed(c.seed, f"probes-{name}"))
-                           for name in ("activations", "random_direction", "hessian", "sharpness")}
-        if self.noise_mode == "fresh":
-            self.generators["noise"] = torch.Generator(trial.device).manual_seed(stream_seed(c.seed, "probes-noise"))
-        self.rows: dict[str, list[dict[str, Any]]] = {
-            t: [] for t in dict.fromkeys(TABLE_OF[p] for p in c.probes)}
-        self.warned = False
-        self._si_layers = self._scale_invariance_layers(every_layer, name_of)
-        self._si_terms: dict[int, list[torch.Tensor | None]] = {}  # eps terms of the step's ghost batches
-        self._si_before: dict[int, dict[str, Any]] | None = None
-        self._handles: list[Any] = []
-        self._seen: set[tuple[str, int]] = set()
-        self._full = False  # the armed forward is a probe step's (full statistics, BatchNorm gradients)
+    t: int
+    x: torch.Tensor
+    y: torch.Tensor
+    loss: torch.Tensor  # the step's training loss (detached)
+    model: nn.Module
+    params: Params
+    grads: Params
+    loss_of: LossOf
+    lr: float
+    momentum: float
+    weight_decay: float
+    ghost_batch: int | None
+    noise_mode: str  # noise_in_probes: "reuse" or "fresh" with noisy normalization layers, "none" otherwise
+    generators: dict[str, torch.Generator]
+    buffer_of: Callable[[torch.Tensor], torch.Tensor | None]  # a parameter's momentum buffer before the step
+    new: Params | None = None
+    beta_eff: float = math.nan  # the landscape probe's at this step (the Hessian row repeats it)
+
+    @cached_property
+    def before(self) -> Params:
+        """One copy of x_t, shared by the probes that compare it with x_{t+1} (the step overwrites params)."""
+        return {n: p.clone() for n, p in self.params.items()}
+
+
+@dataclass
+class Setup:
+    """What a probe is built from: the network (a models.Net), its parameters' names, its table's rows (a list
+    shared by the probes that fill one table, so rows keep the order in which steps ran), the trial id and the
+    probe-only generators."""
+
+    model: nn.Module
+    name_of: dict[int, str]  # id(parameter) -> its name in model.named_parameters()
+    rows: list[dict[str, Any]]
+    trial_id: str
+    generators: dict[str, torch.Generator]
+
+    def weight_name(self, layer: int) -> str:
+        return self.name_of[id(self.model.block(layer).layer.weight)]
+
+    def layers(self, chosen: str | Iterable[int] = "all") -> list[int]:
+        """Weight layers, 1-based: every one, or the chosen ones in order."""
+        return list(range(1, self.model.num_layers + 1)) if chosen == "all" else sorted(set(chosen))
+
+
+Hooks = list[tuple[nn.Module, Callable]]  # forward hooks to register: (module, hook)
+
+
+# ---------------------------------------------------------------- the probes
+
+PROBES: dict[str, type[Probe]] = {}  # name -> class, in the order their work runs at a probe step
+
+
+def register(cls: type[Probe]) -> type[Probe]:
+    PROBES[cls.name] = cls
+    return cls
+
+
+class Probe:
+    """One probe: its name (config.probes), the config options it reads, the table it fills (PROBE_SCHEMAS), its
+    probe-only random stream. At each step arm(t, probing) returns the forward hooks it wants on that step's
+    forward; at probe steps measure(ctx) runs after the backward, after_update(ctx) after the optimizer step."""
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ()
+    table: ClassVar[str]
+    stream: ClassVar[str | None] = None  # its probe-only generator, seeded from the trial seed
+    idle_state: ClassVar[dict[str, Any]] = {}  # its checkpoint entries with nothing pending (also when it is off)
+
+    def __init__(self, setup: Setup, **options: Any):
+        self.model, self.rows, self.trial_id = setup.model, setup.rows, setup.trial_id
+
+    @classmethod
+    def schema(cls) -> pa.Schema:
+        return PROBE_SCHEMAS[cls.table]
+
+    def row(self, t: int, layer: int | None = None, **values: Any) -> dict[str, Any]:
+        """A row of its table, appended: the id columns (and the weight layer of a per-layer table), then values."""
+        ids = {"trial_id": self.trial_id, "step": t} | ({} if layer is None else {LAYER: layer})
+        row = ids | values
+        self.rows.append(row)
+        return row
+
+    def arm(self, t: int, probing: bool) -> Hooks:
+        return []
+
+    def measure(self, ctx: StepContext) -> None:
+        pass
+
+    def after_update(self, ctx: StepContext) -> None:
+        pass
+
+    def settle(self) -> None:
+        """Complete rows that wait for a later step where that step has been seen (before tables, checkpoints)."""
+
+    def finish(self) -> None:
+        """End of training: nothing more will come."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.idle_state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@register
+class Activations(Probe):
+    """The layer's normalization output in the step's own training forward (statistics, quantiles, histogram),
+    and the change of its per-channel moments from step t to step t+1."""
+
+    name, options, table, stream = "activations", ("activation_layers",), "activations", "activations"
+    idle_state = {"pending": None, "next": None}
+
+    def __init__(self, setup: Setup, activation_layers: str | tuple[int, ...]):
+        super().__init__(setup)
+        self.layers = setup.layers(activation_layers)
+        self.generator = setup.generators[self.stream]
+        self._seen: set[int] = set()
+        self._full = False  # the armed forward is a probe step's (full statistics)
         self._act: dict[int, tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._bn: dict[int, dict[str, Any]] = {}
         self._next: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # moments of step t+1
-        self._pending: dict[str, Any] | None = None  # activation rows of step t awaiting step t+1
-        self._before: dict[str, Any] | None = None  # state carried from before_update to after_update
+        self._pending: dict[str, Any] | None = None  # rows of step t awaiting step t+1
 
-    def _scale_invariance_layers(self, layers: list[int], name_of: dict[int, str]) -> dict[int, dict[str, Any]]:
-        """Per weight layer: its parameters (weight, bias) and the normalization it feeds."""
-        out = {}
-        for i in layers:
-            blk = self.model.block(i)
-            params = [p for p in (blk.layer.weight, getattr(blk.layer, "bias", None)) if p is not None]
-            feeds = "none" if isinstance(blk.norm, nn.Identity) else self.config.norm
-            out[i] = {"params": params, "names": [name_of[id(p)] for p in params], "feeds": feeds,
-                      "scale_invariant": feeds in dynamics.SCALE_INVARIANT,
-                      "eps": float(getattr(blk.norm, "eps", math.nan))}
-        return out
-
-    # -- the step's hooks ------------------------------------------------------------------------------
-    def begin(self, t: int) -> bool:
-        """Called before step t's forward. True at probe steps (t % probe_every == 0)."""
-        self._disarm()
+    def arm(self, t: int, probing: bool) -> Hooks:
         self._resolve(t)
-        probing = self.every > 0 and t % self.every == 0
         capture = self._pending is not None and self._pending["step"] == t - 1
         self._next = {} if capture else None
         self._full = probing
         self._seen, self._act = set(), {}
-        if "activations" in self.enabled and (probing or capture):
-            for i in self.act_layers:
-                self._handles.append(self.model.block(i).norm.register_forward_hook(self._act_hook(i)))
-        if probing and "bn_identity" in self.enabled:
-            self._bn = {}
-            for i in self.bn_layers:
-                self._handles.append(self.model.block(i).norm.register_forward_hook(self._bn_hook(i)))
-        if probing and "scale_invariance" in self.enabled:
-            self._si_terms = {}
-            for i, info in self._si_layers.items():
-                if info["feeds"] != "none":
-                    self._handles.append(self.model.block(i).norm.register_forward_hook(self._si_hook(i)))
-        return probing
+        if not (probing or capture):
+            return []
+        return [(self.model.block(i).norm, self._hook(i)) for i in self.layers]
 
-    def _act_hook(self, layer: int):
+    def _hook(self, layer: int):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not module.training or ("act", layer) in self._seen:
+            if not module.training or layer in self._seen:
                 return  # only the step's own training forward, once
-            self._seen.add(("act", layer))
+            self._seen.add(layer)
             moments = channel_moments(output)
             if self._next is not None:
                 self._next[layer] = moments
             if self._full:
-                self._act[layer] = (activation_stats(output, self.generators["activations"]), moments)
+                self._act[layer] = (activation_stats(output, self.generator), moments)
         return hook
 
-    def _bn_hook(self, layer: int):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            y = inputs[0]
-            if not module.training or ("bn", layer) in self._seen or not (y.requires_grad and output.requires_grad):
-                return
-            self._seen.add(("bn", layer))
-            # noisy_batch: output = s * z + m (or (s * x_hat + m) gamma + beta); g before the noise is s * dL/dout
-            scale = module.last_scale if isinstance(module, NoisyBatchNorm) else None
-            gamma, grad_out = module.weight.detach(), {}
-
-            def on_output(g: torch.Tensor) -> None:
-                grad_out["g"] = g if scale is None else g * scale
-
-            y_values = y.detach()  # not y itself: a hook on y that held y would never be freed
-
-            def on_input(gi: torch.Tensor) -> None:  # fires after on_output; reduce now, keep no big tensor
-                self._bn[layer] = bn_identity(y_values, gi, grad_out.pop("g"), gamma, module.eps)
-
-            output.register_hook(on_output)
-            y.register_hook(on_input)
-        return hook
-
-    def _si_hook(self, layer: int):
-        """The eps term of every training forward of the step (each ghost batch's), summed over them."""
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            y = inputs[0]
-            if not module.training or not output.requires_grad:
-                return
-            scale = module.last_scale if isinstance(module, NoisyBatchNorm) else None
-            y = y.detach()
-
-            def on_output(g: torch.Tensor) -> None:
-                term = dynamics.eps_term(module, y, g if scale is None else g * scale)
-                self._si_terms.setdefault(layer, []).append(term)
-
-            output.register_hook(on_output)
-        return hook
-
-    def _disarm(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    # -- probe passes ----------------------------------------------------------------------------------
-    def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> LossOf:
-        """L(params) on the step's batch, BatchNorm in training mode on cloned buffers (running stats kept),
-        over the step's ghost batches when it has them."""
-        buffers = dict(self.model.named_buffers())
-        ghost_batch = getattr(self.config, "ghost_batch", None)
-        summed = getattr(self.trial, "task", "classification") == "regression"
-
-        def loss_of(params: Params) -> torch.Tensor:
-            state = {**params, **{n: b.clone() for n, b in buffers.items()}}
-            return ghost.chunked_loss(lambda inputs: functional_call(self.model, state, (inputs,)),
-                                      self.trial.loss_fn, x, y, ghost_batch, summed)
-        return loss_of
-
-    @contextmanager
-    def _probe_noise(self):
-        """noisy_batch: reuse the step's noise (or draw from the probe generator); restore everything after."""
-        saved = [(m, m.reuse_noise, m.noise_generator, m.last_scale, m.last_shift) for m in self.noisy]
-        for m in self.noisy:
-            if self.noise_mode == "fresh":
-                m.noise_generator = self.generators["noise"]
-            else:
-                m.reuse_noise = True
-        try:
-            yield
-        finally:
-            for m, reuse, gen, scale, shift in saved:
-                m.reuse_noise, m.noise_generator, m.last_scale, m.last_shift = reuse, gen, scale, shift
-
-    def before_update(self, t: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        """p.grad holds g = grad L(x_t) on this batch; weights are still x_t."""
-        self._disarm()
-        self._resolve(t)
-        c, lr = self.config, self.config.lr
-        params = {n: p.detach() for n, p in self.named}
-        grads = {n: p.grad.detach() if p.grad is not None else torch.zeros_like(p) for n, p in self.named}
-        self._record_activations(t)
-        self._record_bn(t)
-        loss_of = self._loss_of(x, y)
-        beta_eff = math.nan
-        with self._probe_noise():
-            if "landscape" in self.enabled:
-                beta_eff = self._landscape(t, loss_of, params, grads, grads, "gradient", float(loss.detach()))
-            if "random_direction" in self.enabled:
-                g = self.generators["random_direction"]
-                d = {n: torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for n, p in params.items()}
-                scale = global_norm(grads.values()) / global_norm(d.values())
-                d = {n: v * scale for n, v in d.items()}
-                self._landscape(t, loss_of, params, d, grads, "random", float(loss.detach()))
-            if "hessian" in self.enabled:
-                lam, res = top_hessian_eigenvalue(loss_of, params, c.hessian_iters, self.generators["hessian"])
-                self.rows["hessian"].append({"trial_id": self.trial_id, "step": t, "top_eigenvalue": lam,
-                                             "residual": res, "iters": c.hessian_iters,
-                                             "edge_of_stability": 2.0 / lr, "beta_eff": beta_eff,
-                                             "noise_in_probes": self.noise_mode})
-            if "sharpness" in self.enabled:
-                self._sharpness(t, loss_of, params, x, float(loss.detach()))
-        if "scale_invariance" in self.enabled:
-            self._si_before = self._scale_invariance_before(params, grads)
-        if "ics" in self.enabled or "layer_norms" in self.enabled:  # one copy of x_t (and of the G_i)
-            measured = self.ics_layers if "ics" in self.enabled else []
-            self._before = {"old": {n: p.clone() for n, p in params.items()},
-                            "G": {i: grads[self.weight_names[i - 1]].clone() for i in measured}}
-        if "layer_norms" in self.enabled:
-            for i, w in enumerate(self.weight_names, 1):
-                wn, gn = float(torch.linalg.vector_norm(params[w])), float(torch.linalg.vector_norm(grads[w]))
-                ratio = gn / wn if wn > 0 else math.nan
-                self.rows["layer_norms"].append({"trial_id": self.trial_id, "step": t, "layer": i,
-                                                 "weight_norm": wn, "grad_norm": gn, "ratio": ratio,
-                                                 "lr_ratio": lr * ratio, "update_norm": math.nan,
-                                                 "update_ratio": math.nan})
-
-    def after_update(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Weights are x_{t+1} after the real optimizer step: ICS (Definition 2.1), update norms, and the
-        scale-invariance rows."""
-        if self._si_before is not None:
-            self._scale_invariance_after(t)
-        before, self._before = self._before, None
-        if before is None:
-            return
-        old = before["old"]
-        new = {n: p.detach() for n, p in self.named}
-        if "layer_norms" in self.enabled:
-            rows = [r for r in self.rows["layer_norms"] if r["step"] == t]
-            for r in rows:
-                w = self.weight_names[r["layer"] - 1]
-                r["update_norm"] = float(torch.linalg.vector_norm(new[w] - old[w]))
-                r["update_ratio"] = r["update_norm"] / r["weight_norm"] if r["weight_norm"] > 0 else math.nan
-        if "ics" not in self.enabled:
-            return
-        loss_of = self._loss_of(x, y)
-        with self._probe_noise():
-            for i in self.ics_layers:
-                earlier = {n for names in self.layer_names[:i - 1] for n in names}
-                g_after = ics_gradient(loss_of, old, new, earlier, self.weight_names[i - 1])
-                stats = {k: float(v) for k, v in compare(before["G"][i], g_after).items()}
-                self.rows["ics"].append({"trial_id": self.trial_id, "step": t, "layer": i, **stats,
-                                         "rel_diff": stats["l2_diff"] / stats["grad_norm"]
-                                         if stats["grad_norm"] > 0 else math.nan,
-                                         "noise_in_probes": self.noise_mode})
-
-    def _landscape(self, t: int, loss_of: LossOf, params: Params, direction: Params, grads: Params,
-                   kind: str, loss_at_step: float) -> float:
-        etas = [m * self.config.lr for m in self.config.etas]
-        if not etas:
-            return math.nan
-        raw = landscape(loss_of, params, direction, grads, etas)
-        values = torch.stack([torch.stack((v.double(), d.double())) for _, v, d in raw]).cpu().tolist()
-        points = [(eta, v, d) for eta, (v, d) in zip(etas, values, strict=True)]
-        d_norm, g_norm = float(global_norm(direction.values())), float(global_norm(grads.values()))
-        summary = landscape_summary(points, d_norm)
-        for mult, (eta, v, d) in zip(self.config.etas, points, strict=True):
-            self.rows["landscape"].append({
-                "trial_id": self.trial_id, "step": t, "direction": kind, "eta_mult": float(mult), "eta": eta,
-                "loss": v, "grad_diff": d, "beta": d / (eta * d_norm) if d_norm > 0 else math.nan,
-                "loss_at_step": loss_at_step, "grad_norm": g_norm, "direction_norm": d_norm, **summary,
-                "noise_in_probes": self.noise_mode})
-        return summary["beta_eff"]
-
-    def _sharpness(self, t: int, loss_of: LossOf, params: Params, x: torch.Tensor, loss: float) -> None:
-        c = self.config
-        spec = dynamics.hessian_spectrum(loss_of, params, c.sharpness_iters, self.generators["sharpness"])
-        momentum = c.momentum
-        self.rows["sharpness"].append({
-            "trial_id": self.trial_id, "step": t, "sharpness": spec.top, "min_eigenvalue": spec.bottom,
-            "residual": spec.residual, "iters": spec.steps, "two_over_lr": 2.0 / c.lr,
-            "eos_threshold": dynamics.eos_threshold(c.lr, momentum), "lr_sharpness": c.lr * spec.top,
-            "loss": loss, "examples": int(x.shape[0]), "ghost_batch": int(getattr(c, "ghost_batch", None) or 0),
-            "noise_in_probes": self.noise_mode})
-
-    def _momentum_buffer(self, param: torch.Tensor) -> torch.Tensor | None:
-        """The optimizer's momentum buffer of `param` before this step (bnsweep's SGD or torch.optim.SGD)."""
-        opt = self.trial.optimizer
-        if hasattr(opt, "buffers"):
-            found = [b for p, b in zip(opt.params, opt.buffers, strict=True) if p is param]
-            return found[0] if found else None
-        return opt.state.get(param, {}).get("momentum_buffer")
-
-    def _scale_invariance_before(self, params: Params, grads: Params) -> dict[int, dict[str, Any]]:
-        """Per layer, at x_t: w, g, the measured and predicted <w, g> and the predicted norm change."""
-        c, out = self.config, {}
-        for i, info in self._si_layers.items():
-            w = dynamics.flat([params[n] for n in info["names"]])
-            g = dynamics.flat([grads[n] for n in info["names"]])
-            buffers = [self._momentum_buffer(p) for p in info["params"]]
-            buffer = None if any(b is None for b in buffers) else dynamics.flat(buffers)
-            terms = self._si_terms.get(i, []) if info["feeds"] != "none" else [torch.zeros(())]
-            derived = bool(terms) and all(term is not None for term in terms)
-            inner_pred = float(sum(terms)) if derived else math.nan
-            change = dynamics.predicted_change(w, g, buffer, inner_pred if derived else 0.0, c.lr,
-                                               c.momentum, c.weight_decay)
-            out[i] = {"w": w, "inner": float(torch.dot(w, g)), "inner_pred": inner_pred,
-                      "grad_norm": float(torch.linalg.vector_norm(g)), **change}
-        self._si_terms = {}
-        return out
-
-    def _scale_invariance_after(self, t: int) -> None:
-        c, before, self._si_before = self.config, self._si_before, None
-        for i, info in self._si_layers.items():
-            b = before[i]
-            w, new = b["w"], dynamics.flat(info["params"])
-            u = new - w
-            w_sq, w_norm, g_norm = float(torch.dot(w, w)), float(torch.linalg.vector_norm(w)), b["grad_norm"]
-            change = 2 * float(torch.dot(w, u)) + float(torch.dot(u, u))
-            next_sq, next_pred = float(torch.dot(new, new)), w_sq + b["change"]
-            denom = w_norm * g_norm
-            pred = 0.0 if math.isnan(b["inner_pred"]) else b["inner_pred"]
-            self.rows["scale_invariance"].append({
-                "trial_id": self.trial_id, "step": t, "layer": i, "feeds": info["feeds"],
-                "scale_invariant": info["scale_invariant"], "params": "+".join(
-                    ["weight", "bias"][:len(info["params"])]), "eps": info["eps"], "lr": c.lr,
-                "momentum": c.momentum, "weight_decay": c.weight_decay, "weight_norm": w_norm,
-                "grad_norm": g_norm, "inner": b["inner"], "inner_pred": b["inner_pred"],
-                "cos_wg": b["inner"] / denom if denom > 0 else math.nan,
-                "inner_rel_err": abs(b["inner"] - pred) / denom if denom > 0 else math.nan,
-                "norm_sq": w_sq, "norm_sq_next": next_sq, "norm_sq_next_pred": next_pred,
-                "norm_sq_rel_err": abs(next_sq - next_pred) / next_sq if next_sq > 0 else math.nan,
-                "norm_change": change, "norm_change_pred": b["change"],
-                "norm_change_rel_err": abs(change - b["change"]) / b["scale"] if b["scale"] > 0 else math.nan,
-                "effective_lr": c.lr / w_sq if w_sq > 0 else math.nan, "angle": dynamics.angle(w, u),
-                "angle_equilibrium": dynamics.equilibrium_angle(c.lr, c.momentum, c.weight_decay)})
-
-    # -- rows from the hooks ---------------------------------------------------------------------------
-    def _record_activations(self, t: int) -> None:
-        if "activations" not in self.enabled:
-            return
-        pending = {"step": t, "rows": {}, "moments": {}}
-        for i in self.act_layers:
+    def measure(self, ctx: StepContext) -> None:
+        self._resolve(ctx.t)
+        pending = {"step": ctx.t, "rows": {}, "moments": {}}
+        for i in self.layers:
             if i not in self._act:
                 continue
             stats, (mean_c, var_c) = self._act.pop(i)
             source = "layer_output" if isinstance(self.model.block(i).norm, nn.Identity) else "norm_output"
-            row = {"trial_id": self.trial_id, "step": t, "layer": i, "source": source, **stats,
-                   **dict.fromkeys(["delta_mean", "delta_var", "channel_delta_mean", "channel_delta_mean_max",
-                                    "channel_delta_var", "channel_delta_var_max"], math.nan)}
-            pending["rows"][i] = len(self.rows["activations"])
+            pending["rows"][i] = len(self.rows)
             pending["moments"][i] = (mean_c.detach().cpu(), var_c.detach().cpu())
-            self.rows["activations"].append(row)
+            self.row(ctx.t, i, source=source, **stats, **dict.fromkeys(
+                ["delta_mean", "delta_var", "channel_delta_mean", "channel_delta_mean_max", "channel_delta_var",
+                 "channel_delta_var_max"], math.nan))
         self._act = {}
         self._pending = pending if pending["rows"] else None
 
@@ -664,7 +503,7 @@ class Probes:
                 dm, dv = (m1 - m0).abs(), (v1 - v0).abs()
                 pm0, pv0 = _pooled(m0, v0)
                 pm1, pv1 = _pooled(m1, v1)
-                self.rows["activations"][index].update(
+                self.rows[index].update(
                     delta_mean=float((pm1 - pm0).abs()), delta_var=float((pv1 - pv0).abs()),
                     channel_delta_mean=float(dm.mean()), channel_delta_mean_max=float(dm.max()),
                     channel_delta_var=float(dv.mean()), channel_delta_var_max=float(dv.max()))
@@ -672,19 +511,73 @@ class Probes:
         elif now is not None and now > p["step"] + 1:
             self._pending, self._next = None, None  # step t+1 never came (end of training): the changes stay NaN
 
-    def _record_bn(self, t: int) -> None:
-        if "bn_identity" not in self.enabled:
-            return
-        tol = self.config.bn_identity_tol
-        for i in self.bn_layers:
-            terms = self._bn.pop(i, None)
+    def settle(self) -> None:
+        self._resolve()
+
+    def finish(self) -> None:
+        self._resolve()
+        self._pending, self._next = None, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": copy.deepcopy(self._pending),
+                "next": None if self._next is None else {i: tuple(t.cpu() for t in m) for i, m in self._next.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = copy.deepcopy(state["pending"])
+        self._next = None if state["next"] is None else dict(state["next"])
+
+
+@register
+class BnIdentity(Probe):
+    """Theorem 4.1 per BatchNorm-family layer, from the gradients of the step's own backward."""
+
+    name, options, table = "bn_identity", ("bn_identity_tol",), "bn_identity"
+    idle_state = {"warned": False}
+
+    def __init__(self, setup: Setup, bn_identity_tol: float):
+        super().__init__(setup)
+        self.tol = bn_identity_tol
+        self.layers = [i for i in setup.layers() if isinstance(self.model.block(i).norm, BatchNorm)]
+        self.warned = False
+        self._seen: set[int] = set()
+        self._terms: dict[int, dict[str, Any]] = {}
+
+    def arm(self, t: int, probing: bool) -> Hooks:
+        if not probing:
+            return []
+        self._seen, self._terms = set(), {}
+        return [(self.model.block(i).norm, self._hook(i)) for i in self.layers]
+
+    def _hook(self, layer: int):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            y = inputs[0]
+            if not module.training or layer in self._seen or not (y.requires_grad and output.requires_grad):
+                return
+            self._seen.add(layer)
+            # noisy_batch: output = s * z + m (or (s * x_hat + m) gamma + beta); g before the noise is s * dL/dout
+            scale = module.last_scale if isinstance(module, NoisyBatchNorm) else None
+            gamma, grad_out = module.weight.detach(), {}
+
+            def on_output(g: torch.Tensor) -> None:
+                grad_out["g"] = g if scale is None else g * scale
+
+            y_values = y.detach()  # not y itself: a hook on y that held y would never be freed
+
+            def on_input(gi: torch.Tensor) -> None:  # fires after on_output; reduce now, keep no big tensor
+                self._terms[layer] = bn_identity(y_values, gi, grad_out.pop("g"), gamma, module.eps)
+
+            output.register_hook(on_output)
+            y.register_hook(on_input)
+        return hook
+
+    def measure(self, ctx: StepContext) -> None:
+        t, tol = ctx.t, self.tol
+        for i in self.layers:
+            terms = self._terms.pop(i, None)
             if terms is None:
                 continue
             norm = self.model.block(i).norm
-            row = {"trial_id": self.trial_id, "step": t, "layer": i,
-                   "norm": "noisy_batch" if isinstance(norm, NoisyBatchNorm) else "batch", "eps": norm.eps,
-                   "tol": tol, **bn_identity_summary(terms, tol)}
-            self.rows["bn_identity"].append(row)
+            row = self.row(t, i, norm=norm.variant, eps=norm.eps, tol=tol, **bn_identity_summary(terms, tol))
             if not row["printed_bound_holds"] and not self.warned:
                 self.warned = True
                 print(f"bnsweep: {self.trial_id} step {t} layer #{i}: the BatchNorm gradient bound as printed in "
@@ -692,36 +585,384 @@ class Probes:
                       f"{1 - row['printed_holds_frac']:.0%} of channels; the exact backward identity (last term "
                       f"<g,y_hat>^2/m) holds on {row['exact_holds_frac']:.0%} (tol {tol:g}). "
                       "See the bn_identity table.", file=sys.stderr)
-        self._bn = {}
+        self._terms = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warned": self.warned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.warned = state["warned"]
+
+
+@register
+class Landscape(Probe):
+    """Loss and gradient predictiveness along the step's own gradient, at step sizes eta = etas * lr."""
+
+    name, options, table = "landscape", ("etas",), "landscape"
+    kind = "gradient"
+
+    def __init__(self, setup: Setup, etas: tuple[float, ...]):
+        super().__init__(setup)
+        self.etas = etas
+
+    def measure(self, ctx: StepContext) -> None:
+        ctx.beta_eff = self._landscape(ctx, ctx.grads)
+
+    def _landscape(self, ctx: StepContext, direction: Params) -> float:
+        etas = [m * ctx.lr for m in self.etas]
+        if not etas:
+            return math.nan
+        raw = landscape(ctx.loss_of, ctx.params, direction, ctx.grads, etas)
+        values = torch.stack([torch.stack((v.double(), d.double())) for _, v, d in raw]).cpu().tolist()
+        points = [(eta, v, d) for eta, (v, d) in zip(etas, values, strict=True)]
+        d_norm, g_norm = float(global_norm(direction.values())), float(global_norm(ctx.grads.values()))
+        summary = landscape_summary(points, d_norm)
+        loss_at_step = float(ctx.loss)
+        for mult, (eta, v, d) in zip(self.etas, points, strict=True):
+            self.row(ctx.t, direction=self.kind, eta_mult=float(mult), eta=eta, loss=v, grad_diff=d,
+                     beta=d / (eta * d_norm) if d_norm > 0 else math.nan, loss_at_step=loss_at_step,
+                     grad_norm=g_norm, direction_norm=d_norm, **summary, noise_in_probes=ctx.noise_mode)
+        return summary["beta_eff"]
+
+
+@register
+class RandomDirection(Landscape):
+    """The landscape along a Gaussian direction scaled to |g|: the control the paper mentions but never shows."""
+
+    name, stream = "random_direction", "random_direction"
+    kind = "random"
+
+    def __init__(self, setup: Setup, etas: tuple[float, ...]):
+        super().__init__(setup, etas)
+        self.generator = setup.generators[self.stream]
+
+    def measure(self, ctx: StepContext) -> None:
+        g = self.generator
+        d = {n: torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for n, p in ctx.params.items()}
+        scale = global_norm(ctx.grads.values()) / global_norm(d.values())
+        self._landscape(ctx, {n: v * scale for n, v in d.items()})
+
+
+@register
+class Hessian(Probe):
+    """The Hessian's eigenvalue of largest magnitude by power iteration on the step's batch."""
+
+    name, options, table, stream = "hessian", ("hessian_iters",), "hessian", "hessian"
+
+    def __init__(self, setup: Setup, hessian_iters: int):
+        super().__init__(setup)
+        self.iters, self.generator = hessian_iters, setup.generators[self.stream]
+
+    def measure(self, ctx: StepContext) -> None:
+        lam, res = top_hessian_eigenvalue(ctx.loss_of, ctx.params, self.iters, self.generator)
+        self.row(ctx.t, top_eigenvalue=lam, residual=res, iters=self.iters, edge_of_stability=2.0 / ctx.lr,
+                 beta_eff=ctx.beta_eff, noise_in_probes=ctx.noise_mode)
+
+
+@register
+class Sharpness(Probe):
+    """The Hessian's extreme eigenvalues by Lanczos (the edge of stability, bnsweep/dynamics.py)."""
+
+    name, options, table, stream = "sharpness", ("sharpness_iters",), "sharpness", "sharpness"
+
+    def __init__(self, setup: Setup, sharpness_iters: int):
+        super().__init__(setup)
+        self.iters, self.generator = sharpness_iters, setup.generators[self.stream]
+
+    def measure(self, ctx: StepContext) -> None:
+        spec = dynamics.hessian_spectrum(ctx.loss_of, ctx.params, self.iters, self.generator)
+        self.row(ctx.t, sharpness=spec.top, min_eigenvalue=spec.bottom, residual=spec.residual, iters=spec.steps,
+                 two_over_lr=2.0 / ctx.lr, eos_threshold=dynamics.eos_threshold(ctx.lr, ctx.momentum),
+                 lr_sharpness=ctx.lr * spec.top, loss=float(ctx.loss), examples=int(ctx.x.shape[0]),
+                 ghost_batch=int(ctx.ghost_batch or 0), noise_in_probes=ctx.noise_mode)
+
+
+@register
+class ScaleInvariance(Probe):
+    """<w, g> and the norm's change per weight layer against the predictions of bnsweep/dynamics.py."""
+
+    name, options, table = "scale_invariance", ("norm",), "scale_invariance"
+
+    def __init__(self, setup: Setup, norm: str):
+        super().__init__(setup)
+        self.layers: dict[int, dict[str, Any]] = {}  # per weight layer: its parameters and what it feeds
+        for i in setup.layers():
+            blk = self.model.block(i)
+            params = [p for p in (blk.layer.weight, getattr(blk.layer, "bias", None)) if p is not None]
+            feeds = "none" if isinstance(blk.norm, nn.Identity) else norm
+            self.layers[i] = {"params": params, "names": [setup.name_of[id(p)] for p in params], "feeds": feeds,
+                              "scale_invariant": feeds in dynamics.SCALE_INVARIANT,
+                              "eps": float(getattr(blk.norm, "eps", math.nan))}
+        self._terms: dict[int, list[torch.Tensor | None]] = {}  # eps terms of the step's ghost batches
+        self._before: dict[int, dict[str, Any]] = {}
+
+    def arm(self, t: int, probing: bool) -> Hooks:
+        if not probing:
+            return []
+        self._terms = {}
+        return [(self.model.block(i).norm, self._hook(i)) for i, info in self.layers.items() if info["feeds"] != "none"]
+
+    def _hook(self, layer: int):
+        """The eps term of every training forward of the step (each ghost batch's), summed over them."""
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            y = inputs[0]
+            if not module.training or not output.requires_grad:
+                return
+            scale = module.last_scale if isinstance(module, NoisyBatchNorm) else None
+            y = y.detach()
+
+            def on_output(g: torch.Tensor) -> None:
+                term = dynamics.eps_term(module, y, g if scale is None else g * scale)
+                self._terms.setdefault(layer, []).append(term)
+
+            output.register_hook(on_output)
+        return hook
+
+    def measure(self, ctx: StepContext) -> None:
+        """Per layer, at x_t: w, g, the measured and predicted <w, g> and the predicted norm change."""
+        self._before = {}
+        for i, info in self.layers.items():
+            w = dynamics.flat([ctx.params[n] for n in info["names"]])
+            g = dynamics.flat([ctx.grads[n] for n in info["names"]])
+            buffers = [ctx.buffer_of(p) for p in info["params"]]
+            buffer = None if any(b is None for b in buffers) else dynamics.flat(buffers)
+            terms = self._terms.get(i, []) if info["feeds"] != "none" else [torch.zeros(())]
+            derived = bool(terms) and all(term is not None for term in terms)
+            inner_pred = float(sum(terms)) if derived else math.nan
+            change = dynamics.predicted_change(w, g, buffer, inner_pred if derived else 0.0, ctx.lr,
+                                               ctx.momentum, ctx.weight_decay)
+            self._before[i] = {"w": w, "inner": float(torch.dot(w, g)), "inner_pred": inner_pred,
+                               "grad_norm": float(torch.linalg.vector_norm(g)), **change}
+        self._terms = {}
+
+    def after_update(self, ctx: StepContext) -> None:
+        before, self._before = self._before, {}
+        lr, momentum, weight_decay = ctx.lr, ctx.momentum, ctx.weight_decay
+        for i, info in self.layers.items():
+            b = before[i]
+            w, new = b["w"], dynamics.flat(info["params"])
+            u = new - w
+            w_sq, w_norm, g_norm = float(torch.dot(w, w)), float(torch.linalg.vector_norm(w)), b["grad_norm"]
+            change = 2 * float(torch.dot(w, u)) + float(torch.dot(u, u))
+            next_sq, next_pred = float(torch.dot(new, new)), w_sq + b["change"]
+            denom = w_norm * g_norm
+            pred = 0.0 if math.isnan(b["inner_pred"]) else b["inner_pred"]
+            self.row(
+                ctx.t, i, feeds=info["feeds"], scale_invariant=info["scale_invariant"],
+                params="+".join(["weight", "bias"][:len(info["params"])]), eps=info["eps"], lr=lr, momentum=momentum,
+                weight_decay=weight_decay, weight_norm=w_norm, grad_norm=g_norm, inner=b["inner"],
+                inner_pred=b["inner_pred"], cos_wg=b["inner"] / denom if denom > 0 else math.nan,
+                inner_rel_err=abs(b["inner"] - pred) / denom if denom > 0 else math.nan,
+                norm_sq=w_sq, norm_sq_next=next_sq, norm_sq_next_pred=next_pred,
+                norm_sq_rel_err=abs(next_sq - next_pred) / next_sq if next_sq > 0 else math.nan,
+                norm_change=change, norm_change_pred=b["change"],
+                norm_change_rel_err=abs(change - b["change"]) / b["scale"] if b["scale"] > 0 else math.nan,
+                effective_lr=lr / w_sq if w_sq > 0 else math.nan, angle=dynamics.angle(w, u),
+                angle_equilibrium=dynamics.equilibrium_angle(lr, momentum, weight_decay))
+
+
+@register
+class Ics(Probe):
+    """Definition 2.1: layer #i's gradient before the update against its gradient with layers 1..i-1 updated."""
+
+    name, options, table = "ics", ("ics_layers",), "ics"
+
+    def __init__(self, setup: Setup, ics_layers: str | tuple[int, ...]):
+        super().__init__(setup)
+        self.layers = setup.layers(ics_layers)
+        self.weight_names = {i: setup.weight_name(i) for i in self.layers}
+        self.earlier = {}  # per layer: the parameters of the layers before it (weight, bias, norm gamma/beta)
+        names: set[str] = set()
+        for i in setup.layers():
+            self.earlier[i] = set(names)
+            names |= {setup.name_of[id(p)] for p in self.model.layer_params(i) if id(p) in setup.name_of}
+        self._old: Params = {}
+        self._grads: Params = {}
+
+    def measure(self, ctx: StepContext) -> None:
+        self._old = ctx.before  # x_t, copied before the step overwrites it
+        self._grads = {i: ctx.grads[self.weight_names[i]].clone() for i in self.layers}
+
+    def after_update(self, ctx: StepContext) -> None:
+        old, grads, self._old, self._grads = self._old, self._grads, {}, {}
+        for i in self.layers:
+            g_after = ics_gradient(ctx.loss_of, old, ctx.new, self.earlier[i], self.weight_names[i])
+            stats = {k: float(v) for k, v in compare(grads[i], g_after).items()}
+            self.row(ctx.t, i, **stats,
+                     rel_diff=stats["l2_diff"] / stats["grad_norm"] if stats["grad_norm"] > 0 else math.nan,
+                     noise_in_probes=ctx.noise_mode)
+
+
+@register
+class LayerNorms(Probe):
+    """Weight, gradient and update norms of every weight layer."""
+
+    name, table = "layer_norms", "layer_norms"
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        self.weight_names = {i: setup.weight_name(i) for i in setup.layers()}
+        self._old: Params = {}
+        self._open: list[tuple[str, dict[str, Any]]] = []  # the step's rows awaiting the update
+
+    def measure(self, ctx: StepContext) -> None:
+        self._old, self._open = ctx.before, []  # x_t, copied before the step overwrites it
+        for i, w in self.weight_names.items():
+            wn, gn = float(torch.linalg.vector_norm(ctx.params[w])), float(torch.linalg.vector_norm(ctx.grads[w]))
+            ratio = gn / wn if wn > 0 else math.nan
+            row = self.row(ctx.t, i, weight_norm=wn, grad_norm=gn, ratio=ratio, lr_ratio=ctx.lr * ratio,
+                           update_norm=math.nan, update_ratio=math.nan)
+            self._open.append((w, row))
+
+    def after_update(self, ctx: StepContext) -> None:
+        old, opened, self._old, self._open = self._old, self._open, {}, []
+        for w, r in opened:
+            r["update_norm"] = float(torch.linalg.vector_norm(ctx.new[w] - old[w]))
+            r["update_ratio"] = r["update_norm"] / r["weight_norm"] if r["weight_norm"] > 0 else math.nan
+
+
+# ---------------------------------------------------------------- one trial's probes
+
+
+class Probes:
+    """The probes of one trial, built from what they read (never from the Trial): the trial calls begin(t) before
+    each step's forward, before_update after its backward and after_update after its optimizer step at probe
+    steps, finish() at the end; tables(diverged_step) gives the tables, state_dict() the checkpoint entry."""
+
+    def __init__(self, config: TrialConfig, model: nn.Module, loss_fn: Callable, optimizer: Any,
+                 device: torch.device, task: str):
+        c = self.config = config
+        self.model, self.loss_fn, self.optimizer, self.task = model, loss_fn, optimizer, task
+        self.every = c.probe_every
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.noisy = [m for m in model.modules() if isinstance(m, NoisyBatchNorm)]
+        self.noise_mode = c.noise_in_probes if self.noisy else "none"
+        # Probe-only random streams, seeded from the trial seed; CPU generators so draws match on any device.
+        self.generators = {cls.stream: torch.Generator().manual_seed(stream_seed(c.seed, f"probes-{cls.stream}"))
+                           for cls in PROBES.values() if cls.stream is not None}
+        if self.noise_mode == "fresh":
+            self.generators["noise"] = torch.Generator(device).manual_seed(stream_seed(c.seed, "probes-noise"))
+        self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in dict.fromkeys(PROBES[p].table for p in c.probes)}
+        name_of = {id(p): n for n, p in self.named}
+        self.probes = [cls(Setup(model, name_of, self.rows[cls.table], c.trial_id, self.generators),
+                           **{o: getattr(c, o) for o in cls.options})
+                       for name, cls in PROBES.items() if name in c.probes]  # in PROBES' order, whatever the config's
+        self._handles: list[Any] = []
+        self._ctx: StepContext | None = None  # the probe step's, from before_update to after_update
+
+    # -- the step --------------------------------------------------------------------------------------
+    def begin(self, t: int) -> bool:
+        """Called before step t's forward: arms the probes' hooks on it. True at probe steps (t % probe_every == 0)."""
+        self._disarm()
+        probing = self.every > 0 and t % self.every == 0
+        for probe in self.probes:
+            self._handles += [module.register_forward_hook(hook) for module, hook in probe.arm(t, probing)]
+        return probing
+
+    def _disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def before_update(self, t: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """p.grad holds g = grad L(x_t) on this batch; weights are still x_t."""
+        self._disarm()
+        c = self.config
+        self._ctx = ctx = StepContext(
+            t=t, x=x, y=y, loss=loss.detach(), model=self.model, params={n: p.detach() for n, p in self.named},
+            grads={n: p.grad.detach() if p.grad is not None else torch.zeros_like(p) for n, p in self.named},
+            loss_of=self._loss_of(x, y), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+            ghost_batch=c.ghost_batch, noise_mode=self.noise_mode, generators=self.generators,
+            buffer_of=self._momentum_buffer)
+        with self._probe_noise():
+            for probe in self.probes:
+                probe.measure(ctx)
+
+    def after_update(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Weights are x_{t+1} after the real optimizer step: ICS (Definition 2.1), update norms, and the
+        scale-invariance rows."""
+        ctx, self._ctx = self._ctx, None
+        ctx.new = {n: p.detach() for n, p in self.named}
+        with self._probe_noise():
+            for probe in self.probes:
+                probe.after_update(ctx)
+
+    def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> LossOf:
+        """L(params) on the step's batch, BatchNorm in training mode on cloned buffers (running stats kept),
+        over the step's ghost batches when it has them."""
+        buffers = dict(self.model.named_buffers())
+        ghost_batch, summed = self.config.ghost_batch, self.task == "regression"
+
+        def loss_of(params: Params) -> torch.Tensor:
+            state = {**params, **{n: b.clone() for n, b in buffers.items()}}
+            return ghost.chunked_loss(lambda inputs: functional_call(self.model, state, (inputs,)),
+                                      self.loss_fn, x, y, ghost_batch, summed)
+        return loss_of
+
+    @contextmanager
+    def _probe_noise(self):
+        """Noisy normalization layers: reuse the step's noise (or draw from the probe generator); restore
+        everything after."""
+        saved = [(m, m.reuse_noise, m.noise_generator, m.last_scale, m.last_shift) for m in self.noisy]
+        for m in self.noisy:
+            if self.noise_mode == "fresh":
+                m.noise_generator = self.generators["noise"]
+            else:
+                m.reuse_noise = True
+        try:
+            yield
+        finally:
+            for m, reuse, gen, scale, shift in saved:
+                m.reuse_noise, m.noise_generator, m.last_scale, m.last_shift = reuse, gen, scale, shift
+
+    def _momentum_buffer(self, param: torch.Tensor) -> torch.Tensor | None:
+        """The optimizer's momentum buffer of `param` before this step (bnsweep's SGD or torch.optim.SGD)."""
+        opt = self.optimizer
+        if hasattr(opt, "buffers"):
+            found = [b for p, b in zip(opt.params, opt.buffers, strict=True) if p is param]
+            return found[0] if found else None
+        return opt.state.get(param, {}).get("momentum_buffer")
 
     # -- end, results, checkpoints ---------------------------------------------------------------------
     def finish(self) -> None:
         """End of training: remove hooks; activation changes with no step t+1 stay NaN."""
         self._disarm()
-        self._resolve()
-        self._pending, self._next = None, None
+        for probe in self.probes:
+            probe.finish()
 
-    def tables(self) -> dict[str, pa.Table]:
-        self._resolve()
-        last = getattr(self.trial, "diverged_step", None)
+    def tables(self, diverged_step: int | None = None) -> dict[str, pa.Table]:
+        """One table per probe table; steps after `diverged_step` are not kept. A per-layer table gets each
+        layer's place in the network (models.Net.position: 'stem', 's2.b1.conv1', 'head' in a ResNet)."""
+        for probe in self.probes:
+            probe.settle()
         out = {}
         for name, rows in self.rows.items():
-            kept = [r for r in rows if last is None or r["step"] <= last]  # steps after a divergence are not kept
-            out[name] = pa.Table.from_pylist(kept, schema=PROBE_SCHEMAS[name])
+            kept = [r for r in rows if diverged_step is None or r["step"] <= diverged_step]
+            out[name] = self._with_positions(pa.Table.from_pylist(kept, schema=PROBE_SCHEMAS[name]))
         return out
 
+    def _with_positions(self, table: pa.Table) -> pa.Table:
+        if LAYER not in table.column_names:
+            return table
+        positions = [self.model.position(i) for i in table.column(LAYER).to_pylist()]
+        index = table.schema.get_field_index("position")
+        return table.set_column(index, table.schema.field(index), pa.array(positions, pa.string()))
+
     def state_dict(self) -> dict[str, Any]:
-        """Rows so far, the pending t -> t+1 activation state and the probe generators."""
-        self._resolve()
-        return {"rows": copy.deepcopy(self.rows), "pending": copy.deepcopy(self._pending),
-                "next": None if self._next is None else {i: tuple(t.cpu() for t in m) for i, m in self._next.items()},
-                "generators": {n: g.get_state() for n, g in self.generators.items()}, "warned": self.warned}
+        """Rows so far, each probe's pending state and the probe generators."""
+        for probe in self.probes:
+            probe.settle()
+        on = {type(p): p for p in self.probes}
+        state: dict[str, Any] = {"rows": copy.deepcopy(self.rows)}
+        for cls in PROBES.values():
+            state |= on[cls].state_dict() if cls in on else cls.idle_state
+        return state | {"generators": {n: g.get_state() for n, g in self.generators.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows = copy.deepcopy(state["rows"])
-        self._pending = copy.deepcopy(state["pending"])
-        self._next = None if state["next"] is None else dict(state["next"])
+        for name, rows in copy.deepcopy(state["rows"]).items():
+            self.rows[name][:] = rows  # in place: each probe holds its table's list
+        for probe in self.probes:
+            probe.load_state_dict(state)
         for n, s in state["generators"].items():
             if n in self.generators:
                 self.generators[n].set_state(s)
-        self.warned = state["warned"]

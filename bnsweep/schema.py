@@ -63,8 +63,9 @@ def trials_schema() -> pa.Schema:
 
 # -- probe tables: one row per probed step (and layer, direction or step size) ---------------------------------
 # A per-layer table's `position` is the layer's place in the network (models.Net.position: 'stem', 's2.b1.conv1',
-# 'head' in a ResNet; 'conv', 'fc', 'head' in a plain stack), filled by the trial when it writes the table.
+# 'head' in a ResNet; 'conv', 'fc', 'head' in a plain stack), filled by probes.Probes.tables.
 
+LAYER = "layer"  # a per-layer probe table's weight layer number, 1-based (the paper's "layer #i")
 QUANTILE_COLUMNS = {"q01": 0.01, "q05": 0.05, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q95": 0.95, "q99": 0.99}
 PROBE_SCHEMAS: dict[str, pa.Schema] = {
     "landscape": pa.schema(_ID + [

@@ -227,7 +227,7 @@ class Trial:
         if not self.config.probe_every:
             return None
         from bnsweep.probes import Probes  # probes are optional; the plain loop never imports them
-        return Probes(self)
+        return Probes(self.config, self.model, self.loss_fn, self.optimizer, self.device, self.task)
 
     # -- training --------------------------------------------------------------------------------------
     def train_step(self, t: int) -> None:
@@ -494,18 +494,9 @@ class Trial:
             columns[name] = [self.evals.get(t, {}).get(name, math.nan) for t in range(len(history))]
         tables = {schema.CURVES: pa.table(columns, schema=schema.CURVES_SCHEMA)}
         if self.probes is not None:
-            tables.update({name: self._with_positions(t) for name, t in self.probes.tables().items()})
+            tables.update(self.probes.tables(self.diverged_step))
         tables[schema.TRIALS] = trials_table(self.config, {**self.outcome(), **self.provenance()})
         return tables
-
-    def _with_positions(self, table: pa.Table) -> pa.Table:
-        """A per-layer probe table with each layer's place in the network (models.Net.position): 'stem',
-        's2.b1.conv1', 'head' in a ResNet, 'conv', 'fc', 'head' in a plain stack."""
-        if "layer" not in table.column_names:
-            return table
-        positions = [self.model.position(i) for i in table.column("layer").to_pylist()]
-        index = table.schema.get_field_index("position")
-        return table.set_column(index, table.schema.field(index), pa.array(positions, pa.string()))
 
     def provenance(self) -> dict[str, Any]:
         commit, dirty = git_state()

@@ -57,7 +57,7 @@ def test_sharpness_probe_matches_the_dense_hessian():
                           "probes": "sharpness", "sharpness_iters": sum(sizes), "ghost_batch": 6,
                           "batch_size": 12})
     trial = _fake_trial(model, config)
-    probes = P.Probes(trial)
+    probes = _probes(trial)
     g = _gen(4)
     x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(2, (12,), generator=g)
     probes.begin(0)
@@ -98,6 +98,11 @@ def _fake_trial(model, config, momentum=0.0, weight_decay=0.0):
                            device=torch.device("cpu"), task="classification")
 
 
+def _probes(trial):
+    """The probes of a fake trial, built as Trial._make_probes builds them."""
+    return P.Probes(trial.config, trial.model, trial.loss_fn, trial.optimizer, trial.device, trial.task)
+
+
 # torch's batch_norm refuses eps = 0 in training; in float64, v + 1e-300 == v for any variance here, so every
 # normalization computes exactly what it would with eps = 0.
 ZERO = 1e-300
@@ -117,7 +122,7 @@ def _run(norm, eps, momentum=0.0, weight_decay=0.0, steps=1, lr=0.2):
     config = make_config({"arch": "mlp", "norm": norm, "lr": lr, "momentum": momentum,
                           "weight_decay": weight_decay, "probe_every": 1, "probes": "scale_invariance"})
     trial = _fake_trial(model, config, momentum, weight_decay)
-    probes = P.Probes(trial)
+    probes = _probes(trial)
     g = _gen(9)
     x, y = torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(3, (16,), generator=g)
     hand = []

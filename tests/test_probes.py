@@ -33,7 +33,12 @@ def _fake_trial(model, config, loss_fn=F.cross_entropy):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     return SimpleNamespace(config=config, model=model, optimizer=opt, params=params, loss_fn=loss_fn,
-                           device=torch.device("cpu"))
+                           device=torch.device("cpu"), task="classification")
+
+
+def _probes(trial):
+    """The probes of a fake trial, built as Trial._make_probes builds them."""
+    return P.Probes(trial.config, trial.model, trial.loss_fn, trial.optimizer, trial.device, trial.task)
 
 
 def _train_step(trial, probes, t, x, y):
@@ -131,7 +136,7 @@ def test_ics_middle_layer_of_linear_network(momentum, steps):
     config = make_config({"arch": "mlp", "lr": lr, "momentum": momentum, "probe_every": 1, "probes": "ics",
                           "ics_layers": "all"})
     trial = _fake_trial(model, config, loss_fn=lambda out, target: 0.5 * (out - target).pow(2).sum())
-    probes = P.Probes(trial)
+    probes = _probes(trial)
 
     w = [b.layer.weight.detach().clone() for b in model.blocks]  # the same trajectory, by hand
     bufs = None
@@ -192,7 +197,7 @@ def test_bn_identity_from_the_steps_hooks(arch, norm, placement):
     config = make_config({"arch": arch, "norm": norm, "probe_every": 1, "probes": "bn_identity",
                           "bn_identity_tol": 1e-9, "ics_layers": "1"})
     trial = _fake_trial(model, config)
-    probes = P.Probes(trial)
+    probes = _probes(trial)
     g = _gen(8)
     x = torch.randn((8, *in_shape), generator=g, dtype=torch.float64)
     _train_step(trial, probes, 0, x, torch.randint(3, (8,), generator=g))
@@ -215,7 +220,7 @@ def test_landscape_uses_batch_statistics():
     config = make_config({"arch": "mlp", "norm": "batch", "lr": 0.1, "probe_every": 1, "probes": "landscape",
                           "etas": "1e-7", "ics_layers": "1"})
     trial = _fake_trial(model, config)
-    probes = P.Probes(trial)
+    probes = _probes(trial)
     g = _gen(1)
     x, y = torch.randn(32, 10, generator=g), torch.randint(4, (32,), generator=g)
     assert probes.begin(0)
@@ -372,3 +377,83 @@ def test_fresh_noise_in_probes_does_not_perturb_training():
     ics = on.tables()["ics"].to_pandas()
     assert set(ics.noise_in_probes) == {"fresh"}
     assert (ics[ics.layer == 1].l2_diff > 0).all()  # fresh noise: even layer #1 sees another landscape
+
+
+# ---------------------------------------------------------------- a probe is one class
+
+
+def test_each_probe_is_one_registered_class():
+    """Every probe config.probes accepts is one class in the registry, which names its config options, its
+    table (with a schema) and its random stream."""
+    import dataclasses
+
+    from bnsweep.config import PROBES, TrialConfig
+
+    assert set(P.PROBES) == set(PROBES)
+    fields = {f.name for f in dataclasses.fields(TrialConfig)}
+    for name, cls in P.PROBES.items():
+        assert issubclass(cls, P.Probe) and cls.name == name
+        assert set(cls.options) <= fields, (name, cls.options)
+        assert cls.table in PROBE_SCHEMAS and cls.schema() is PROBE_SCHEMAS[cls.table]
+    assert {cls.stream for cls in P.PROBES.values()} - {None} == {"activations", "random_direction", "hessian",
+                                                                  "sharpness"}
+    assert P.PROBES["landscape"].options == ("etas",) and P.PROBES["ics"].options == ("ics_layers",)
+    assert P.PROBES["hessian"].options == ("hessian_iters",) and P.PROBES["bn_identity"].options == ("bn_identity_tol",)
+
+
+def test_probes_are_built_from_what_they_read_not_from_a_trial():
+    """Probes takes the config, model, loss, optimizer, device and task (no Trial), and cuts the rows of the
+    steps after a divergence only when told the diverged step."""
+    model = build_model("mlp", width=1 / 32, norm="batch", in_shape=(10,), num_outputs=4, generator=_gen(0))
+    config = make_config({"arch": "mlp", "norm": "batch", "lr": 0.1, "probe_every": 1, "probes": ALL_PROBES,
+                          "ics_layers": "all", "hessian_iters": 2, "sharpness_iters": 3})
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr)
+    probes = P.Probes(config, model, F.cross_entropy, opt, torch.device("cpu"), "classification")
+    g = _gen(1)
+    x, y = torch.randn(16, 10, generator=g), torch.randint(4, (16,), generator=g)
+    for t in range(3):
+        assert probes.begin(t)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        probes.before_update(t, x, y, loss)
+        opt.step()
+        probes.after_update(t, x, y)
+    probes.finish()
+    whole, cut = probes.tables(), probes.tables(diverged_step=1)
+    assert set(whole) == {P.PROBES[p].table for p in config.probes}
+    for name, table in whole.items():
+        assert table.schema == PROBE_SCHEMAS[name] and set(table.column("step").to_pylist()) == {0, 1, 2}, name
+        assert set(cut[name].column("step").to_pylist()) == {0, 1}, name
+    assert set(whole["layer_norms"].column("position").to_pylist()) == {"fc", "head"}
+
+
+def test_a_new_probe_is_one_class(monkeypatch):
+    """A probe added to the registry runs at the probe steps with what the step context gives it, and its table
+    is written: nothing else changes."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    seen = []
+
+    class GradientNorm(P.Probe):
+        name, table = "gradient_norm", "gradient_norm"
+
+        def measure(self, ctx):
+            seen.append((ctx.t, sorted(ctx.params) == sorted(ctx.grads), ctx.lr))
+            self.row(ctx.t, norm=float(P.global_norm(ctx.grads.values())), loss=float(ctx.loss))
+
+    monkeypatch.setitem(P.PROBES, GradientNorm.name, GradientNorm)
+    monkeypatch.setitem(P.PROBE_SCHEMAS, GradientNorm.table,
+                        pa.schema([("trial_id", pa.string()), ("step", pa.int64()), ("norm", pa.float64()),
+                                   ("loss", pa.float64())]))
+    config = dataclasses.replace(make_config({"arch": "mlp", "width": 1 / 16, "norm": "batch", "lr": 0.1, "steps": 5,
+                                              "batch_size": 16, "eval_every": 5, "eval_subset": 16, "device": "cpu",
+                                              "probe_every": 2}), probes=("gradient_norm",))
+    trial = Trial(config, _random_images(n_train=64, n_test=16, side=8))
+    trial.run()
+    assert seen == [(0, True, 0.1), (2, True, 0.1), (4, True, 0.1)]
+    table = trial.tables()["gradient_norm"].to_pandas()
+    assert list(table.step) == [0, 2, 4]
+    assert list(table.loss) == [float(trial.history[t, 0]) for t in (0, 2, 4)]
