@@ -30,6 +30,7 @@ from analysis.claims import (
     fmt,
     summarize,
 )
+from analysis.critical_lr import critical
 
 NF_NORMS = ("fixup", "skipinit", "nf")  # trained without any normalization layer
 SMALL_BATCH_NORMS = ("group", "ws_group")  # normalize within one example: no batch statistics
@@ -105,8 +106,8 @@ class Critical:
     @property
     def span(self) -> Span:
         """The critical rate: sqrt(lower x upper) for a closed bracket, else the half-line the bracket allows."""
-        if self.lower and self.upper:
-            value = math.sqrt(self.lower * self.upper)
+        value = critical(self.lower, self.upper)
+        if value is not None:
             return Span(value, value)
         return Span(self.lower or 0.0, self.upper or math.inf)
 
