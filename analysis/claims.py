@@ -30,13 +30,13 @@ import pandas as pd
 
 from analysis.aggregate import (
     LP_NORMS,
-    brackets,
     judge_trained,
     shift_columns,
     smoothed_progress,
     steps_to,
     trains_at,
 )
+from analysis.critical_lr import over_all_seeds
 from analysis.load import Results
 from analysis.seeds import case_estimates, estimates_line, for_seed, seeds_in
 from analysis.uncertainty import Bootstrap, Estimate
@@ -235,8 +235,7 @@ class Context:
         # The search judged `trained` by the recorded rule: its brackets stand only while that rule does.
         rejudged = self.th.trained_acc is not None or self.th.trained_loss_fraction is not None
         if self.data.has("boundaries") and not rejudged:
-            b = brackets(self.data["boundaries"], t)
-            self.brackets = b[b["all_seeds"]]
+            self.brackets = over_all_seeds(self.data["boundaries"], t)
         else:
             self.brackets = None
 

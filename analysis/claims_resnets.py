@@ -30,6 +30,7 @@ from analysis.claims import (
     fmt,
     summarize,
 )
+from analysis.critical_lr import critical
 from bnsweep import variants
 
 NF_NORMS = variants.family(variants.NORMALIZER_FREE)  # trained without any normalization layer
@@ -106,8 +107,8 @@ class Critical:
     @property
     def span(self) -> Span:
         """The critical rate: sqrt(lower x upper) for a closed bracket, else the half-line the bracket allows."""
-        if self.lower and self.upper:
-            value = math.sqrt(self.lower * self.upper)
+        value = critical(self.lower, self.upper)
+        if value is not None:
             return Span(value, value)
         return Span(self.lower or 0.0, self.upper or math.inf)
 

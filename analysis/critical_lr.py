@@ -33,6 +33,24 @@ def group_key(cell: str) -> str:
     return _without(cell, "seed")
 
 
+def critical(lower: float | None, upper: float | None) -> float | None:
+    """The critical rate of a bracket, its geometric midpoint sqrt(lower x upper); None for an open bracket (no
+    rate trained, or none failed). The one place it is computed: the claims (C1, C7, C8), the terminal report and
+    the figures all read it from here."""
+    closed = lower is not None and upper is not None and pd.notna(lower) and pd.notna(upper) and lower > 0 < upper
+    return math.sqrt(lower * upper) if closed else None
+
+
+def over_all_seeds(boundaries: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The search's brackets over every seed of a cell (the rows with all_seeds), each with its `critical` rate,
+    as the claims and the figures read them."""
+    b = brackets(boundaries, trials)
+    b = b[b["all_seeds"].astype(bool)].copy()
+    b["critical"] = pd.to_numeric(pd.Series([critical(lo, hi) for lo, hi in zip(b["lower"], b["upper"], strict=True)],
+                                            index=b.index, dtype=object), errors="coerce").astype("float64")
+    return b
+
+
 def per_seed(results: Results) -> pd.DataFrame:
     """The search's per-seed brackets, typed, with their `group` (cell without seed) and `pair` (cell without seed
     and variant) keys; empty when the results hold no per-seed rows."""
@@ -42,8 +60,7 @@ def per_seed(results: Results) -> pd.DataFrame:
     b = b[~b["all_seeds"].astype(bool)].copy()
     b["group"] = b["cell"].map(group_key)
     b["pair"] = b["cell"].map(lambda c: _without(c, "seed", "norm"))
-    b["critical"] = [math.sqrt(lo * hi) if pd.notna(lo) and pd.notna(hi) else None
-                     for lo, hi in zip(b["lower"], b["upper"], strict=True)]
+    b["critical"] = [critical(lo, hi) for lo, hi in zip(b["lower"], b["upper"], strict=True)]
     return b
 
 

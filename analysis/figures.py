@@ -21,7 +21,6 @@ from analysis.aggregate import (
     LP_NORMS,
     OUTCOMES,
     binned,
-    brackets,
     failing_lr,
     nearest_measured_lr,
     outcome,
@@ -603,8 +602,7 @@ def _seed_spread(b: pd.DataFrame, results: Results) -> None:
         "the quadratic calibration task.",
         needs="the `boundaries` table (bnsweep run lr_boundary)", extra=True, band="boundaries")
 def fig_critical_lr(results: Results) -> alt.TopLevelMixin:
-    b = brackets(table(results, "boundaries"), table(results, "trials"))
-    b = b[b["all_seeds"]].copy()
+    b = critical_lr.over_all_seeds(table(results, "boundaries"), table(results, "trials"))
     b["bracket"] = [
         f"[{lo:.3g}, {hi:.3g}]" if pd.notna(lo) and pd.notna(hi) else
         f"trains at {lo:.3g}, fails at none tried" if pd.notna(lo) else

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import critical_lr
-from analysis.aggregate import OUTCOMES, brackets, outcome
+from analysis.aggregate import OUTCOMES, outcome
 from analysis.claims_resnets import batch_sizes, network, size_order, size_text
 from analysis.figures import (
     OUTCOME_SHAPES,
@@ -98,15 +98,14 @@ def _critical_by_size(results: Results) -> pd.DataFrame:
     (geometric means), its critical rate sqrt(lower x upper) and the band over seeds of the seeds' critical rates
     (critical_lo..critical_hi: bootstrap interval with 3 seeds or more, range with 2, none with 1)."""
     # Here a panel is a network across its batch sizes (analysis.load's `network`), not one batch size's setting.
-    b = brackets(table(results, "boundaries"), table(results, "trials"))
-    b = b[b["all_seeds"].astype(bool)].assign(batch_size=lambda d: batch_sizes(d), setting=lambda d: network(d))
+    b = critical_lr.over_all_seeds(table(results, "boundaries"), table(results, "trials"))
+    b = b.assign(batch_size=lambda d: batch_sizes(d), setting=lambda d: network(d))
     b = b[b["batch_size"] >= 0]
     several = b.groupby("setting")["batch_size"].transform("nunique") > 1
     b = b[several].copy()
     if b.empty:
         raise MissingData("needs the `boundaries` table of a search over several batch sizes (bnsweep run "
                           "batch_size)")
-    b["critical"] = np.sqrt(b["lower"] * b["upper"])
     keys = ["setting", "norm", "batch_size"]
     seeds = critical_lr.per_seed(results)
     if len(seeds):

@@ -156,13 +156,13 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bnsweep.driver import run_sweep
+    from bnsweep.driver import RunOptions, run_sweep
     from bnsweep.status import resume_command
 
-    run_sweep(args.sweep, scale=args.scale, results=args.results, address=args.address, sets=args.sets,
-              seeds=args.seeds, dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root,
-              num_cpus=args.num_cpus, command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints,
-              trackers=args.log)
+    run_sweep(args.sweep, RunOptions(
+        scale=args.scale, results=args.results, address=args.address, sets=args.sets, seeds=args.seeds,
+        dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root, num_cpus=args.num_cpus,
+        command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints, trackers=args.log))
     return 0
 
 
@@ -186,10 +186,14 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bnsweep import records
+    from bnsweep.boundary import report
     from bnsweep.status import status_report
 
     records.check_location(args.results, "results", exists=True)
-    print(status_report(args.results))
+    text, brackets = status_report(args.results), report(args.results)
+    if brackets:  # a critical-learning-rate search's `boundaries`
+        text += "\n\ncritical learning rate (boundaries):\n" + brackets
+    print(text)
     return 0
 
 

@@ -19,18 +19,22 @@ left in RESULTS/_ray/<sweep>/<trial_id>/.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import TextIO
 
 from bnsweep import lock, records
 from bnsweep.boundary import SearchPlan
 from bnsweep.checkpoints import prune_checkpoints
 from bnsweep.errors import BnsweepError
+from bnsweep.estimate import duration
 from bnsweep.plan import GridPlan, Plan, settled
 from bnsweep.rules import printable, show
 from bnsweep.schedule import preflight
-from bnsweep.status import duration, resume_command, resume_hint, summary_table, trial_line
+from bnsweep.status import resume_command, resume_hint, summary_table, trial_line
 from bnsweep.sweep import Sweep, check_run_arguments, load, rough_cost
 
 
@@ -60,76 +64,99 @@ def check_sweep_name(sw: Sweep) -> None:
                            "(results/NAME, RESULTS/_ray/NAME); rename the file, e.g. my_sweep.yaml")
 
 
-def run_command(sweep: str, *, scale: str, results: str, address: str | None = None,
-                sets: list[str] | tuple[str, ...] = (), seeds: int | None = None, data_root: str | None = None,
-                num_cpus: int | None = None, keep_checkpoints: bool = False,
-                trackers: list[str] | tuple[str, ...] = ()) -> str:
+@dataclass(frozen=True)
+class RunOptions:
+    """What `bnsweep run` takes besides the sweep, one field per flag. `command` is the command line that resumes
+    the sweep (the CLI passes its own; from Python it is built by run_command); `stream` gets the progress and
+    defaults to sys.stdout as it is when the sweep runs (a default bound at import would keep a stdout replaced
+    since, as pytest's capture is)."""
+
+    scale: str | None = None
+    results: str | None = None
+    address: str | None = None
+    sets: tuple[str, ...] = ()
+    seeds: int | None = None
+    dry_run: bool = False
+    verbose: bool = False
+    data_root: str | None = None
+    num_cpus: int | None = None
+    command: str | None = None
+    keep_checkpoints: bool = False
+    trackers: tuple[str, ...] = ()
+    stream: TextIO | None = None
+
+    def __post_init__(self) -> None:  # lists from argparse or a notebook, held as tuples
+        object.__setattr__(self, "sets", tuple(self.sets or ()))
+        object.__setattr__(self, "trackers", tuple(self.trackers or ()))
+
+
+def options_of(options: RunOptions | None, changes: dict) -> RunOptions:
+    """`options` with keyword changes (run_sweep's keywords are RunOptions' fields); an unknown one is a TypeError."""
+    return dataclasses.replace(options or RunOptions(), **changes)
+
+
+def run_command(sweep: str, options: RunOptions | None = None, **changes) -> str:
     """The `bnsweep run` command that continues a sweep started from Python: every option that changes which
     trials the sweep holds or where they run (a hint without --set or --seeds would resume another sweep)."""
-    words = ["run", sweep, "--scale", scale, "--results", results]
-    for value in sets:
+    o = options_of(options, changes)
+    words = ["run", sweep, "--scale", str(o.scale), "--results", str(o.results)]
+    for value in o.sets:
         words += ["--set", value]
-    for flag, value in (("--seeds", seeds), ("--data-root", data_root), ("--address", address),
-                        ("--num-cpus", num_cpus)):
+    for flag, value in (("--seeds", o.seeds), ("--data-root", o.data_root), ("--address", o.address),
+                        ("--num-cpus", o.num_cpus)):
         if value is not None:
             words += [flag, str(value)]
-    words += ["--keep-checkpoints"] if keep_checkpoints else []
-    for name in trackers:
+    words += ["--keep-checkpoints"] if o.keep_checkpoints else []
+    for name in o.trackers:
         words += ["--log", name]
     return resume_command(words)
 
 
-def run_sweep(sweep: str = "lr_grid", *, scale: str | None = None, results: str | None = None,
-              address: str | None = None, sets: list[str] | tuple[str, ...] = (), seeds: int | None = None,
-              dry_run: bool = False, verbose: bool = False, data_root: str | None = None,
-              num_cpus: int | None = None, command: str | None = None, keep_checkpoints: bool = False,
-              trackers: list[str] | tuple[str, ...] = (), stream=None) -> str:
-    """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`.
+def run_sweep(sweep: str = "lr_grid", options: RunOptions | None = None, **changes) -> str:
+    """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`: pass a
+    RunOptions, or its fields as keywords (`run_sweep("lr_grid", scale="cpu", seeds=3)`).
     A finished trial's checkpoints are deleted once its records are written, unless `keep_checkpoints`;
     `trackers` (tensorboard, mlflow, wandb) attach Ray Tune's integrations. The results directory is locked
-    (bnsweep/lock.py) from before anything is written until the run ends. `stream` defaults to sys.stdout as it
-    is when called (a default bound at import would keep a stdout replaced since, as pytest's capture is)."""
-    stream = stream or sys.stdout
-    check_run_arguments(results, data_root, num_cpus)
-    if results is not None:
-        records.check_location(results, "--results")
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    scale, why = choose_scale(scale, address)
+    (bnsweep/lock.py) from before anything is written until the run ends."""
+    o = options_of(options, changes)
+    stream = o.stream or sys.stdout
+    check_run_arguments(o.results, o.data_root, o.num_cpus)
+    if o.results is not None:
+        records.check_location(o.results, "--results")
+    address = o.address or os.environ.get("RAY_ADDRESS") or None
+    scale, why = choose_scale(o.scale, address)
     print(f"scale: {scale} ({why})", file=stream)
-    sw = load(sweep, scale, sets, seeds)
+    sw = load(sweep, scale, o.sets, o.seeds)
     check_sweep_name(sw)
-    results = records.absolute(results or f"results/{sw.name}")
-    if data_root:
+    results = records.absolute(o.results or f"results/{sw.name}")
+    o = dataclasses.replace(o, scale=scale, results=results, address=address, stream=stream)
+    if o.data_root:
         for c in sw.configs:
-            c.data_root = data_root
+            c.data_root = o.data_root
     print(f"sweep {printable(sw.name)}: {printable(sw.description)} -- {rough_cost(sw)}", file=stream)
     plan = make_plan(sw)
     if plan.describe():
         print(plan.describe(), file=stream)
-    if dry_run:
+    if o.dry_run:
         if plan.dry_run_title:
             print(plan.dry_run_title, file=stream)
         for c in plan.first_round():
             print(trial_line(c), file=stream)
         return results
-    if trackers:
+    if o.trackers:
         from bnsweep.executor import check_trackers
 
-        check_trackers(list(trackers))  # a missing tracker is an error before anything runs
-    again = command or run_command(sweep, scale=scale, results=results, address=address, sets=sets, seeds=seeds,
-                                   data_root=data_root, num_cpus=num_cpus, keep_checkpoints=keep_checkpoints,
-                                   trackers=trackers)
-    with lock.held(results, again, stream=sys.stderr):
+        check_trackers(list(o.trackers))  # a missing tracker is an error before anything runs
+    o = dataclasses.replace(o, command=o.command or run_command(sweep, o))
+    with lock.held(results, o.command, stream=sys.stderr):
         records.check_writable(results)
-        _run_plan(sw, plan, results, again, address=address, verbose=verbose, num_cpus=num_cpus,
-                  keep_checkpoints=keep_checkpoints, trackers=trackers, stream=stream)
+        _run_plan(sw, plan, o)
     return results
 
 
-def _run_plan(sw: Sweep, plan: Plan, results: str, again: str, *, address: str | None, verbose: bool,
-              num_cpus: int | None, keep_checkpoints: bool, trackers: list[str] | tuple[str, ...], stream) -> None:
+def _run_plan(sw: Sweep, plan: Plan, o: RunOptions) -> None:
     """The rounds of a plan until it has nothing left to run, then the summary (under the results' lock)."""
-    again = printable(again)
+    results, again, stream = str(o.results), printable(str(o.command)), o.stream
     fresh: set[str] = set()
     known = records.outcomes(results)
     todo = plan.next_round(known, fresh)
@@ -138,8 +165,8 @@ def _run_plan(sw: Sweep, plan: Plan, results: str, again: str, *, address: str |
         preflight(todo, f"sweep {sw.name} ({sw.path})")
         from bnsweep.executor import Executor  # Ray is imported only when there is something to run
 
-        with Executor(sw, results, address=address, verbose=verbose, num_cpus=num_cpus,
-                      keep_checkpoints=keep_checkpoints, trackers=list(trackers), stream=stream) as executor:
+        with Executor(sw, results, address=o.address, verbose=o.verbose, num_cpus=o.num_cpus,
+                      keep_checkpoints=o.keep_checkpoints, trackers=list(o.trackers), stream=stream) as executor:
             while todo:
                 started = time.monotonic()
                 executor.run(todo)
@@ -154,7 +181,7 @@ def _run_plan(sw: Sweep, plan: Plan, results: str, again: str, *, address: str |
                     return
                 todo = plan.next_round(known, fresh)
     asked = plan.asked()
-    if not keep_checkpoints:  # also what an interrupted earlier invocation left behind
+    if not o.keep_checkpoints:  # also what an interrupted earlier invocation left behind
         prune_checkpoints(results, sw.name, [t for t in asked if settled(known, t, set())])
     print(summary_table(results, asked), file=stream)
     closing = plan.finish(results)

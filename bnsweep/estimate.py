@@ -24,6 +24,12 @@ CALIBRATION_SHARE = 0.02  # ... and for at most this share of the sweep's predic
 TIMED_STEPS = 3
 
 
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: 4m05s, 1h12m."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 @dataclass(frozen=True)
 class StepCosts:
     """Seconds a kind of trial spends: per plain step, extra per probed step, per evaluated example."""

@@ -32,9 +32,8 @@ from bnsweep import records
 from bnsweep.checkpoints import RAY_DIR, prune_checkpoints
 from bnsweep.config import FIELDS, TrialConfig
 from bnsweep.errors import BnsweepError
-from bnsweep.estimate import Estimate
+from bnsweep.estimate import Estimate, duration
 from bnsweep.schedule import Timing, order
-from bnsweep.status import duration
 from bnsweep.sweep import Sweep
 from bnsweep.worker import ID, count_attempts, train_trial
 

@@ -1,18 +1,13 @@
-"""What a person reads about a sweep: the summary table, `bnsweep status`, trial lines, durations, the resume hint."""
+"""What a person reads about a sweep's records: the summary table, `bnsweep status`, trial lines, the resume hint.
+It reads the records and nothing above them (the critical learning rates come from boundary.report: cli adds them)."""
 
 from __future__ import annotations
 
 import shlex
 
 from bnsweep import records
-from bnsweep.boundary import report
 from bnsweep.config import TrialConfig
 from bnsweep.rules import printable
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def trial_line(c: TrialConfig) -> str:
@@ -47,15 +42,12 @@ def summary_table(results: str, trial_ids: list[str] | None = None) -> str:
 
 
 def status_report(results: str) -> str:
-    """`bnsweep status`: the summary table, the error of each failed trial, and the critical learning rates
-    when the results hold a search's `boundaries`."""
+    """`bnsweep status` without the search's critical learning rates: the summary table and the error of each
+    failed trial."""
     text = summary_table(results)
     table = records.read_table(results, records.TRIALS)
     if table.num_rows:
         failed = [r for r in table.select(["trial_id", "status", "error"]).to_pylist() if r["status"] == "failed"]
         for r in failed:
             text += f"\nfailed {printable(str(r['trial_id']))}: {printable(str(r['error']))}"
-    brackets = report(results)
-    if brackets:
-        text += "\n\ncritical learning rate (boundaries):\n" + brackets
     return text

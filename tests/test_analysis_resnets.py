@@ -8,15 +8,16 @@ claim hold, fail or lack what it needs. Only `trials` and `boundaries` are writt
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from analysis import Thresholds, aggregate, check_claims, load
-from analysis.claims import CONTRADICTED, NO_DATA, SUPPORTED, claims_table
-from analysis.claims_resnets import Critical, Span
+from analysis import Thresholds, aggregate, check_claims, critical_lr, load
+from analysis.claims import CONTRADICTED, NO_DATA, SUPPORTED, Context, claims_table
+from analysis.claims_resnets import Critical, Span, critical_rates
 from analysis.commands import build_all, check
 from bnsweep import records
 from bnsweep.bench.figures import FakeTrial, write_fake_trial
@@ -272,3 +273,23 @@ def test_resnet_figures_drawn_only_with_their_data(tmp_path):
                if c.get("encoding", {}).get("y", {}).get("field") == "ratio" and "x" in c["encoding"]]
     assert ratio_x and all(x["scale"]["domain"] == [16, 256] for x in ratio_x)
     assert "fig_resnet_lr" in drawn  # its trials are ResNet trials, one row per batch size
+
+
+def test_the_claim_and_its_figure_read_one_critical_rate(tmp_path):
+    """C8's critical rates and fig_critical_lr_batch_size's are one computation (critical_lr.critical): the same
+    number per variant and batch size, the same ratio over none's, and an open bracket has none in both."""
+    batch = {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, None)}
+    data = load(search(tmp_path, NONE, batch))
+    ctx = Context(data, Thresholds())
+    claimed = {(norm, size): v.value for (_, size, norm), v in critical_rates(ctx).items()}
+    drawn = {d.figure.name: d for d in build_all(data)}["fig_critical_lr_batch_size"].spec
+    rows = [r for rows in drawn["datasets"].values() for r in rows if "critical" in r]
+    plotted = {(r["norm"], r["batch_size"]): r["critical"] for r in rows}
+    assert set(plotted) == set(claimed)
+    for key, value in claimed.items():
+        if value is None:  # open: no point on the line
+            assert plotted[key] is None or math.isnan(plotted[key]), key
+        else:
+            assert plotted[key] == value, key
+    assert claimed[("batch", 64)] == critical_lr.critical(0.4, 0.8) == math.sqrt(0.4 * 0.8)
+    assert claimed[("batch", 256)] is None and critical_lr.critical(1.6, None) is None
