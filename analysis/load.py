@@ -56,8 +56,8 @@ REQUIRED: dict[str, dict[str, str]] = {
     "curves": {"trial_id": "string", "step": "int", "loss": "float"},
 }
 # The newest results schema this code reads, and how much one file may hold: bnsweep/schema.py's SCHEMA_VERSION,
-# MAX_ROWS, MAX_ROWS_OTHER and MAX_FILE_BYTES (written out here: analysis/ never imports bnsweep; a test checks
-# that the two agree). A file is judged by its footer before it is decoded.
+# MAX_ROWS, MAX_ROWS_OTHER and MAX_FILE_BYTES (written out here: analysis/ imports only bnsweep/variants.py of
+# bnsweep; a test checks that the two agree). A file is judged by its footer before it is decoded.
 SCHEMA_VERSION = 1
 MAX_ROWS = {TRIALS: 1_000, "boundaries": 1_000, "curves": 10_000_001}
 MAX_ROWS_OTHER = 100_000_000
@@ -99,7 +99,7 @@ SECRET_WORDS = ("key", "secret", "token", "password", "credential", "signature")
 
 def location_problem(text: str) -> str | None:
     """What is wrong with a results location, or None: the rule of bnsweep's records (this module does not import
-    bnsweep): a local path, file:// or s3:// only, and no credentials inside a URI, which would be printed and
+    bnsweep.records): a local path, file:// or s3:// only, and no credentials inside a URI, which would be printed and
     written into claims.json and index.html. The message never repeats a URI that may hold a secret."""
     if not text.strip():
         return f"results={text!r}: an empty path; give a results directory or an s3://bucket/prefix URI"
