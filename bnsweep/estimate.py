@@ -4,8 +4,10 @@ Before the first trial the driver times a few steps, one probed step and one eva
 trial (everything but the learning rate and seed) on this machine, and predicts each trial's seconds from its
 steps, probes and evaluations. The sweep's wall time is then the makespan of Tune's queue (costliest first) on
 its parallel slots. While the sweep runs, the finished trials rescale the prediction (actual over predicted
-seconds, diverged trials counted for the steps they ran), so the running estimate learns what the first
-measurement missed: several trials sharing the cores, a worker's start, a slower machine.
+seconds, diverged trials counted for the steps they ran), and so do the running trials, from their reports
+(their seconds so far over the prediction for the steps they reported): the running estimate learns what the
+first measurement missed (several trials sharing the cores, a worker's start, a slower machine) from the first
+reports on, not only from the first trials to end, which are often the short ones that diverged early.
 """
 
 from __future__ import annotations
@@ -97,15 +99,27 @@ class Estimate:
     expected: float = 0.0  # seconds predicted for the work those trials did
     started: dict[str, float] = dataclasses.field(default_factory=dict)  # running trial id -> start time
     finished: set[str] = dataclasses.field(default_factory=set)
+    # running trial id -> (share of its steps done, seconds it had run) at its last report
+    reported: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     measured: bool = True  # False: `predicted` is only relative until the first trials finish
 
     @property
     def ready(self) -> bool:
-        return self.measured or self.expected > 0
+        return self.measured or self._evidence()[1] > 0
+
+    def _evidence(self) -> tuple[float, float]:
+        """Seconds taken and seconds predicted for the work done so far: finished trials and running trials'
+        reports."""
+        actual, expected = self.actual, self.expected
+        for t, (fraction, seconds) in self.reported.items():
+            actual += seconds
+            expected += self.predicted[t] * fraction
+        return actual, expected
 
     @property
     def scale(self) -> float:
-        return self.actual / self.expected if self.expected > 0 else 1.0
+        actual, expected = self._evidence()
+        return actual / expected if expected > 0 else 1.0
 
     def total(self) -> float:
         """The whole sweep's predicted wall time, before it starts."""
@@ -114,17 +128,42 @@ class Estimate:
     def start(self, trial_id: str, now: float) -> None:
         self.started.setdefault(trial_id, now)
 
+    def progress(self, trial_id: str, fraction_done: float, now: float) -> None:
+        """A running trial reported: it has run `fraction_done` of its steps by `now`."""
+        began = self.started.get(trial_id)
+        if began is not None and trial_id in self.predicted:
+            self.reported[trial_id] = (min(max(fraction_done, 0.0), 1.0), now - began)
+
+    def requeue(self, trial_id: str) -> None:
+        """A trial crashed and waits for its retry: its run so far tells nothing."""
+        self.started.pop(trial_id, None)
+        self.reported.pop(trial_id, None)
+
     def finish(self, trial_id: str, now: float, fraction_done: float = 1.0) -> None:
         """A trial ended; `fraction_done` is the share of its steps it ran (less when it diverged)."""
         began = self.started.pop(trial_id, None)
+        self.reported.pop(trial_id, None)
         self.finished.add(trial_id)
         if began is not None and trial_id in self.predicted:
             self.actual += now - began
             self.expected += self.predicted[trial_id] * min(max(fraction_done, 0.0), 1.0)
 
+    def share_done(self) -> float:
+        """The share of the sweep's predicted work done: finished trials whole, running ones as reported."""
+        total = sum(self.predicted.values())
+        done = sum(self.predicted[t] for t in self.finished if t in self.predicted)
+        done += sum(self.predicted[t] * fraction for t, (fraction, _) in self.reported.items())
+        return done / total if total > 0 else 0.0
+
+    def rest(self, trial_id: str, began: float, now: float, k: float) -> float:
+        """Seconds a running trial has left: its predicted rest (past its last report) rescaled, less the time
+        since that report."""
+        fraction, seconds = self.reported.get(trial_id, (0.0, 0.0))
+        return max(0.0, k * self.predicted.get(trial_id, 0.0) * (1 - fraction) - (now - began - seconds))
+
     def left(self, now: float) -> float:
         """Seconds until the sweep ends: running trials' rest, then the queue, on the slots."""
         k = self.scale
-        busy = [max(0.0, k * self.predicted.get(t, 0.0) - (now - s)) for t, s in self.started.items()]
+        busy = [self.rest(t, s, now, k) for t, s in self.started.items()]
         queued = [k * d for t, d in self.predicted.items() if t not in self.finished and t not in self.started]
         return makespan(queued, max(self.slots, len(self.started)), busy)

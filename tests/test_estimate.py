@@ -51,3 +51,20 @@ def test_the_running_estimate_learns_from_finished_trials():
     assert e.left(20) == pytest.approx(20)  # b is due now (20 s predicted x 2 - 20 s run): d takes its slot, c runs on
     e.finish("b", 25, fraction_done=0.25)  # diverged after a quarter of its steps, in 25 s
     assert e.scale == pytest.approx((20 + 25) / (10 + 10 * 0.25))
+
+
+def test_running_trials_reports_rescale_the_estimate_before_any_trial_ends():
+    e = Estimate({"a": 10.0, "b": 10.0, "c": 10.0, "d": 10.0}, slots=2)
+    e.start("a", 0)
+    e.start("b", 0)
+    assert e.left(0) == 20
+    e.progress("a", 0.5, 10)  # half of a in 10 s: twice the prediction
+    assert e.scale == pytest.approx(2.0)
+    # a: the other half, 10 s; b (no report yet) is due now at twice its prediction; then c and d, 20 s each.
+    assert e.left(10) == pytest.approx(30)
+    assert e.share_done() == pytest.approx(0.5 * 10 / 40)
+    e.finish("a", 20)  # a's report gives way to its whole run
+    assert e.scale == pytest.approx(2.0) and not e.reported
+    e.progress("b", 0.25, 22)
+    e.requeue("b")  # crashed: waits for its retry, its run tells nothing
+    assert e.scale == pytest.approx(2.0) and "b" not in e.started
