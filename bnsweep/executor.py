@@ -376,7 +376,7 @@ class Executor:
             self._start()
             n = slots(self.resources)
             queue, estimate = order(todo, None, n)
-            print(f"estimate: after the first trials finish ({n} trials fit the cluster now)", file=self.stream)
+            print(f"estimate: after the first trials report ({n} trials fit the cluster now)", file=self.stream)
             return queue, estimate
         started = time.perf_counter()
         seconds = self.timing.seconds(todo)

@@ -68,3 +68,22 @@ def test_running_trials_reports_rescale_the_estimate_before_any_trial_ends():
     e.progress("b", 0.25, 22)
     e.requeue("b")  # crashed: waits for its retry, its run tells nothing
     assert e.scale == pytest.approx(2.0) and "b" not in e.started
+
+
+def test_a_kind_the_flop_model_calls_cheap_is_measured_past_the_budget():
+    # The cpu lr_grid: VGG kinds spend the budget; the deep linear networks' FLOPs are ~0 but their steps are not.
+    vgg = [make_config({"arch": "vgg11", "norm": "batch", "lr": lr, "steps": 600, "probe_every": 0})
+           for lr in (0.1, 0.2)]
+    dln = [make_config({"arch": "dln", "norm": "batch", "lr": lr, "steps": 3000, "probe_every": 0})
+           for lr in (1e-7, 1e-6)]
+    measured = []
+
+    def measure(c):
+        measured.append(c.arch)
+        return StepCosts(step=0.04 if c.arch == "vgg11" else 0.004, probe=0, eval_example=0), 0
+
+    cost = {"vgg11": 1000.0, "dln": 1.0}
+    predicted = calibrate(vgg + dln, measure, lambda c: cost[c.arch], budget_s=0)
+    assert measured == ["vgg11", "dln"]
+    assert predicted[dln[0].trial_id] == pytest.approx(3000 * 0.004)  # not 1/1000 of a VGG trial (0.024 s)
+    assert predicted[vgg[0].trial_id] == pytest.approx(600 * 0.04)
