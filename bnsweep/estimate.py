@@ -5,8 +5,9 @@ trial (everything but the learning rate and seed) on this machine, and predicts 
 steps, probes and evaluations. The sweep's wall time is then the makespan of Tune's queue (costliest first) on
 its parallel slots. While the sweep runs, the finished trials rescale the prediction (actual over predicted
 seconds, diverged trials counted for the steps they ran), and so do the running trials, from their reports
-(their seconds so far over the prediction for the steps they reported): the running estimate learns what the
-first measurement missed (several trials sharing the cores, a worker's start, a slower machine) from the first
+(their pace between their first report and their last, against the prediction for those steps; a worker's start
+and a trial's build before its first report would make the first reports look slow): the running estimate
+learns what the first measurement missed (several trials sharing the cores, a slower machine) from the second
 reports on, not only from the first trials to end, which are often the short ones that diverged early.
 """
 
@@ -111,7 +112,8 @@ class Estimate:
     expected: float = 0.0  # seconds predicted for the work those trials did
     started: dict[str, float] = dataclasses.field(default_factory=dict)  # running trial id -> start time
     finished: set[str] = dataclasses.field(default_factory=set)
-    # running trial id -> (share of its steps done, seconds it had run) at its last report
+    # running trial id -> (share of its steps done, seconds it had run) at its first and at its last report
+    first_report: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     reported: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     measured: bool = True  # False: `predicted` is only relative until the first trials finish
 
@@ -120,12 +122,13 @@ class Estimate:
         return self.measured or self._evidence()[1] > 0
 
     def _evidence(self) -> tuple[float, float]:
-        """Seconds taken and seconds predicted for the work done so far: finished trials and running trials'
-        reports."""
+        """Seconds taken and seconds predicted for the work done so far: finished trials whole, running trials
+        between their first and last reports."""
         actual, expected = self.actual, self.expected
         for t, (fraction, seconds) in self.reported.items():
-            actual += seconds
-            expected += self.predicted[t] * fraction
+            first_fraction, first_seconds = self.first_report[t]
+            actual += seconds - first_seconds
+            expected += self.predicted[t] * (fraction - first_fraction)
         return actual, expected
 
     @property
@@ -145,16 +148,19 @@ class Estimate:
         began = self.started.get(trial_id)
         if began is not None and trial_id in self.predicted:
             self.reported[trial_id] = (min(max(fraction_done, 0.0), 1.0), now - began)
+            self.first_report.setdefault(trial_id, self.reported[trial_id])
 
     def requeue(self, trial_id: str) -> None:
         """A trial crashed and waits for its retry: its run so far tells nothing."""
         self.started.pop(trial_id, None)
         self.reported.pop(trial_id, None)
+        self.first_report.pop(trial_id, None)
 
     def finish(self, trial_id: str, now: float, fraction_done: float = 1.0) -> None:
         """A trial ended; `fraction_done` is the share of its steps it ran (less when it diverged)."""
         began = self.started.pop(trial_id, None)
         self.reported.pop(trial_id, None)
+        self.first_report.pop(trial_id, None)
         self.finished.add(trial_id)
         if began is not None and trial_id in self.predicted:
             self.actual += now - began

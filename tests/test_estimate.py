@@ -58,14 +58,17 @@ def test_running_trials_reports_rescale_the_estimate_before_any_trial_ends():
     e.start("a", 0)
     e.start("b", 0)
     assert e.left(0) == 20
-    e.progress("a", 0.5, 10)  # half of a in 10 s: twice the prediction
+    e.progress("a", 0.25, 6)  # a worker's start and the trial's build come before the first report
+    assert e.scale == 1 and e.share_done() == pytest.approx(0.25 * 10 / 40)
+    e.progress("a", 0.5, 11)  # the next quarter of a in 5 s: twice the prediction
     assert e.scale == pytest.approx(2.0)
-    # a: the other half, 10 s; b (no report yet) is due now at twice its prediction; then c and d, 20 s each.
-    assert e.left(10) == pytest.approx(30)
+    # a: the other half, 10 s; b (no report yet) has 9 s left of twice its prediction; then c and d, 20 s each.
+    assert e.left(11) == pytest.approx(30)
     assert e.share_done() == pytest.approx(0.5 * 10 / 40)
     e.finish("a", 20)  # a's report gives way to its whole run
     assert e.scale == pytest.approx(2.0) and not e.reported
     e.progress("b", 0.25, 22)
+    e.progress("b", 0.5, 23)
     e.requeue("b")  # crashed: waits for its retry, its run tells nothing
     assert e.scale == pytest.approx(2.0) and "b" not in e.started
 
