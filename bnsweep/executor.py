@@ -123,56 +123,92 @@ class DivergenceStopper(Stopper):
         return False
 
 
+LOG_EVERY_S = 15.0  # a log (not a terminal) gets at most one progress line per this many seconds between ends
+DRAW_EVERY_S = 1.0  # a terminal's line is redrawn at most once a second from the trials' reports
+SUCCESSOR_WAIT_S = 2.0  # how long an end's line waits for the next queued trial's start (Tune's: ~10 ms)
+
+
 class Progress(Callback):
-    """One live line: done / diverged / failed / running of N, elapsed, the estimate of the rest.
+    """One live line: done / diverged / failed / running of N, the share of the work done, elapsed, the estimate
+    of the rest. It moves with the trials' reports (every `report_every` steps), at most once per DRAW_EVERY_S on
+    a terminal and LOG_EVERY_S in a log; a trial's end is always drawn.
 
     Running trials are counted from the trial starts and ends Tune announces, not from Tune's status fields:
-    with reused actors those lag, and the line said `running 1` while two trials ran."""
+    with reused actors those lag. Tune announces an end (the last result, then on_trial_complete) before the
+    start of the trial that takes its slot, so a line drawn at the end said `running 1` while two trials ran:
+    the end's line waits for that start (at most SUCCESSOR_WAIT_S) and counts it."""
 
     def __init__(self, total: int, estimate: Estimate | None, stream) -> None:
         self.total = total
         self.counts = {"completed": 0, "diverged": 0, "failed": 0}
         self.running: set[str] = set()
         self.started = time.monotonic()
-        self.last_draw = 0.0
+        self.last_draw = -math.inf
+        self.ended_at: float | None = None  # when the first end whose line waits for a start came
+        self.awaited = 0  # starts of queued trials that will take the slots of ended ones
         self.stream = stream
         self.tty = stream.isatty()
         self.estimate = estimate
 
     def draw(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and not self.tty and now - self.last_draw < 15:
+        if not force and (self.ended_at is not None
+                          or now - self.last_draw < (DRAW_EVERY_S if self.tty else LOG_EVERY_S)):
             return
         self.last_draw = now
+        self.ended_at, self.awaited = None, 0
         done = sum(self.counts.values())
         elapsed = now - self.started
+        work = ""
         if self.estimate is not None and self.estimate.ready:
             left = f"~{duration(self.estimate.left(now))} left"
+            work = f"{self.estimate.share_done():.0%} of the work, "
         else:
             left = f"~{duration(elapsed / done * (self.total - done))} left" if done else "estimating"
         line = (f"[{done}/{self.total}] completed {self.counts['completed']}  diverged {self.counts['diverged']}  "
-                f"failed {self.counts['failed']}  running {len(self.running)}  |  {duration(elapsed)} "
+                f"failed {self.counts['failed']}  running {len(self.running)}  |  {work}{duration(elapsed)} "
                 f"elapsed, {left}")
         self.stream.write(("\r" + line.ljust(100)) if self.tty else line + "\n")
         self.stream.flush()
 
     def _ended(self, trial, fraction_done: float) -> None:
+        """A trial ended (counted already): its line is drawn now if no queued trial will take its slot, else
+        at that trial's start."""
         self.running.discard(trial.trial_id)
         if self.estimate is not None:
             self.estimate.finish(trial.config[ID], time.monotonic(), fraction_done)
+        queued = self.total - sum(self.counts.values()) - len(self.running)
+        self.awaited = min(self.awaited + 1, max(queued, 0))
+        if not self.awaited:
+            self.draw(force=True)
+        elif self.ended_at is None:
+            self.ended_at = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.running.add(trial.trial_id)
         if self.estimate is not None:
             self.estimate.start(trial.config[ID], time.monotonic())
-        self.draw()
+        if self.ended_at is not None:
+            self.awaited -= 1
+            if self.awaited <= 0:
+                self.draw(force=True)
+        else:
+            self.draw(force=self.tty)  # a start is news on a terminal; a log gets it with the next line
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        steps = trial.config["steps"]
+        fraction = result.get("step", steps) / max(steps, 1)
         if result.get("done"):
             status = result.get("status", "completed")
             self.counts[status] = self.counts.get(status, 0) + 1
-            steps = trial.config["steps"]
-            self._ended(trial, result.get("step", steps) / max(steps, 1))
+            self._ended(trial, fraction)
+            return
+        if self.estimate is not None:
+            self.estimate.progress(trial.config[ID], fraction, time.monotonic())
+        self.draw()
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self.ended_at is not None and time.monotonic() - self.ended_at >= SUCCESSOR_WAIT_S:
             self.draw(force=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -182,12 +218,11 @@ class Progress(Callback):
         # A crashed trial waits in the queue for its retry: it runs again when Tune starts it again.
         self.running.discard(trial.trial_id)
         if self.estimate is not None:
-            self.estimate.started.pop(trial.config[ID], None)
+            self.estimate.requeue(trial.config[ID])
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._ended(trial, 0.0)
         self.counts["failed"] += 1
-        self.draw(force=True)
+        self._ended(trial, 0.0)
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks with the Tuner's state (tuner.pkl); an open file (os.devnull, a log)
@@ -195,8 +230,9 @@ class Progress(Callback):
         return {**self.__dict__, "stream": io.StringIO()}
 
     def close(self) -> None:
-        if self.tty:
+        if self.ended_at is not None or self.tty:
             self.draw(force=True)
+        if self.tty:
             self.stream.write("\n")
 
 
@@ -339,7 +375,7 @@ class Executor:
             self._start()
             n = slots(self.resources)
             queue, estimate = order(todo, None, n)
-            print(f"estimate: after the first trials finish ({n} trials fit the cluster now)", file=self.stream)
+            print(f"estimate: after the first trials report ({n} trials fit the cluster now)", file=self.stream)
             return queue, estimate
         started = time.perf_counter()
         seconds = self.timing.seconds(todo)

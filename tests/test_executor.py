@@ -14,6 +14,7 @@ import pytest
 
 from bnsweep import executor
 from bnsweep.errors import BnsweepError
+from bnsweep.estimate import Estimate
 from bnsweep.executor import Executor, check_trackers
 from bnsweep.sweep import load
 
@@ -147,3 +148,94 @@ def test_cli_rejects_an_unknown_tracker_before_running_anything(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--log neptune" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+class FakeTrial:
+    """What Progress reads of a Tune trial: its Tune id and its config (bnsweep's id, its steps)."""
+
+    def __init__(self, name: str, steps: int = 100) -> None:
+        self.trial_id = name
+        self.config = {executor.ID: name, "steps": steps}
+
+
+class FakeClock:
+    """The executor's `time`, read by Progress: a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def drive(progress: executor.Progress, events: list[tuple], clock: FakeClock) -> list[tuple[int, int]]:
+    """Feed Tune's callbacks in order; returns (printed running count, trials really running) for each line."""
+    out, seen, truth = progress.stream, 0, set()
+    checks = []
+    for event in events:
+        name, trial, *rest = event
+        clock.now += 0.01
+        if name == "start":
+            truth.add(trial.trial_id)
+            progress.on_trial_start(0, [], trial)
+        elif name == "report":
+            clock.now += rest[1] if len(rest) > 1 else 0.0
+            progress.on_trial_result(0, [], trial, {"step": rest[0], "done": False})
+        elif name == "done":
+            truth.discard(trial.trial_id)
+            progress.on_trial_result(0, [], trial, {"step": trial.config["steps"], "done": True,
+                                                    "status": "completed"})
+            progress.on_trial_complete(0, [], trial)
+        elif name == "idle":
+            clock.now += rest[0]
+            progress.on_step_end(0, [])
+        lines = out.getvalue().splitlines()
+        for line in lines[seen:]:
+            checks.append((int(line.split("running ")[1].split()[0]), len(truth)))
+        seen = len(lines)
+    return checks
+
+
+def test_the_running_count_is_right_at_every_line_in_tunes_event_order(monkeypatch):
+    # Tune's order with reused actors (seen on a smoke lr_grid with 2 slots): the last result of a trial, then
+    # on_trial_complete, then ~10 ms later the start of the queued trial that takes its slot.
+    clock = FakeClock()
+    monkeypatch.setattr(executor, "time", clock)
+    trials = [FakeTrial(n) for n in "abcde"]
+    a, b, c, d, e = trials
+    progress = executor.Progress(5, None, io.StringIO())
+    events = [("start", a), ("start", b), ("report", a, 50, 20.0), ("done", a), ("start", c), ("done", b),
+              ("start", d), ("done", c), ("start", e), ("done", d), ("done", e)]
+    checks = drive(progress, events, clock)
+    assert [printed for printed, _ in checks] == [1, 2, 2, 2, 2, 1, 0], checks
+    assert all(printed == truth for printed, truth in checks), checks
+
+
+def test_an_end_whose_successor_never_starts_is_drawn_after_a_short_wait(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(executor, "time", clock)
+    a, b, c = (FakeTrial(n) for n in "abc")
+    progress = executor.Progress(3, None, io.StringIO())
+    checks = drive(progress, [("start", a), ("start", b), ("done", a), ("idle", None, 0.5)], clock)
+    assert len(checks) == 1  # the start of a; the end waits for c's start
+    drive(progress, [("idle", None, executor.SUCCESSOR_WAIT_S)], clock)
+    assert progress.stream.getvalue().splitlines()[-1].startswith("[1/3] completed 1")
+
+
+def test_the_line_moves_with_the_trials_reports_at_most_once_per_interval(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(executor, "time", clock)
+    a, b = FakeTrial("a", steps=600), FakeTrial("b", steps=600)
+    estimate = Estimate({"a": 60.0, "b": 60.0}, slots=2)
+    progress = executor.Progress(2, estimate, io.StringIO())
+    events = [("start", a), ("start", b)]
+    # Both trials report every 100 steps (20 s: twice the prediction): a log gets a line per LOG_EVERY_S at most.
+    for step in range(100, 600, 100):
+        events += [("report", a, step, 20.0), ("report", b, step, 0.0)]
+    drive(progress, events, clock)
+    lines = progress.stream.getvalue().splitlines()
+    span = clock.now
+    assert 2 <= len(lines) <= 1 + span // executor.LOG_EVERY_S + 1, lines
+    assert "% of the work" in lines[-1] and lines[-1].startswith("[0/2]")
+    # The reports said 2x slower than predicted: the estimate says so before any trial ends.
+    assert estimate.scale == pytest.approx(2.0, rel=0.05)
