@@ -13,6 +13,7 @@ import io
 import pickle
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -91,3 +92,46 @@ def prune_checkpoints(results: str, sweep_name: str, trial_ids: list[str] | set[
                 fs.delete_dir(info.path)
                 gone += 1
     return gone
+
+
+# What a trial's checkpoint holds (trial.Trial.state_dict) and the shapes it records of them.
+STATE_KEYS = {"trial_id", "shapes", "step", "status", "diverged_step", "initial_loss", "wall_time", "model",
+              "optimizer", "sampler", "noise_generator", "augment_generator", "history", "evals", "probes"}
+
+
+def held_shapes(state: dict[str, Any]) -> dict[str, Any]:
+    """The shapes of a trial state's tensors: each model tensor by name, each momentum buffer (None before its
+    first step), the loss history, the random streams. Plain lists, so a checkpoint records them as data."""
+    def shape(t) -> list[int] | None:
+        return None if t is None else list(t.shape)
+
+    return {"model": {name: shape(t) for name, t in state["model"].items()},
+            "optimizer": [shape(b) for b in state["optimizer"]["momentum_buffers"]],
+            "history": shape(state["history"]), "noise_generator": shape(state["noise_generator"]),
+            "augment_generator": shape(state["augment_generator"])}
+
+
+def state_problem(state: dict[str, Any], trial_id: str, shapes_of: dict[str, Any]) -> str | None:
+    """Why a checkpoint `state` cannot resume trial `trial_id`, whose tensors `shapes_of` holds as a state holds
+    them (trial.Trial.shape_state), or None. It must name this trial (a checkpoint copied or
+    planted from another trial of the same shapes would resume the wrong run) and hold this trial's shapes, as
+    it says it does (one of other shapes fails in load_state_dict, on every retry)."""
+    if not isinstance(state, dict) or "trial_id" not in state:
+        return "it records no trial id (not a checkpoint of this bnsweep)"
+    if state["trial_id"] != trial_id:
+        return f"it is of trial {str(state['trial_id'])[:80]!r}, not of {trial_id}"
+    if not STATE_KEYS <= state.keys():
+        return f"it lacks {', '.join(sorted(STATE_KEYS - state.keys()))}"
+    try:
+        held = held_shapes(state)
+    except (AttributeError, KeyError, TypeError):
+        return "its tensors are malformed"
+    mine = held_shapes(shapes_of)
+    buffers, params = held.pop("optimizer"), mine.pop("optimizer")
+    # A momentum buffer is made at the first step with momentum: None before it, and for good without.
+    if held != mine or len(buffers) != len(params) or any(
+            b not in (None, p) for b, p in zip(buffers, params, strict=False)):
+        return "the tensors it holds have other shapes than this trial's"
+    if state["shapes"] != held_shapes(state):
+        return "the shapes it records are not those of the tensors it holds"
+    return None

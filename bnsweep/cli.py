@@ -134,7 +134,7 @@ def trial_config_from_args(args: argparse.Namespace) -> TrialConfig:
 
 def cmd_trial(args: argparse.Namespace) -> int:
     from bnsweep import records
-    from bnsweep.trial import run_trial, summary_line
+    from bnsweep.trial import run_trial
 
     records.check_location(args.results, "--results")
     config = trial_config_from_args(args)
@@ -153,6 +153,24 @@ def cmd_trial(args: argparse.Namespace) -> int:
         print(f"bnsweep: trial failed: {printable(str(trial.error))}", file=sys.stderr)
         return 1
     return 0
+
+
+def summary_line(trial) -> str:
+    """One line of a finished `bnsweep trial`: outcome, accuracies or test loss, divergence, error, time."""
+    o = trial.outcome()
+    c = trial.config
+    parts = [f"{c.trial_id}: {o['status']}", f"trained={o['trained']}", f"steps={o['steps_done']}",
+             f"final_loss={o['final_loss']:.4g}"]
+    if trial.task == "classification":
+        parts += [f"train_acc={o['final_train_acc']:.3f}", f"test_acc={o['final_test_acc']:.3f}"]
+    else:
+        parts += [f"test_loss={o['final_test_loss']:.4g}"]
+    if o["diverged_step"] is not None:
+        parts.append(f"diverged_at={o['diverged_step']}")
+    if o["error"]:
+        parts.append(f"error={o['error']}")
+    parts.append(f"{o['wall_time_s']:.1f}s")
+    return " ".join(parts)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnsweep.config import DATASETS
+from bnsweep.config import DATASETS, stream_seed
 from bnsweep.errors import BnsweepError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -513,3 +513,38 @@ if __name__ == "__main__":  # `python -m bnsweep.data NAME`: find or download a 
     except BnsweepError as e:
         print(f"bnsweep: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BnsweepError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BnsweepError(f"device {name!r} requested but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+Index = torch.Tensor
+
+
+def fixed_subsets(n_train: int, n_test: int, *, train_subset: int | None, eval_subset: int, test_subset: int | None,
+                  data_seed: int, device: torch.device) -> tuple[Index | None, Index, Index | None]:
+    """A trial's fixed example indices, sorted, fixed by data_seed (not the trial's seed), each from its own stream:
+    the training subset (train_subset: batches are drawn from it and evaluations read it; None: every example),
+    the evaluation subset of the training examples, and the test subset (None: the whole test set). A fixed test
+    subset makes evaluations cheap where they dominate a short trial (cpu scale); own streams keep each subset the
+    same with or without the others, as it was before they existed."""
+    train_index, n = None, n_train
+    if train_subset is not None and train_subset < n:
+        pick = torch.Generator().manual_seed(stream_seed(data_seed, "train_subset"))
+        train_index = torch.randperm(n, generator=pick)[:train_subset].sort().values.to(device)
+        n = train_subset
+    subset = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))[:eval_subset].to(device)
+    eval_index = (subset if train_index is None else train_index[subset]).sort().values
+    test = torch.randperm(n_test, generator=torch.Generator().manual_seed(stream_seed(data_seed, "test")))
+    test_index = test[:test_subset].sort().values.to(device) if test_subset is not None and test_subset < n_test \
+        else None
+    return train_index, eval_index, test_index

@@ -8,8 +8,8 @@ The learning rate's path from a sweep file to the optimizer:
 2. the plan (`plan.GridPlan`, `boundary.SearchPlan`) hands those configs out as a round;
 3. `executor.Executor.run` puts `config.identity()` (lr among the options) into Tune's `param_space`;
 4. in the Ray worker `worker.train_trial` rebuilds the config from Tune's config of the trial (`make_config`);
-5. `trial.Trial` steps with `trial.SGD(..., lr=config.lr)`, which calls `torch.optim.sgd.sgd`, the function
-   `torch.optim.SGD.step` runs.
+5. `trial.Trial` steps with `optim.SGD(..., lr=config.lr)` (the model's `configure_optimizer` builds it), which
+   calls `torch.optim.sgd.sgd`, the function `torch.optim.SGD.step` runs.
 
 Resume is ours, not Tuner.restore's: each invocation recomputes the plan from the records in RESULTS/trials, so
 it works the same on local disk and S3 and after the sweep file grew. A retried trial resumes from Tune's

@@ -253,11 +253,9 @@ class RecordFailures(Callback):
         self.results, self.configs = results, configs
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        from bnsweep.trial import failed_trials_table
-
         config = self.configs[trial.config[ID]]
         records.write_table(self.results, records.TRIALS, config.trial_id,
-                            failed_trials_table(config, trial_error(trial)[:2000],
+                            records.failed_trials_table(config, trial_error(trial)[:2000],
                                                 count_attempts(self.results, config.trial_id)))
 
 

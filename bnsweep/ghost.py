@@ -34,3 +34,18 @@ def chunked_loss(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Calla
         return loss_fn(forward(x), y)
     n = x.shape[0]
     return sum(loss_fn(forward(x[s]), y[s]) * weight(s, n, summed) for s in parts)
+
+
+def backward(model: Callable[[torch.Tensor], torch.Tensor], loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+             parts: list[slice], summed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward one ghost batch at a time (each normalizes with its own statistics; only one chunk's
+    graph is alive at once): the gradients add up to the batch loss's. Returns (outputs, loss), detached."""
+    n = x.shape[0]
+    outs, total = [], torch.zeros((), device=x.device)
+    for part in parts:
+        out = model(x[part])
+        loss = loss_fn(out, y[part]) * weight(part, n, summed)
+        loss.backward()
+        outs.append(out.detach())
+        total = total + loss.detach()
+    return torch.cat(outs), total

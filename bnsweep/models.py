@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from bnsweep.config import ARCHS, NF_ALPHA, RESNETS, norm_problem
 from bnsweep.errors import BnsweepError
 from bnsweep.norms import DEFAULT_OPTIONS, RELU_GAIN, NoisyBatchNorm, NormOptions, make_norm, norm_layer
+from bnsweep.optim import SGD
 
 INITS = ("glorot", "torch")
 
@@ -50,6 +51,8 @@ class Block(nn.Module):
 
 class Net(nn.Module):
     """A stack of numbered Blocks; flattens right before the first Linear block."""
+
+    slow_scalars = False  # its scalars step at a fraction of the rate (fixup_init sets it: Fixup's scalars)
 
     def __init__(self, arch: str, blocks: list[Block], positions: list[str] | None = None):
         super().__init__()
@@ -89,6 +92,22 @@ class Net(nn.Module):
         whose Block holds them, so ICS moves them with it."""
         blk = self.block(i)
         return [*blk.layer.parameters(), *blk.norm.parameters()]
+
+    def configure_optimizer(self, *, lr: float, momentum: float, weight_decay: float, agc_clip: float,
+                            slow_lr: float) -> SGD:
+        """The optimizer of this network's trainable parameters in its groups (nanoGPT's configure_optimizers):
+        the final linear layer left out of adaptive gradient clipping, as NF-ResNets leave it, and the slow group
+        at lr * slow_lr (Fixup's scalars, marked by fixup_init)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, agc_clip=agc_clip,
+                   unclipped=self.layer_params(self.num_layers), slow=self.slow_params(), slow_lr=slow_lr)
+
+    def slow_params(self) -> list[nn.Parameter]:
+        """Fixup's scalar biases and multipliers and the head's bias: the parameters whose names hold 'bias' or
+        'scale', the authors' rule (a Fixup network's convolutions have no bias). None in any other network."""
+        if not self.slow_scalars:
+            return []
+        return [p for name, p in self.named_parameters() if "bias" in name or "scale" in name]
 
     def position(self, i: int) -> str:
         """Where layer #i sits: 'conv', 'fc' or 'head' in a plain stack; 'stem', 's<stage>.b<block>.conv<k>'
@@ -351,6 +370,7 @@ def fixup_init(net: ResNet, generator: torch.Generator | None) -> None:
     head = net.blocks[-1].layer
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
+    net.slow_scalars = True  # the authors' optimizer: scalar biases and multipliers at fixup_scalar_lr x the rate
 
 
 def init_weights(net: Net, init: str, generator: torch.Generator | None) -> None:

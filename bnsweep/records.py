@@ -17,26 +17,39 @@ its metadata and `trials` also as a column. The columns are defined in bnsweep/s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+import bnsweep
+from bnsweep.config import TrialConfig
 from bnsweep.errors import BnsweepError
 from bnsweep.schema import (
     BOUNDARIES,
+    CURVE_COLUMNS,
+    CURVES_SCHEMA,
+    EVAL_COLUMNS,
     MAX_FILE_BYTES,
     MAX_ROWS,
     MAX_ROWS_OTHER,
+    OUTCOME,
     REQUIRED_COLUMNS,
     SCHEMA_VERSION,
     TRIALS,
+    trials_schema,
 )
 
 SCHEMES = ("file", "s3")  # pyarrow opens others too (mock:// keeps a "successful" run in memory, then loses it)
@@ -317,3 +330,47 @@ def outcomes(results: str | os.PathLike) -> dict[str, dict]:
     if table.num_rows == 0:
         return {}
     return {r["trial_id"]: r for r in table.select(["trial_id", "status", "trained"]).to_pylist()}
+
+
+def trials_table(config: TrialConfig, outcome: dict[str, Any]) -> pa.Table:
+    """One row: every resolved config value (lists as JSON text), then outcome and provenance."""
+    unknown = set(outcome) - set(OUTCOME)
+    if unknown:
+        raise ValueError(f"outcome keys without a schema: {sorted(unknown)}")
+    row: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        row[f.name] = json.dumps(list(value) if isinstance(value, tuple) else value) \
+            if f.metadata.get("sequence") else value
+    row |= {key: outcome.get(key) for key in OUTCOME}
+    return pa.Table.from_pylist([row], schema=trials_schema())
+
+
+def failed_trials_table(config: TrialConfig, error: str, attempt: int | None = None) -> pa.Table:
+    """The record of a trial that kept crashing: its config, status `failed`, the error, no measurements."""
+    return trials_table(config, {"trial_id": config.trial_id, "status": "failed", "trained": False,
+                                 "steps_done": 0, "error": error, "attempt": attempt,
+                                 "bnsweep_version": bnsweep.__version__, "torch_version": torch_version(),
+                                 "hostname": socket.gethostname(), "schema_version": SCHEMA_VERSION,
+                                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+
+
+def torch_version() -> str:
+    """torch's version as a trial records it: torch.__version__, which names the build (2.14.1+cu130; the package
+    metadata says 2.14.1). Imported here only to record a failed trial, after the sweep has run trials."""
+    import torch
+
+    return torch.__version__
+
+
+def curves_table(trial_id: str, history: Any, evals: dict[int, dict[str, float]]) -> pa.Table:
+    """A trial's `curves`: one row per step it ran, its per-step columns (`history`, steps x CURVE_COLUMNS) and the
+    evaluations at the steps that had one (NaN elsewhere)."""
+    columns: dict[str, Any] = {"trial_id": [trial_id] * len(history), "step": list(range(len(history)))}
+    for j, name in enumerate(CURVE_COLUMNS):
+        columns[name] = history[:, j]
+    for name in EVAL_COLUMNS:
+        columns[name] = [evals.get(t, {}).get(name, math.nan) for t in range(len(history))]
+    return pa.table(columns, schema=CURVES_SCHEMA)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import time
 
 from bnsweep import variants
 from bnsweep.config import TrialConfig
@@ -102,8 +103,8 @@ def measure_trial(config: TrialConfig) -> tuple[StepCosts, int]:
     """A few real steps, a probed step and an evaluation batch of one trial of this kind, here."""
     import torch
 
-    from bnsweep.data import load_dataset
-    from bnsweep.trial import Trial, pick_device
+    from bnsweep.data import load_dataset, pick_device
+    from bnsweep.trial import Trial
 
     every = config.probe_every
     steps = -(-(2 + TIMED_STEPS) // every) * every + 2 if every else TIMED_STEPS + 3
@@ -114,9 +115,46 @@ def measure_trial(config: TrialConfig) -> tuple[StepCosts, int]:
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # the probes' one-line findings belong to real trials
             trial = Trial(c, data)
-            return trial.measure_costs(TIMED_STEPS), trial.eval_examples()
+            return measure_costs(trial, TIMED_STEPS), trial.eval_examples()
     finally:
         torch.set_num_threads(threads)  # the driver keeps its own thread count
+
+
+def measure_costs(trial, timed: int = TIMED_STEPS) -> StepCosts:
+    """Seconds per plain step, extra seconds per probed step, seconds per evaluated example, from a few
+    real steps of `trial` (a trial.Trial) (for the sweep's time estimate; the trial is spent afterwards). Its steps must
+    reach the first probe step after the timed ones, plus one."""
+    import torch
+
+    from bnsweep.trial import EVAL_BATCH
+
+    def clock() -> float:
+        if trial.device.type == "cuda":
+            torch.cuda.synchronize(trial.device)
+        return time.perf_counter()
+
+    trial.train_step(0)  # warm-up: allocations, kernel choice (and the probe at step 0)
+    trial.train_step(1)
+    start = clock()
+    for t in range(2, 2 + timed):
+        trial.train_step(t)
+    step = (clock() - start) / timed
+    probe = 0.0
+    every = trial.config.probe_every
+    if trial.probes is not None and every:
+        t = -(-(2 + timed) // every) * every  # the first probe step after the timed ones
+        start = clock()
+        trial.train_step(t)
+        trial.train_step(t + 1)  # a probed step's activations are compared with the next step's
+        probe = max(0.0, clock() - start - 2 * step)
+    x, y = trial.data.train_x[:EVAL_BATCH], trial.data.train_y[:EVAL_BATCH]
+    trial.model.eval()
+    with torch.no_grad():
+        start = clock()
+        trial.evaluate_on(x, y)
+        per_example = (clock() - start) / x.shape[0]
+    trial.model.train()
+    return StepCosts(step=step, probe=probe, eval_example=per_example)
 
 
 class Timing:

@@ -52,8 +52,7 @@ _DATA: dict[tuple, Any] = {}  # per worker process: the data sets of the trials 
 
 def worker_data(config: TrialConfig):
     """The trial's data set, loaded once per worker process (trials only read it)."""
-    from bnsweep.data import load_dataset, release_raw_cache
-    from bnsweep.trial import pick_device
+    from bnsweep.data import load_dataset, pick_device, release_raw_cache
 
     device = pick_device(config.device)
     key = (config.dataset, config.data_root, config.data_seed, config.curvature, str(device))

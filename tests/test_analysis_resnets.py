@@ -22,8 +22,8 @@ from analysis.commands import build_all, check
 from bnsweep import records
 from bnsweep.bench.figures import FakeTrial, write_fake_trial
 from bnsweep.config import make_config
+from bnsweep.records import trials_table
 from bnsweep.schema import BOUNDARIES_SCHEMA
-from bnsweep.trial import trials_table
 
 GRID = (0.025, 0.1, 0.4, 1.6, 6.4)  # resnet_lr's cpu grid
 COMMON = {"arch": "resnet20", "width": 0.25, "dataset": "fashion-mnist", "steps": 100}

@@ -17,9 +17,10 @@ from bnsweep import probes as P
 from bnsweep.config import make_config
 from bnsweep.data import Dataset
 from bnsweep.errors import BnsweepError
+from bnsweep.losses import squared_loss
 from bnsweep.models import build_model
 from bnsweep.norms import NormOptions
-from bnsweep.trial import Trial, squared_loss
+from bnsweep.trial import Trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

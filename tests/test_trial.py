@@ -127,7 +127,7 @@ def test_the_step_is_torch_sgd_bit_for_bit_without_importing_the_compiler():
     import subprocess
     import sys
 
-    from bnsweep.trial import SGD
+    from bnsweep.optim import SGD
 
     torch.manual_seed(0)
     ours_net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 2), torch.nn.Linear(2, 2))
@@ -145,7 +145,7 @@ def test_the_step_is_torch_sgd_bit_for_bit_without_importing_the_compiler():
     restored = SGD(list(ours_net.parameters()), lr=0.1, momentum=0.9, weight_decay=1e-3)
     restored.load_state_dict(reference.state_dict())  # a checkpoint of torch.optim.SGD's
     assert all(torch.equal(a, b) for a, b in zip(restored.buffers, ours.buffers, strict=True))
-    code = ("import sys, torch; from bnsweep.trial import SGD; p = torch.zeros(2, requires_grad=True); "
+    code = ("import sys, torch; from bnsweep.optim import SGD; p = torch.zeros(2, requires_grad=True); "
             "p.grad = torch.ones(2); SGD([p], lr=0.1, momentum=0.9).step(); "
             "print(any(m.startswith('torch._dynamo') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
@@ -157,7 +157,7 @@ def test_the_step_is_torch_sgd_bit_for_bit_without_importing_the_compiler():
 def test_adaptive_clipping_clips_exactly_the_units_over_the_threshold():
     # Brock et al. 2021b: unit i (a row / a filter) of a weight W with gradient G is rescaled to
     # clip * max(|W_i|, eps) / |G_i| * G_i iff |G_i| / max(|W_i|, eps) > clip; a vector (bias, gain) is one unit.
-    from bnsweep.trial import AGC_EPS, adaptive_clip_
+    from bnsweep.optim import AGC_EPS, adaptive_clip_
 
     clip = 0.1
     w = torch.ones(4, 3, 2, 2) / 4  # every filter has norm sqrt(12)/4 = 0.866
@@ -182,7 +182,7 @@ def test_adaptive_clipping_clips_exactly_the_units_over_the_threshold():
 
 
 def test_nf_clips_every_layer_but_the_head(fmnist):
-    from bnsweep.trial import SGD
+    from bnsweep.optim import SGD
 
     trial = Trial(config(arch="resnet20", width=0.125, norm="nf", lr=0.1, steps=1), fmnist)
     head = set(map(id, trial.model.layer_params(20)))

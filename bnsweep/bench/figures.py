@@ -31,8 +31,8 @@ import pyarrow as pa
 
 from bnsweep import records
 from bnsweep.config import make_config
+from bnsweep.records import trials_table
 from bnsweep.schema import CURVES_SCHEMA, PROBE_SCHEMAS
-from bnsweep.trial import trials_table
 
 CHANCE = 0.1
 HIST_BINS = 16
