@@ -326,3 +326,21 @@ def test_nf_residual_scaling_follows_the_authors_code():
     want = [1, 1 + a2, 1 + 2 * a2, 1 + 3 * a2, 0.5 + a2, 0.5 + 2 * a2, 0.5 + 3 * a2, 0.5 + a2, 0.5 + 2 * a2]
     torch.testing.assert_close([u.beta for u in net.units], [v**-0.5 for v in want])
     assert _build("resnet20", norm="nf", nf_alpha=0.5).block(3).norm.alpha == 0.5
+
+
+def test_the_model_owns_its_parameter_groups():
+    """nanoGPT's configure_optimizers: the network says which of its parameters step slowly (Fixup's scalars, marked
+    by fixup_init) and which AGC leaves alone (the head); the trial asks it and never names a variant."""
+    fixup = build_model("resnet20", width=0.125, norm="fixup", in_shape=(1, 28, 28), num_outputs=10,
+                        generator=torch.Generator().manual_seed(0))
+    names = {id(p): n for n, p in fixup.named_parameters()}
+    opt = fixup.configure_optimizer(lr=0.4, momentum=0.9, weight_decay=0.0, agc_clip=0.0, slow_lr=0.1)
+    (fast, one), (slow, tenth) = opt.groups
+    assert (one, tenth) == (1.0, 0.1)
+    slow_names = {names[id(opt.params[i])] for i in slow}
+    assert slow_names == {n for n in names.values() if "bias" in n or "scale" in n} and len(slow_names) == 48
+    assert {id(p) for p in fixup.layer_params(fixup.num_layers)}.isdisjoint(id(p) for p in opt.clipped)
+    batch = build_model("resnet20", width=0.125, norm="batch", in_shape=(1, 28, 28), num_outputs=10)
+    assert batch.slow_params() == []
+    assert [len(g) for g, _ in batch.configure_optimizer(lr=0.1, momentum=0.0, weight_decay=0.0, agc_clip=0.0,
+                                                          slow_lr=0.1).groups] == [len(list(batch.parameters()))]
