@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis import critical_lr
 from analysis.claims import (
     CONTRADICTED,
     EXTRA_CHECKS,
@@ -30,7 +31,6 @@ from analysis.claims import (
     fmt,
     summarize,
 )
-from analysis.critical_lr import critical
 from bnsweep import variants
 
 NF_NORMS = variants.family(variants.NORMALIZER_FREE)  # trained without any normalization layer
@@ -107,7 +107,7 @@ class Critical:
     @property
     def span(self) -> Span:
         """The critical rate: sqrt(lower x upper) for a closed bracket, else the half-line the bracket allows."""
-        value = critical(self.lower, self.upper)
+        value = critical_lr.critical(self.lower, self.upper)  # the module's: the figures read the same function
         if value is not None:
             return Span(value, value)
         return Span(self.lower or 0.0, self.upper or math.inf)

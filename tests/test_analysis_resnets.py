@@ -293,3 +293,20 @@ def test_the_claim_and_its_figure_read_one_critical_rate(tmp_path):
             assert plotted[key] == value, key
     assert claimed[("batch", 64)] == critical_lr.critical(0.4, 0.8) == math.sqrt(0.4 * 0.8)
     assert claimed[("batch", 256)] is None and critical_lr.critical(1.6, None) is None
+
+
+def test_the_claim_and_its_figure_follow_one_definition_of_the_critical_rate(tmp_path, monkeypatch):
+    """Change the rule in critical_lr.critical alone (here: the arithmetic midpoint) and both C8's rates and
+    fig_critical_lr_batch_size's points follow it: neither keeps a formula of its own."""
+    monkeypatch.setattr(critical_lr, "critical", lambda lo, hi: (lo + hi) / 2 if _closed(lo, hi) else None)
+    data = load(search(tmp_path, NONE, {16: (0.2, 0.4), 64: (0.4, 0.8)}))
+    claimed = {(norm, size): v.value for (_, size, norm), v in critical_rates(Context(data, Thresholds())).items()}
+    drawn = {d.figure.name: d for d in build_all(data)}["fig_critical_lr_batch_size"].spec
+    plotted = {(r["norm"], r["batch_size"]): r["critical"]
+               for rows in drawn["datasets"].values() for r in rows if "critical" in r}
+    assert claimed[("batch", 64)] == plotted[("batch", 64)] == pytest.approx(0.6)  # sqrt would give 0.566
+    assert claimed[("batch", 16)] == plotted[("batch", 16)] == pytest.approx(0.3)
+
+
+def _closed(lower: float | None, upper: float | None) -> bool:
+    return lower is not None and upper is not None and not (math.isnan(lower) or math.isnan(upper))
