@@ -29,7 +29,7 @@ HOLD_FIXED = ("steps", "examples")
 NF_ALPHA = variants.option_default("nf_alpha")  # nf's residual scale, where a model is built without a config
 DATASETS = ("cifar10", "fashion-mnist", "gaussian-linear", "quadratic")
 PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms", "hessian", "random_direction", "sharpness",
-          "scale_invariance")
+          "scale_invariance", "spectrum")
 DEFAULT_PROBES = ("landscape", "ics", "activations", "bn_identity", "layer_norms")
 
 # Sizes that are fixed by the architecture or the data set, known before either is built (tests/test_hostile.py
@@ -165,6 +165,35 @@ class TrialConfig:
     hessian_iters: int = _f(20, "power iterations for the top Hessian eigenvalue probe", _n(int, 1, 10_000))
     sharpness_iters: int = _f(20, "Lanczos iterations (Hessian-vector products) of the sharpness probe",
                               _n(int, 1, 1000), omit_default=True)
+    batch_sharpness_batches: int = _f(4, "sharpness probe: minibatches of the step's size (the step's own first, then "
+                                         "draws from the training examples) whose batch sharpness g'Hg/|g|^2 is "
+                                         "averaged (full batch: the step's batch alone)", _n(int, 1, 1000),
+                                      omit_default=True)
+    # The spectrum probe (bnsweep/curvature.py). Its default cadence keeps it under 10% of training: at the
+    # defaults it costs (1 + 11 layers) x (slq_runs x slq_iters + hutchinson_samples - slq_runs) = 276
+    # Hessian-vector products on the cpu VGG-11 (width 0.25, batch 128), each at most ~6 training steps (double
+    # backward: 0.43 s, timed once on a loaded 2-core machine, against 70 ms a step idle in bnsweep/bench/probes.py),
+    # so ~1700 steps' worth: every 20000 steps is 8.3% (bench probes' 300-step trial never reaches it).
+    spectrum_every: int = _f(20000, "spectrum probe: take the spectrum every N steps (from spectrum_start), "
+                                    "on the trial's probe machinery (off with probe_every 0); default 20000 keeps "
+                                    "it under 10% of training at the default sizes", _n(int, 1, MAX_STEPS),
+                             omit_default=True)
+    spectrum_start: int | None = _f(None, "spectrum probe: the first step probed (default: spectrum_every; 0 for "
+                                          "the initial network)", Nullable(_n(int, 0, MAX_STEPS)),
+                                    omit_default=True)
+    spectrum_k: int = _f(5, "spectrum probe: how many top eigenvalues (at most slq_iters)", _n(int, 1, 1000),
+                         omit_default=True)
+    slq_runs: int = _f(1, "spectrum probe: stochastic Lanczos quadrature runs (Rademacher start vectors)",
+                       _n(int, 1, 1000), omit_default=True)
+    slq_iters: int = _f(20, "spectrum probe: Lanczos steps (Hessian-vector products) per SLQ run", _n(int, 1, 10_000),
+                        omit_default=True)
+    hutchinson_samples: int = _f(4, "spectrum probe: Rademacher samples of the trace (the SLQ runs' start vectors "
+                                    "count; each further one is one Hessian-vector product)", _n(int, 1, 100_000),
+                                 omit_default=True)
+    spectrum_layers: tuple[int, ...] | str = _f("all", "spectrum probe: blocks: 0 (the whole network) and weight "
+                                                       "layer numbers, or 'all' (the whole network and every layer)",
+                                                Items(_n(int, 0, MAX_LAYER), all_allowed=True), sequence=True,
+                                                omit_default=True)
 
     # Not part of the trial's identity: where and how it runs.
     device: str = _f("auto", "cpu, cuda, cuda:N or auto", Device(), identity=False)
@@ -302,6 +331,12 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
         problem = layer_problem(c.arch, getattr(c, key), c.depth)
         if problem:
             out.append((key, problem))
+    spectrum_layers = c.spectrum_layers if c.spectrum_layers == "all" else tuple(i for i in c.spectrum_layers if i)
+    if spectrum_layers and layer_problem(c.arch, spectrum_layers, c.depth):
+        out.append(("spectrum_layers", layer_problem(c.arch, spectrum_layers, c.depth) + " (0: the whole network)"))
+    if c.spectrum_k > c.slq_iters:
+        out.append(("spectrum_k", f"more top eigenvalues than the {c.slq_iters} Lanczos steps (slq_iters) give: use "
+                                  f"at most {c.slq_iters}, or raise slq_iters"))
     return out
 
 

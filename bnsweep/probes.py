@@ -112,6 +112,30 @@ probe-only generator (bnsweep/dynamics.py).
     loss             the step's training loss on that batch
     examples         examples in the batch;  ghost_batch: its ghost-batch size (0: none)
     noise_in_probes  as in landscape
+    batch_sharpness  the mean over minibatches B of g_B' H_B g_B / |g_B|^2, each on the minibatch's own loss,
+                     gradient and Hessian (Andreyev & Beneventano 2024; bnsweep/curvature.py): the step's own
+                     batch first, then minibatches of its size drawn without replacement from the training
+                     examples (the train subset if any; no augmentation) by a probe-only generator
+    batch_sharpness_batches  how many minibatches (config.batch_sharpness_batches; 1 in full-batch mode, where
+                     the minibatch is the step's batch)
+    batch_sharpness_se  its standard error over the minibatches (NaN for one)
+
+spectrum (probe "spectrum"): one row per (step, block), at its own cadence (config.spectrum_every from
+spectrum_start, on steps of the trial's probe machinery: probe_every 0 switches it off too). The Hessian of the
+training loss on the step's batch (ghost batches, BatchNorm in training mode, the model's precision), of the whole
+network and restricted to each chosen layer's parameters (bnsweep/curvature.py: Lanczos, Hutchinson, SLQ).
+    layer            0 for the whole network, else the 1-based weight layer
+    block            "all", or the layer's parameter-name prefix (its weight and bias)
+    params           the block's dimension n
+    top_eigenvalues  the spectrum_k largest Ritz values of the first SLQ run, descending;  top: the first
+    bottom           the smallest Ritz value over all runs
+    trace, trace_se  Hutchinson's estimate over hutchinson_samples Rademacher vectors (the SLQ runs' start
+                     vectors among them) and its standard error (NaN for one sample)
+    slq_nodes, slq_weights   every run's Gauss nodes and weights / slq_runs: the density sum_i w_i delta(x - node_i),
+                     weights summing to 1
+    bulk_edge, outliers, outlier_rule   the bulk's upper edge, how many top_eigenvalues lie above it, and the
+                     rule (curvature.OUTLIER_RULE); NaN and null where no node stands for enough eigenvalues
+    two_over_lr      2 / lr;  loss: the loss the Hessian is of
 
 scale_invariance (probe "scale_invariance"): one row per (step, weight layer). w is the layer's weight and bias
 as one vector (scaling both scales the normalization's input; a bias alone does not cancel in LayerNorm,
@@ -153,7 +177,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from bnsweep import dynamics, ghost
+from bnsweep import curvature, dynamics, ghost
 from bnsweep.config import TrialConfig, stream_seed
 from bnsweep.norms import BatchNorm, NoisyBatchNorm
 from bnsweep.schema import LAYER, PROBE_SCHEMAS, QUANTILE_COLUMNS
@@ -164,6 +188,8 @@ QUANTILES = tuple(QUANTILE_COLUMNS.values())
 
 Params = dict[str, torch.Tensor]
 LossOf = Callable[[Params], torch.Tensor]
+# A minibatch (x, y) of the step's size drawn from the training examples with the given probe-only generator.
+BatchDraw = Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 
@@ -345,6 +371,7 @@ class StepContext:
     noise_mode: str  # noise_in_probes: "reuse" or "fresh" with noisy normalization layers, "none" otherwise
     generators: dict[str, torch.Generator]
     buffer_of: Callable[[torch.Tensor], torch.Tensor | None]  # a parameter's momentum buffer before the step
+    loss_on: Callable[[torch.Tensor, torch.Tensor], LossOf] | None = None  # loss_of on another batch (x, y)
     new: Params | None = None
     beta_eff: float = math.nan  # the landscape probe's at this step (the Hessian row repeats it)
 
@@ -365,6 +392,7 @@ class Setup:
     rows: list[dict[str, Any]]
     trial_id: str
     generators: dict[str, torch.Generator]
+    draw_batch: BatchDraw | None = None  # a fresh minibatch of the step's size (probe-only generator), if any
 
     def weight_name(self, layer: int) -> str:
         return self.name_of[id(self.model.block(layer).layer.weight)]
@@ -380,6 +408,7 @@ Hooks = list[tuple[nn.Module, Callable]]  # forward hooks to register: (module, 
 # ---------------------------------------------------------------- the probes
 
 PROBES: dict[str, type[Probe]] = {}  # name -> class, in the order their work runs at a probe step
+BATCH_STREAM = "batches"  # the probe-only generator that draws further minibatches (batch sharpness)
 
 
 def register(cls: type[Probe]) -> type[Probe]:
@@ -400,6 +429,10 @@ class Probe:
 
     def __init__(self, setup: Setup, **options: Any):
         self.model, self.rows, self.trial_id = setup.model, setup.rows, setup.trial_id
+
+    def due(self, t: int, every: int) -> bool:
+        """Whether step t is one of its probe steps: the trial's probe_every cadence, unless it has its own."""
+        return every > 0 and t % every == 0
 
     @classmethod
     def schema(cls) -> pa.Schema:
@@ -661,20 +694,73 @@ class Hessian(Probe):
 
 @register
 class Sharpness(Probe):
-    """The Hessian's extreme eigenvalues by Lanczos (the edge of stability, bnsweep/dynamics.py)."""
+    """The Hessian's extreme eigenvalues by Lanczos (the edge of stability, bnsweep/dynamics.py), and the batch
+    sharpness of the step's minibatch and of further minibatches of its size (bnsweep/curvature.py)."""
 
-    name, options, table, stream = "sharpness", ("sharpness_iters",), "sharpness", "sharpness"
+    name, options, table, stream = "sharpness", ("sharpness_iters", "batch_sharpness_batches"), "sharpness", "sharpness"
 
-    def __init__(self, setup: Setup, sharpness_iters: int):
+    def __init__(self, setup: Setup, sharpness_iters: int, batch_sharpness_batches: int):
         super().__init__(setup)
         self.iters, self.generator = sharpness_iters, setup.generators[self.stream]
+        # Full batch (or no way to draw another batch): every minibatch would be the step's own.
+        self.batches = batch_sharpness_batches if setup.draw_batch is not None else 1
+        self.draw_batch, self.batch_generator = setup.draw_batch, setup.generators[BATCH_STREAM]
 
     def measure(self, ctx: StepContext) -> None:
         spec = dynamics.hessian_spectrum(ctx.loss_of, ctx.params, self.iters, self.generator)
+        values = [curvature.batch_sharpness(ctx.loss_of, ctx.params)]
+        for _ in range(self.batches - 1):
+            x, y = self.draw_batch(self.batch_generator)
+            values.append(curvature.batch_sharpness(ctx.loss_on(x, y), ctx.params))
+        batch, batch_se = curvature.mean_se(values)
         self.row(ctx.t, sharpness=spec.top, min_eigenvalue=spec.bottom, residual=spec.residual, iters=spec.steps,
                  two_over_lr=2.0 / ctx.lr, eos_threshold=dynamics.eos_threshold(ctx.lr, ctx.momentum),
                  lr_sharpness=ctx.lr * spec.top, loss=float(ctx.loss), examples=int(ctx.x.shape[0]),
-                 ghost_batch=int(ctx.ghost_batch or 0), noise_in_probes=ctx.noise_mode)
+                 ghost_batch=int(ctx.ghost_batch or 0), noise_in_probes=ctx.noise_mode, batch_sharpness=batch,
+                 batch_sharpness_batches=len(values), batch_sharpness_se=batch_se)
+
+
+@register
+class Spectrum(Probe):
+    """Top-k and bottom eigenvalues, trace and SLQ density of the Hessian, of the whole network and of each
+    chosen layer's block (bnsweep/curvature.py), at its own cadence."""
+
+    name, table, stream = "spectrum", "spectrum", "spectrum"
+    options = ("spectrum_every", "spectrum_start", "spectrum_k", "slq_runs", "slq_iters", "hutchinson_samples",
+               "spectrum_layers")
+
+    def __init__(self, setup: Setup, spectrum_every: int, spectrum_start: int | None, spectrum_k: int,
+                 slq_runs: int, slq_iters: int, hutchinson_samples: int, spectrum_layers: str | tuple[int, ...]):
+        super().__init__(setup)
+        self.every = spectrum_every
+        self.start = spectrum_every if spectrum_start is None else spectrum_start
+        self.k, self.runs, self.iters, self.samples = spectrum_k, slq_runs, slq_iters, hutchinson_samples
+        self.generator = setup.generators[self.stream]
+        chosen = [0, *setup.layers()] if spectrum_layers == "all" else sorted(set(spectrum_layers))
+        self.blocks: list[tuple[int, str, list[str] | None]] = []  # (layer, block, parameter names; None: all)
+        for i in chosen:
+            if i == 0:
+                self.blocks.append((0, "all", None))
+                continue
+            layer = self.model.block(i).layer
+            names = [setup.name_of[id(p)] for p in layer.parameters() if id(p) in setup.name_of]
+            self.blocks.append((i, names[0].rsplit(".", 1)[0], names))
+
+    def due(self, t: int, every: int) -> bool:
+        return t >= self.start and (t - self.start) % self.every == 0
+
+    def measure(self, ctx: StepContext) -> None:
+        hessian = curvature.Hessian(ctx.loss_of, ctx.params)
+        first = next(iter(ctx.params.values()))
+        for layer, block, names in self.blocks:
+            names = list(ctx.params) if names is None else names
+            spec = curvature.block_spectrum(hessian.matvec(names), hessian.size(names), self.k, self.runs,
+                                            self.iters, self.samples, self.generator, first.dtype, first.device)
+            self.row(ctx.t, layer, block=block, params=spec.params, top_eigenvalues=spec.top_eigenvalues,
+                     top=spec.top_eigenvalues[0], bottom=spec.bottom, trace=spec.trace, trace_se=spec.trace_se,
+                     slq_nodes=spec.slq_nodes, slq_weights=spec.slq_weights, bulk_edge=spec.bulk_edge,
+                     outliers=spec.outliers, outlier_rule=curvature.OUTLIER_RULE, two_over_lr=2.0 / ctx.lr,
+                     loss=hessian.loss)
 
 
 @register
@@ -830,7 +916,7 @@ class Probes:
     steps, finish() at the end; tables(diverged_step) gives the tables, state_dict() the checkpoint entry."""
 
     def __init__(self, config: TrialConfig, model: nn.Module, loss_fn: Callable, optimizer: Any,
-                 device: torch.device, task: str):
+                 device: torch.device, task: str, draw_batch: BatchDraw | None = None):
         c = self.config = config
         self.model, self.loss_fn, self.optimizer, self.task = model, loss_fn, optimizer, task
         self.every = c.probe_every
@@ -840,24 +926,27 @@ class Probes:
         # Probe-only random streams, seeded from the trial seed; CPU generators so draws match on any device.
         self.generators = {cls.stream: torch.Generator().manual_seed(stream_seed(c.seed, f"probes-{cls.stream}"))
                            for cls in PROBES.values() if cls.stream is not None}
+        self.generators[BATCH_STREAM] = torch.Generator().manual_seed(stream_seed(c.seed, f"probes-{BATCH_STREAM}"))
         if self.noise_mode == "fresh":
             self.generators["noise"] = torch.Generator(device).manual_seed(stream_seed(c.seed, "probes-noise"))
         self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in dict.fromkeys(PROBES[p].table for p in c.probes)}
         name_of = {id(p): n for n, p in self.named}
-        self.probes = [cls(Setup(model, name_of, self.rows[cls.table], c.trial_id, self.generators),
+        self.probes = [cls(Setup(model, name_of, self.rows[cls.table], c.trial_id, self.generators, draw_batch),
                            **{o: getattr(c, o) for o in cls.options})
                        for name, cls in PROBES.items() if name in c.probes]  # in PROBES' order, whatever the config's
         self._handles: list[Any] = []
+        self._due: list[Probe] = []  # the probes whose step this is
         self._ctx: StepContext | None = None  # the probe step's, from before_update to after_update
 
     # -- the step --------------------------------------------------------------------------------------
     def begin(self, t: int) -> bool:
-        """Called before step t's forward: arms the probes' hooks on it. True at probe steps (t % probe_every == 0)."""
+        """Called before step t's forward: arms the probes' hooks on it. True at probe steps: t % probe_every == 0,
+        or a step of a probe with its own cadence (the spectrum's); only the probes due at t measure."""
         self._disarm()
-        probing = self.every > 0 and t % self.every == 0
+        self._due = [probe for probe in self.probes if probe.due(t, self.every)]
         for probe in self.probes:
-            self._handles += [module.register_forward_hook(hook) for module, hook in probe.arm(t, probing)]
-        return probing
+            self._handles += [module.register_forward_hook(hook) for module, hook in probe.arm(t, probe in self._due)]
+        return bool(self._due)
 
     def _disarm(self) -> None:
         for h in self._handles:
@@ -873,9 +962,9 @@ class Probes:
             grads={n: p.grad.detach() if p.grad is not None else torch.zeros_like(p) for n, p in self.named},
             loss_of=self._loss_of(x, y), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
             ghost_batch=c.ghost_batch, noise_mode=self.noise_mode, generators=self.generators,
-            buffer_of=self._momentum_buffer)
+            buffer_of=self._momentum_buffer, loss_on=self._loss_of)
         with self._probe_noise():
-            for probe in self.probes:
+            for probe in self._due:
                 probe.measure(ctx)
 
     def after_update(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -884,7 +973,7 @@ class Probes:
         ctx, self._ctx = self._ctx, None
         ctx.new = {n: p.detach() for n, p in self.named}
         with self._probe_noise():
-            for probe in self.probes:
+            for probe in self._due:
                 probe.after_update(ctx)
 
     def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> LossOf:
@@ -942,8 +1031,8 @@ class Probes:
         return out
 
     def _with_positions(self, table: pa.Table) -> pa.Table:
-        if LAYER not in table.column_names:
-            return table
+        if LAYER not in table.column_names or "position" not in table.column_names:
+            return table  # the spectrum's layer 0 is the whole network: its table has no position
         positions = [self.model.position(i) for i in table.column(LAYER).to_pylist()]
         index = table.schema.get_field_index("position")
         return table.set_column(index, table.schema.field(index), pa.array(positions, pa.string()))

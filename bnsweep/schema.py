@@ -96,7 +96,12 @@ PROBE_SCHEMAS: dict[str, pa.Schema] = {
     "sharpness": pa.schema(_ID + [
         ("sharpness", _F), ("min_eigenvalue", _F), ("residual", _F), ("iters", _I), ("two_over_lr", _F),
         ("eos_threshold", _F), ("lr_sharpness", _F), ("loss", _F), ("examples", _I), ("ghost_batch", _I),
-        ("noise_in_probes", _S)]),
+        ("noise_in_probes", _S), ("batch_sharpness", _F), ("batch_sharpness_batches", _I),
+        ("batch_sharpness_se", _F)]),
+    "spectrum": pa.schema(_ID + [
+        ("layer", _I), ("block", _S), ("params", _I), ("top_eigenvalues", pa.list_(_F)), ("top", _F), ("bottom", _F),
+        ("trace", _F), ("trace_se", _F), ("slq_nodes", pa.list_(_F)), ("slq_weights", pa.list_(_F)),
+        ("bulk_edge", _F), ("outliers", _I), ("outlier_rule", _S), ("two_over_lr", _F), ("loss", _F)]),
     "scale_invariance": pa.schema(_ID + [
         ("layer", _I), ("feeds", _S), ("scale_invariant", _B), ("params", _S), ("eps", _F), ("lr", _F),
         ("momentum", _F), ("weight_decay", _F), ("weight_norm", _F), ("grad_norm", _F), ("inner", _F),

@@ -107,7 +107,20 @@ class Trial:
         if not self.config.probe_every:
             return None
         from bnsweep.probes import Probes  # probes are optional; the plain loop never imports them
-        return Probes(self.config, self.model, self.loss_fn, self.optimizer, self.device, self.task)
+        full_batch = self.sampler.batch_size >= self.sampler.n
+        return Probes(self.config, self.model, self.loss_fn, self.optimizer, self.device, self.task,
+                      draw_batch=None if full_batch else self._probe_batch)
+
+    def _probe_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A minibatch of the step's size for a probe (batch sharpness): distinct training examples (of the train
+        subset, if any) drawn with the probe's CPU generator, as the step prepares them, without augmentation."""
+        index = torch.randperm(self.sampler.n, generator=generator)[:self.sampler.batch_size].to(self.device)
+        if self.train_index is not None:
+            index = self.train_index[index]
+        x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
     # -- training --------------------------------------------------------------------------------------
     def train_step(self, t: int) -> None:
