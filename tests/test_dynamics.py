@@ -326,3 +326,182 @@ def test_dynamics_claims_and_figures(tmp_path):
     assert '"symbolType": "stroke"' in json.dumps(drawn["fig_edge_of_stability"].spec)
     text = analysis.claims.claims_table(list(claims.values()), analysis.Thresholds())
     assert "eos_band_low" in text and "C12" in text
+
+
+# ---------------------------------------------------------------- the spectrum (bnsweep/curvature.py)
+
+
+def _dense_operator(n=12, seed=5):
+    """A symmetric matrix with two outliers above a bulk, and its products."""
+    g = _gen(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eig = torch.cat([torch.tensor([50.0, 20.0], dtype=torch.float64), torch.rand(n - 2, generator=g,
+                                                                               dtype=torch.float64) * 2 - 0.5])
+    return q @ torch.diag(eig) @ q.T
+
+
+def test_lanczos_quadrature_is_gauss_quadrature():
+    """m Lanczos steps from q give nodes and weights whose moments are q'H^p q for every p <= 2m - 1: the
+    density is a Gauss quadrature rule, exact on every polynomial of that degree."""
+    from bnsweep import curvature
+
+    h = _dense_operator()
+    start = curvature.rademacher(12, _gen(7), torch.float64, torch.device("cpu"))
+    q = start / start.norm()
+    m = 4
+    quad = curvature.lanczos_quadrature(lambda v: h @ v, start, m)
+    assert len(quad.nodes) == m and sum(quad.weights) == pytest.approx(1.0, abs=1e-12)
+    assert quad.first == pytest.approx(float(q @ h @ q), rel=1e-12)
+    for p in range(2 * m):
+        exact = float(q @ torch.linalg.matrix_power(h, p) @ q)
+        got = sum(w * x ** p for x, w in zip(quad.nodes, quad.weights, strict=True))
+        assert got == pytest.approx(exact, rel=1e-9), p
+
+
+def test_block_spectrum_of_a_dense_operator():
+    """Top-k, bottom, trace and its standard error, the density's moments against tr(H^p)/n, and the outlier
+    rule: two outliers above a bulk of ten, seen when the bulk's nodes stand for enough eigenvalues."""
+    from bnsweep import curvature
+
+    h = _dense_operator()
+    eig = torch.linalg.eigvalsh(h)
+    runs = 200
+    spec = curvature.block_spectrum(lambda v: h @ v, 12, 3, runs, 12, 400, _gen(9), torch.float64,
+                                    torch.device("cpu"))
+    assert spec.params == 12
+    assert spec.top_eigenvalues == pytest.approx(eig.flip(0)[:3].tolist(), rel=1e-9)
+    assert spec.bottom == pytest.approx(float(eig[0]), rel=1e-9)
+    assert len(spec.slq_nodes) == len(spec.slq_weights) and sum(spec.slq_weights) == pytest.approx(1.0, abs=1e-9)
+    for p in (1, 2, 3):  # E[q'H^p q] = tr(H^p)/n; Rademacher z: Var[z'Az] = 2 (|A|_F^2 - sum A_ii^2)
+        a = torch.linalg.matrix_power(h, p)
+        se = math.sqrt(2 * (float((a ** 2).sum()) - float((a.diagonal() ** 2).sum())) / runs) / 12
+        moment = sum(w * x ** p for x, w in zip(spec.slq_nodes, spec.slq_weights, strict=True))
+        assert abs(moment - float(a.trace()) / 12) < 4 * se, p
+    se = math.sqrt(2 * (float((h ** 2).sum()) - float((h.diagonal() ** 2).sum())) / 400)
+    assert abs(spec.trace - float(h.trace())) < 4 * se and spec.trace_se == pytest.approx(se, rel=0.3)
+    # Twelve eigenvalues: every node stands for about one, none for ten: no bulk to speak of.
+    assert math.isnan(spec.bulk_edge) and spec.outliers is None
+    # A bulk of 20000 eigenvalues below the same two outliers: 20 Lanczos steps resolve them, the bulk's nodes
+    # (its top one too, whose Gauss weight is the smallest) stand for many eigenvalues each.
+    big = torch.cat([torch.tensor([50.0, 20.0], dtype=torch.float64),
+                     torch.rand(20000, generator=_gen(3), dtype=torch.float64) * 2 - 0.5])
+    spec = curvature.block_spectrum(lambda v: big * v, big.numel(), 4, 2, 20, 2, _gen(4), torch.float64,
+                                    torch.device("cpu"))
+    assert spec.top_eigenvalues[:2] == pytest.approx([50.0, 20.0], rel=1e-8)
+    assert 1.0 < spec.bulk_edge <= 1.5 and spec.outliers == 2
+    # Rademacher z: z'Dz = tr(D) for a diagonal D, so every Hutchinson sample is exact.
+    assert spec.trace == pytest.approx(float(big.sum()), rel=1e-9) and spec.trace_se == pytest.approx(0.0, abs=1e-6)
+
+
+def _tiny_bn_mlp():
+    return build_model("mlp", width=1 / 128, depth=3, norm="batch", in_shape=(3,), num_outputs=2,
+                       generator=_gen(3)).double()
+
+
+def _dense_hessian(model, x, y, ghost_size):
+    """The dense Hessian of the ghost-batched training loss at the model's parameters, and its gradient."""
+    from torch.func import functional_call
+
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    buffers = dict(model.named_buffers())
+    chunks = range(0, x.shape[0], ghost_size)
+
+    def flat_loss(theta):
+        params = dict(zip(names, [t.view_as(p) for t, p in zip(theta.split(sizes), model.parameters(),
+                                                                   strict=True)], strict=True))
+        state = {**params, **{n: b.clone() for n, b in buffers.items()}}
+        return sum(F.cross_entropy(functional_call(model, state, (x[i:i + ghost_size],)), y[i:i + ghost_size])
+                   * (ghost_size / x.shape[0]) for i in chunks)
+
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return (torch.autograd.functional.hessian(flat_loss, theta),
+            torch.autograd.functional.jacobian(flat_loss, theta), names, sizes)
+
+
+def _probe_step(model, config, x, y, draw_batch=None):
+    trial = _fake_trial(model, config)
+    probes = P.Probes(trial.config, trial.model, trial.loss_fn, trial.optimizer, trial.device, trial.task,
+                      draw_batch=draw_batch)
+    assert probes.begin(0)
+    loss = sum(F.cross_entropy(model(x[i:i + 6]), y[i:i + 6]) * 0.5 for i in (0, 6))
+    trial.optimizer.zero_grad()
+    loss.backward()
+    probes.before_update(0, x, y, loss)
+    return probes.tables()
+
+
+def test_spectrum_probe_matches_the_dense_hessian():
+    """The probe on a tiny float64 BatchNorm MLP, over two ghost batches: per block (the whole network, each
+    layer's weight and bias) the top-k and bottom eigenvalues of the dense Hessian restricted to the block, its
+    trace within Hutchinson's error, and a density whose first moments match tr(H^p)/n within theirs."""
+    model = _tiny_bn_mlp()
+    g = _gen(4)
+    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(2, (12,), generator=g)
+    hess, _, names, sizes = _dense_hessian(model, x, y, 6)
+    n_all = sum(sizes)
+    runs, samples = 64, 256
+    config = make_config({"arch": "mlp", "depth": 3, "norm": "batch", "lr": 0.1, "probe_every": 1,
+                          "probes": "spectrum", "spectrum_every": 1, "spectrum_start": 0, "spectrum_k": 3,
+                          "slq_runs": runs, "slq_iters": n_all, "hutchinson_samples": samples,
+                          "ghost_batch": 6, "batch_size": 12})
+    rows = _probe_step(model, config, x, y)["spectrum"].to_pylist()
+    assert [r["layer"] for r in rows] == [0, 1, 2, 3]
+    offsets = dict(zip(names, np.cumsum([0, *sizes[:-1]]).tolist(), strict=True))
+    for r in rows:
+        if r["layer"] == 0:
+            index = torch.arange(n_all)
+            assert r["block"] == "all"
+        else:
+            block = [n for n in names if n.startswith(r["block"] + ".")]
+            assert block and all(n.rsplit(".", 1)[1] in ("weight", "bias") for n in block)
+            index = torch.cat([torch.arange(offsets[n], offsets[n] + sizes[names.index(n)]) for n in block])
+        h = hess[index][:, index]
+        n = index.numel()
+        eig = torch.linalg.eigvalsh(h)
+        assert r["params"] == n and r["top"] == r["top_eigenvalues"][0]
+        assert r["top_eigenvalues"] == pytest.approx(eig.flip(0)[:3].tolist(), rel=1e-7, abs=1e-9)
+        assert r["bottom"] == pytest.approx(float(eig[0]), rel=1e-7, abs=1e-9)
+        se = math.sqrt(2 * (float((h ** 2).sum()) - float((h.diagonal() ** 2).sum())) / samples)
+        assert abs(r["trace"] - float(h.trace())) < 4 * se + 1e-12 and r["trace_se"] > 0
+        assert sum(r["slq_weights"]) == pytest.approx(1.0, abs=1e-9)
+        for p in (1, 2):
+            a = torch.linalg.matrix_power(h, p)
+            se_p = math.sqrt(2 * (float((a ** 2).sum()) - float((a.diagonal() ** 2).sum())) / runs) / n
+            moment = sum(w * v ** p for v, w in zip(r["slq_nodes"], r["slq_weights"], strict=True))
+            assert abs(moment - float(a.trace()) / n) < 4 * se_p + 1e-12, (r["layer"], p)
+        assert r["two_over_lr"] == pytest.approx(20.0) and r["outlier_rule"].startswith("> bulk_edge")
+
+
+def test_batch_sharpness_matches_the_dense_hessian():
+    """g'Hg/|g|^2 on the step's batch, and with a second minibatch drawn for the probe, the mean of the two
+    minibatches' own values with its standard error."""
+    model = _tiny_bn_mlp()
+    g = _gen(4)
+    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(2, (12,), generator=g)
+    x2, y2 = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(2, (12,), generator=g)
+    values = []
+    for xb, yb in ((x, y), (x2, y2)):
+        hess, grad, _, _ = _dense_hessian(model, xb, yb, 6)
+        values.append(float(grad @ hess @ grad / (grad @ grad)))
+    config = make_config({"arch": "mlp", "depth": 3, "norm": "batch", "lr": 0.1, "probe_every": 1,
+                          "probes": "sharpness", "sharpness_iters": 3, "ghost_batch": 6, "batch_size": 12,
+                          "batch_sharpness_batches": 2})
+    alone = _probe_step(model, config, x, y)["sharpness"].to_pylist()[0]  # no way to draw: the step's batch alone
+    assert alone["batch_sharpness"] == pytest.approx(values[0], rel=1e-9)
+    assert alone["batch_sharpness_batches"] == 1 and math.isnan(alone["batch_sharpness_se"])
+    drawn = []
+    row = _probe_step(model, config, x, y, draw_batch=lambda gen: drawn.append(gen) or (x2, y2))
+    row = row["sharpness"].to_pylist()[0]
+    assert len(drawn) == 1 and drawn[0] is not None
+    assert row["batch_sharpness"] == pytest.approx(sum(values) / 2, rel=1e-9)
+    assert row["batch_sharpness_batches"] == 2
+    assert row["batch_sharpness_se"] == pytest.approx(abs(values[0] - values[1]) / 2, rel=1e-9)
+
+
+def test_spectrum_options_are_checked():
+    with pytest.raises(BnsweepError, match="spectrum_k=30: more top eigenvalues than the 20 Lanczos steps"):
+        make_config({"probes": "spectrum", "spectrum_k": 30})
+    with pytest.raises(BnsweepError, match=r"spectrum_layers=.*layer #12 does not exist in vgg11"):
+        make_config({"probes": "spectrum", "spectrum_layers": "0,12"})
+    assert make_config({"spectrum_layers": "0,3"}).spectrum_layers == (0, 3)

@@ -18,7 +18,10 @@ from bnsweep.norms import BatchNorm, NormOptions
 from bnsweep.schema import PROBE_SCHEMAS
 from bnsweep.trial import Trial
 
-ALL_PROBES = "landscape,ics,activations,bn_identity,layer_norms,hessian,random_direction,sharpness,scale_invariance"
+ALL_PROBES = ("landscape,ics,activations,bn_identity,layer_norms,hessian,random_direction,sharpness,scale_invariance,"
+              "spectrum")
+# The spectrum at small sizes (its default cadence, every 20000 steps, would never reach these short trials).
+SPECTRUM = {"slq_iters": 3, "spectrum_k": 2, "slq_runs": 1, "hutchinson_samples": 2}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -261,7 +264,8 @@ def test_probes_do_not_perturb_training(norm):
     base = {"arch": "vgg11", "width": 0.125, "norm": norm, "lr": 0.1, "steps": 30, "batch_size": 8,
             "eval_every": 15, "eval_subset": 32, "device": "cpu", "seed": 3}
     on = Trial(make_config({**base, "probe_every": 10, "probes": ALL_PROBES, "ics_layers": "all",
-                            "etas": "0.5,4", "hessian_iters": 2, "sharpness_iters": 3}), data)
+                            "etas": "0.5,4", "hessian_iters": 2, "sharpness_iters": 3, "batch_sharpness_batches": 2,
+                            **SPECTRUM, "spectrum_every": 7, "spectrum_start": 0}), data)
     off = Trial(make_config({**base, "probe_every": 0}), data)
     on.run()
     off.run()
@@ -288,6 +292,14 @@ def test_probes_do_not_perturb_training(norm):
     bn = tables["bn_identity"].to_pandas()
     assert len(bn) == 3 * 10 and bn.exact_holds_frac.mean() > 0.99
     assert len(tables["sharpness"]) == 3 and len(tables["scale_invariance"]) == 3 * 11
+    assert set(tables["sharpness"].column("batch_sharpness_batches").to_pylist()) == {2}
+    # The spectrum at its own cadence, steps 0, 7, 14, 21, 28 (off the other probes' steps too): the whole
+    # network and each of the 11 layers.
+    spectrum = tables["spectrum"]
+    assert spectrum.schema == PROBE_SCHEMAS["spectrum"]
+    sp = spectrum.to_pandas()
+    assert sorted(set(sp.step)) == [0, 7, 14, 21, 28] and len(sp) == 5 * 12
+    assert list(sp[sp.step == 7].layer) == list(range(12)) and (sp.top >= sp.bottom).all()
 
 
 @pytest.mark.parametrize("norm", ["batch", "layer"])
@@ -299,7 +311,8 @@ def test_probes_do_not_perturb_full_batch_training(norm):
             "train_subset": 64, "ghost_batch": 16, "loss": "mse", "momentum": 0.9, "weight_decay": 0.01,
             "eval_every": 6, "eval_subset": 32, "device": "cpu", "seed": 2}
     on = Trial(make_config({**base, "probe_every": 5, "probes": ALL_PROBES, "ics_layers": "all",
-                            "hessian_iters": 2, "sharpness_iters": 4}), data)
+                            "hessian_iters": 2, "sharpness_iters": 4, **SPECTRUM, "spectrum_every": 4,
+                            "spectrum_start": 2, "spectrum_layers": "0,2"}), data)
     off = Trial(make_config({**base, "probe_every": 0}), data)
     on.run()
     off.run()
@@ -311,6 +324,9 @@ def test_probes_do_not_perturb_full_batch_training(norm):
     tables = on.tables()
     sharp = tables["sharpness"].to_pandas()
     assert list(sharp.step) == [0, 5, 10] and set(sharp.examples) == {64} and set(sharp.ghost_batch) == {16}
+    assert set(sharp.batch_sharpness_batches) == {1}  # full batch: the minibatch is the step's batch
+    sp = tables["spectrum"].to_pandas()
+    assert list(sp.step) == [2, 2, 6, 6, 10, 10] and list(sp.layer) == [0, 2] * 3
     si = tables["scale_invariance"].to_pandas()
     assert len(si) == 3 * 5 and list(si[si.step == 0].scale_invariant) == [True] * 4 + [False]
 
@@ -341,7 +357,8 @@ def test_resume_keeps_probe_rows():
     data = _random_images(n_train=64, n_test=16, side=8)
     config = make_config({"arch": "mlp", "width": 1 / 16, "norm": "noisy_batch", "lr": 0.1, "steps": 9,
                           "batch_size": 16, "eval_every": 9, "eval_subset": 16, "device": "cpu",
-                          "probe_every": 4, "probes": ALL_PROBES, "ics_layers": "all", "hessian_iters": 2})
+                          "probe_every": 4, "probes": ALL_PROBES, "ics_layers": "all", "hessian_iters": 2,
+                          **SPECTRUM, "spectrum_every": 3, "spectrum_start": 1})
     whole = Trial(config, data)
     whole.run()
     saved = {}
@@ -368,7 +385,7 @@ def test_fresh_noise_in_probes_does_not_perturb_training():
     base = {"arch": "mlp", "width": 1 / 16, "norm": "noisy_batch", "lr": 0.1, "steps": 8, "batch_size": 16,
             "eval_every": 8, "eval_subset": 16, "device": "cpu", "ics_layers": "all"}
     on = Trial(make_config({**base, "probe_every": 3, "probes": ALL_PROBES, "noise_in_probes": "fresh",
-                            "hessian_iters": 2}), data)
+                            "hessian_iters": 2, **SPECTRUM, "spectrum_every": 2, "spectrum_start": 0}), data)
     off = Trial(make_config({**base, "probe_every": 0}), data)
     on.run()
     off.run()
@@ -396,7 +413,7 @@ def test_each_probe_is_one_registered_class():
         assert set(cls.options) <= fields, (name, cls.options)
         assert cls.table in PROBE_SCHEMAS and cls.schema() is PROBE_SCHEMAS[cls.table]
     assert {cls.stream for cls in P.PROBES.values()} - {None} == {"activations", "random_direction", "hessian",
-                                                                  "sharpness"}
+                                                                  "sharpness", "spectrum"}
     assert P.PROBES["landscape"].options == ("etas",) and P.PROBES["ics"].options == ("ics_layers",)
     assert P.PROBES["hessian"].options == ("hessian_iters",) and P.PROBES["bn_identity"].options == ("bn_identity_tol",)
 
@@ -406,7 +423,8 @@ def test_probes_are_built_from_what_they_read_not_from_a_trial():
     steps after a divergence only when told the diverged step."""
     model = build_model("mlp", width=1 / 32, norm="batch", in_shape=(10,), num_outputs=4, generator=_gen(0))
     config = make_config({"arch": "mlp", "norm": "batch", "lr": 0.1, "probe_every": 1, "probes": ALL_PROBES,
-                          "ics_layers": "all", "hessian_iters": 2, "sharpness_iters": 3})
+                          "ics_layers": "all", "hessian_iters": 2, "sharpness_iters": 3, **SPECTRUM,
+                          "spectrum_every": 1, "spectrum_start": 0})
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
     probes = P.Probes(config, model, F.cross_entropy, opt, torch.device("cpu"), "classification")
     g = _gen(1)
