@@ -19,7 +19,9 @@ interleaved (on, off, on, off, ...) so machine drift hits both; the figure is th
 The ratio is printed for the whole trial (what a user waits for) and for the training steps alone (evaluation
 time taken out, the stricter figure), each in wall-clock and in process CPU time (robust when other processes
 share the cores), with the CPU time spent inside the probe calls. The last line times noisy_batch against
-batch, probes off.
+batch, probes off. --probes names other probes, each at its default cadence: `--probes spectrum` times the
+spectrum probe at spectrum_every (every 20000 steps, so the 300-step trial measures only its machinery; what one
+spectrum costs in Hessian-vector products, and why that cadence keeps it under 10%, is in bnsweep/config.py).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import time
 
 import torch
 
-from bnsweep.config import make_config
+from bnsweep.config import DEFAULT_PROBES, make_config
 from bnsweep.data import load_dataset
 from bnsweep.trial import Trial
+
+PROBES_TIMED = ",".join(DEFAULT_PROBES)  # --probes' default: the default probes
 
 
 class Clock:
@@ -47,11 +51,11 @@ class Clock:
 
 
 def timed_trial(data, norm: str, steps: int, probe_every: int, width: float, eval_subset: int,
-                threads: int) -> dict[str, tuple[float, float]]:
+                threads: int, probes: str = PROBES_TIMED) -> dict[str, tuple[float, float]]:
     """(wall, cpu) seconds of the whole trial, of its evaluations and of the probe calls."""
     config = make_config({"arch": "vgg11", "width": width, "norm": norm, "lr": 0.1, "steps": steps,
                           "dataset": data.name, "eval_every": steps, "eval_subset": eval_subset,
-                          "probe_every": probe_every, "threads": threads, "device": "cpu"})
+                          "probe_every": probe_every, "probes": probes, "threads": threads, "device": "cpu"})
     trial = Trial(config, data)
     spent = {"eval": [0.0, 0.0], "probes": [0.0, 0.0]}
 
@@ -82,11 +86,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--eval-subset", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
+    p.add_argument("--probes", default=PROBES_TIMED, help="the probes timed, at their default cadences (e.g. "
+                   "spectrum: every spectrum_every steps)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     data = load_dataset("fashion-mnist")
     print(f"bench probes: vgg11 width {a.width} batch 128, BatchNorm, {a.steps} steps, probes every "
-          f"{a.probe_every} (default probes) vs off, fashion-mnist, {a.threads} threads, torch {torch.__version__}, "
+          f"{a.probe_every} ({a.probes}) vs off, fashion-mnist, {a.threads} threads, torch {torch.__version__}, "
           f"{a.repeats} interleaved repeats")
     # Warm-up: the first trial of a process pays allocator growth and kernel set-up, probes or not.
     timed_trial(data, "batch", 20, 10, a.width, 200, a.threads)
@@ -94,7 +100,7 @@ def main(argv: list[str]) -> int:
     ratios: dict[str, list[float]] = {"wall": [], "cpu": [], "train_wall": [], "train_cpu": []}
     probe_cpu, step_cpu = [], []
     for _ in range(a.repeats):
-        on = timed_trial(data, "batch", a.steps, a.probe_every, a.width, a.eval_subset, a.threads)
+        on = timed_trial(data, "batch", a.steps, a.probe_every, a.width, a.eval_subset, a.threads, a.probes)
         off = timed_trial(data, "batch", a.steps, 0, a.width, a.eval_subset, a.threads)
         for j, clock in enumerate(("wall", "cpu")):
             ratios[clock].append(on["total"][j] / off["total"][j])
