@@ -5,7 +5,7 @@ Layout of a results directory (local path or s3://bucket/prefix):
     RESULTS/trials/<trial_id>.parquet       one row per trial: config, outcome, provenance
     RESULTS/curves/<trial_id>.parquet       one row per step
     RESULTS/<probe table>/<trial_id>.parquet  landscape, ics, activations, bn_identity, layer_norms, hessian,
-                                              sharpness, scale_invariance
+                                              sharpness, scale_invariance, spectrum
 
 A trial's `trials` file is written last, so its presence means every other table of that trial is complete;
 resume skips exactly those trials. Files are written under a dot-prefixed temporary name and renamed (local
