@@ -331,6 +331,29 @@ def test_probes_do_not_perturb_full_batch_training(norm):
     assert len(si) == 3 * 5 and list(si[si.step == 0].scale_invariant) == [True] * 4 + [False]
 
 
+def test_batch_sharpness_draws_minibatches_of_the_step_from_the_train_subset():
+    """The further minibatches of batch sharpness: the step's size, distinct examples of the train subset,
+    prepared as the step's are, drawn by the probe-only generator (the trial's batch stream never moves); full
+    batch draws none (the step's batch is the minibatch)."""
+    data = _random_images(n_train=64, n_test=16, side=8)
+    base = {"arch": "mlp", "width": 1 / 16, "norm": "batch", "lr": 0.1, "steps": 2, "eval_every": 2,
+            "eval_subset": 16, "device": "cpu", "probe_every": 1, "probes": "sharpness", "train_subset": 40}
+    trial = Trial(make_config({**base, "batch_size": 8}), data)
+    sampler = copy.deepcopy(trial.sampler.state_dict())
+    x, y = trial._probe_batch(torch.Generator().manual_seed(0))
+    assert x.shape == (8, 1, 8, 8) and y.shape == (8,)
+    subset, labels = data.inputs(data.train_x[trial.train_index]), data.train_y[trial.train_index]
+    rows = [int(((subset - xi).abs().sum((1, 2, 3)) == 0).nonzero()) for xi in x]
+    assert len(set(rows)) == 8 and torch.equal(labels[rows], y)
+    after = trial.sampler.state_dict()
+    assert torch.equal(after["generator"], sampler["generator"]) and after["pos"] == sampler["pos"]
+    trial.run()
+    assert set(trial.tables()["sharpness"].column("batch_sharpness_batches").to_pylist()) == {4}
+    full = Trial(make_config({**base, "batch_size": 0}), data)
+    full.run()
+    assert set(full.tables()["sharpness"].column("batch_sharpness_batches").to_pylist()) == {1}
+
+
 @pytest.mark.parametrize("norm", ["batch", "noisy_batch"])
 def test_a_finished_trial_is_freed(norm):
     """Nothing of a probed trial outlives it: a BatchNorm gradient hook that held its own tensor made a
