@@ -63,7 +63,7 @@ class Side:
     data: Results
     claims: dict[str, dict]  # claim key -> claims.json's entry (verdict, verdict_line, summary, ...)
     thresholds: dict[str, object]
-    source: str  # "claims.json" or "judged now (...)"
+    source: str  # "claims.json", or "judged now (no claims.json)" / "judged now (claims.json: 2 of 3 trials)"
 
 
 # -- reading a side -------------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def read_side(results: str) -> Side:
     if document is not None and document["trials"] == len(data.trials):
         return Side(str(results), data, verdicts_of(document), document.get("thresholds") or {}, CLAIMS_JSON)
     why = ("no claims.json" if document is None else
-           f"claims.json judged {document['trials']} trials, the directory holds {len(data.trials)}")
+           f"claims.json: {document['trials']} of {len(data.trials)} trials")  # stale: trials recorded since
     thresholds = Thresholds()
     claims = check_claims(load(results), thresholds)
     return Side(str(results), data, {c.key: c.as_dict() for c in claims}, thresholds.as_dict(),
