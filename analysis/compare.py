@@ -49,10 +49,19 @@ class Row:
     item: str
     a: str
     b: str
+    a_detail: str = ""  # shown beside the value, not compared: a cell's accuracy, a claim's numbers
+    b_detail: str = ""
+    detail_in_terminal: bool = True  # False: compare.html alone shows the detail (a claim's summary is long)
 
     @property
     def differs(self) -> bool:
         return self.a != self.b
+
+    def shown(self, terminal: bool) -> tuple[str, str]:
+        """A and B as a table shows them: each value with its detail in parentheses."""
+        if terminal and not self.detail_in_terminal:
+            return self.a, self.b
+        return tuple(f"{v} ({d})" if d else v for v, d in ((self.a, self.a_detail), (self.b, self.b_detail)))
 
 
 @dataclass
@@ -192,7 +201,8 @@ def claim_rows(a: Side, b: Side) -> list[Row]:
     rows = [Row("claims", "verdicts from", a.source, b.source)]
     for key in sorted(set(a.claims) | set(b.claims), key=claim_key):
         left, right = a.claims.get(key), b.claims.get(key)
-        rows.append(Row("claims", key, verdict_text(left), verdict_text(right)))
+        rows.append(Row("claims", key, verdict_text(left), verdict_text(right), (left or {}).get("summary", ""),
+                        (right or {}).get("summary", ""), detail_in_terminal=False))
     return rows
 
 
@@ -200,14 +210,6 @@ def verdict_text(entry: dict | None) -> str:
     if entry is None:
         return "not judged"
     return str(entry.get("verdict_line") or entry.get("verdict"))
-
-
-@dataclass
-class CellRow(Row):
-    """A row whose values carry a detail (the metric) shown beside them but not compared."""
-
-    a_detail: str = ""
-    b_detail: str = ""
 
 
 CELL = ("setting", "norm", "lr")
@@ -251,7 +253,7 @@ def cell_rows(a: pd.DataFrame, b: pd.DataFrame) -> list[Row]:
     for key in sorted(set(left) | set(right), key=lambda k: (k[0], k[1], k[2])):
         la, ra = left.get(key), right.get(key)
         item = f"{key[0]} {key[1]} lr={key[2]:g}"
-        rows.append(CellRow("cells", item, la[0] if la else "absent", ra[0] if ra else "absent",
+        rows.append(Row("cells", item, la[0] if la else "absent", ra[0] if ra else "absent",
                             la[1] if la else "", ra[1] if ra else ""))
     return rows
 
@@ -309,9 +311,7 @@ def terminal_table(rows: list[Row]) -> str:
     shown = [r for r in rows if r.differs or r.section in SHOWN_WHEN_EQUAL]
     table = [("", "section", "item", "A", "B")]
     for r in shown:
-        a, b = r.a, r.b
-        if isinstance(r, CellRow):
-            a, b = f"{a} ({r.a_detail})" if r.a_detail else a, f"{b} ({r.b_detail})" if r.b_detail else b
+        a, b = r.shown(terminal=True)
         table.append(("≠" if r.differs else "", r.section, cut(r.item, 50), cut(a), cut(b)))
     widths = [max(len(line[i]) for line in table) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in table]
@@ -339,10 +339,7 @@ def html_page(a: str, b: str, rows: list[Row]) -> str:
             continue
         parts.append(f"<h2>{esc(section)}</h2><table><tr><th></th><th>item</th><th>A</th><th>B</th></tr>")
         for r in mine:
-            a_text, b_text = r.a, r.b
-            if isinstance(r, CellRow):
-                a_text = f"{r.a} ({r.a_detail})" if r.a_detail else r.a
-                b_text = f"{r.b} ({r.b_detail})" if r.b_detail else r.b
+            a_text, b_text = r.shown(terminal=False)
             mark, style = ("≠", ' class="differs"') if r.differs else ("", "")
             parts.append(f'<tr{style}><td class="mark">{mark}</td><td>{esc(r.item)}</td><td>{esc(a_text)}</td>'
                          f"<td>{esc(b_text)}</td></tr>")
