@@ -114,6 +114,8 @@ def corrupt_claims(root: Path) -> None:
     (lambda b: [shutil.rmtree(p) for p in b.iterdir() if p.is_dir()], "is not a results directory"),
     (corrupt_parquet, "corrupt Parquet file"),
     (corrupt_claims, "claims.json is unreadable"),
+    (lambda b: pq.write_table(pa.table({"x": [1]}), b / "trials" / "other.parquet"), "other.parquet"),
+    (lambda b: (b / "claims.json").write_text("[1, 2]"), "not a claims.json"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(pair, tmp_path, capsys, damage, words):
     b = tmp_path / "B"
@@ -126,6 +128,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(pair, tmp_path, capsys,
     assert captured.err.startswith("bnsweep: error: B: ") and words in captured.err, captured.err
     assert "Traceback" not in captured.err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_or_credentialed_location_is_one_line(pair, capsys):
+    assert cli(["compare", "", pair[1]]) == 2
+    assert cli(["compare", pair[0], "s3://key:secret@bucket/b"]) == 2
+    first, second = capsys.readouterr().err.strip().splitlines()
+    assert "A" in first and "empty" in first
+    assert "credentials" in second and "secret" not in second
 
 
 def test_compare_html_in_a_is_never_replaced_and_the_default_is_the_current_directory(pair, tmp_path, capsys,
