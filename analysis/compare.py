@@ -52,9 +52,13 @@ class Row:
     a_detail: str = ""  # shown beside the value, not compared: a cell's accuracy, a claim's numbers
     b_detail: str = ""
     detail_in_terminal: bool = True  # False: compare.html alone shows the detail (a claim's summary is long)
+    a_same: object = None  # what is compared, where it is not the text shown: a verdict without its seed count
+    b_same: object = None
 
     @property
     def differs(self) -> bool:
+        if self.a_same is not None or self.b_same is not None:
+            return self.a_same != self.b_same
         return self.a != self.b
 
     def shown(self, terminal: bool) -> tuple[str, str]:
@@ -202,7 +206,8 @@ def claim_rows(a: Side, b: Side) -> list[Row]:
     for key in sorted(set(a.claims) | set(b.claims), key=claim_key):
         left, right = a.claims.get(key), b.claims.get(key)
         rows.append(Row("claims", key, verdict_text(left), verdict_text(right), (left or {}).get("summary", ""),
-                        (right or {}).get("summary", ""), detail_in_terminal=False))
+                        (right or {}).get("summary", ""), detail_in_terminal=False,
+                        a_same=(left or {}).get("verdict"), b_same=(right or {}).get("verdict")))
     return rows
 
 
@@ -234,27 +239,35 @@ def cell_outcome(trials: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def cells(trials: pd.DataFrame) -> dict[tuple[str, str, float], tuple[str, str]]:
-    """Per cell (setting, variant, rate): its outcome and its mean final metric over seeds."""
+def shares(trials: pd.DataFrame) -> tuple[float, ...]:
+    """What a cell's outcome is compared by: the shares of its seeds that trained, diverged and failed (3/3 trained
+    at the paper's three seeds is the same outcome as 1/1 at a cpu run's one)."""
+    status = trials["status"].astype(str)
+    return tuple(round(float(x.mean()), 6) for x in (trials["trained"], status == "diverged", status == "failed"))
+
+
+def cells(trials: pd.DataFrame) -> dict[tuple[str, str, float], tuple[str, str, tuple[float, ...]]]:
+    """Per cell (setting, variant, rate): its outcome, its mean final metric over seeds, and its shares."""
     out = {}
     for key, df in trials.groupby([trials[c].astype(str) if c != "lr" else trials[c] for c in CELL], sort=False):
         name, series = metric(df)
         mean = series.mean()
         out[(str(key[0]), str(key[1]), float(key[2]))] = (cell_outcome(df),
-                                                          f"{name} {mean:.3g}" if pd.notna(mean) else "")
+                                                          f"{name} {mean:.3g}" if pd.notna(mean) else "", shares(df))
     return out
 
 
 def cell_rows(a: pd.DataFrame, b: pd.DataFrame) -> list[Row]:
-    """One row per cell of either side; a cell differs when its outcome (trained, diverged, failed) does, not its
-    accuracy's last digits: the accuracy is shown beside it."""
+    """One row per cell of either side; a cell differs when its outcome (the shares of its seeds that trained,
+    diverged, failed) does, not its accuracy's last digits: the accuracy is shown beside it."""
     left, right = cells(a), cells(b)
     rows = []
     for key in sorted(set(left) | set(right), key=lambda k: (k[0], k[1], k[2])):
         la, ra = left.get(key), right.get(key)
         item = f"{key[0]} {key[1]} lr={key[2]:g}"
         rows.append(Row("cells", item, la[0] if la else "absent", ra[0] if ra else "absent",
-                            la[1] if la else "", ra[1] if ra else ""))
+                        la[1] if la else "", ra[1] if ra else "", a_same=la[2] if la else "absent",
+                        b_same=ra[2] if ra else "absent"))
     return rows
 
 

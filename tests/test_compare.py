@@ -94,7 +94,7 @@ def test_the_claims_json_trusted_is_the_one_on_disk(pair, tmp_path, capsys):
     a = str(tmp_path / "A")
     shutil.copytree(pair[0], a)
     document = json.loads((Path(a) / "claims.json").read_text())
-    document["C1"]["verdict_line"] = "supported, 1 seed"
+    document["C1"].update(verdict="supported", verdict_line="supported, 1 seed")
     (Path(a) / "claims.json").write_text(json.dumps(document))
     assert cli(["compare", a, pair[1], "--out", str(tmp_path)]) == 0
     assert row(capsys.readouterr().out, "claims", "C1") == ["≠", "claims", "C1", "supported, 1 seed",
@@ -156,3 +156,24 @@ def test_a_trial_records_its_precision(pair):
     """`precision` in the trials table: float32 on the CPU (on a TF32 GPU it names the operations that round)."""
     table = pq.read_table(next((Path(pair[0]) / "trials").glob("*.parquet")))
     assert table.column("precision").to_pylist() == ["float32"]
+
+
+def test_outcomes_and_verdicts_are_compared_not_their_seed_counts(tmp_path, capsys):
+    """The bench's paper-like set (two seeds) against one seed where every claim fails: 2/2 trained and 1/1 trained
+    are the same outcome, "not enough data" over 2 seeds and over 1 the same verdict; a flipped claim differs."""
+    from bnsweep.bench.figures import FakeTrial, paper_like, write_fake_trial
+
+    a, b = tmp_path / "paper", tmp_path / "one_seed"
+    for fake in paper_like():
+        write_fake_trial(a, fake)
+    for lr in (0.05, 0.1, 0.5):
+        write_fake_trial(b, FakeTrial("none", lr, tau=15, final=0.95, rough=1.0))
+        write_fake_trial(b, FakeTrial("batch", lr, tau=60, final=0.9, status="diverged" if lr == 0.5 else "completed",
+                                      rough=3.0))
+    assert cli(["compare", str(a), str(b), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert row(out, "claims", "C1")[0] == "≠"
+    assert row(out, "claims", "C7") == ["claims", "C7", "not enough data, 0 of 2 seeds", "not enough data, 1 seed"]
+    assert row(out, "cells", "vgg11 batch lr=0.5")[0] == "≠"
+    assert "vgg11 batch lr=0.1" not in out  # 2/2 trained in A, 1/1 in B: the same outcome
+    assert "vgg11 batch lr=0.1" in (tmp_path / "compare.html").read_text()
