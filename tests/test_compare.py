@@ -177,3 +177,25 @@ def test_outcomes_and_verdicts_are_compared_not_their_seed_counts(tmp_path, caps
     assert row(out, "cells", "vgg11 batch lr=0.5")[0] == "≠"
     assert "vgg11 batch lr=0.1" not in out  # 2/2 trained in A, 1/1 in B: the same outcome
     assert "vgg11 batch lr=0.1" in (tmp_path / "compare.html").read_text()
+
+
+def test_precision_names_what_rounds_to_tf32_on_a_gpu_that_has_it(monkeypatch):
+    """torch's defaults round convolutions to TF32 on compute capability 8.0 and up, not matrix products; this
+    machine has no GPU, so the capability is what the H100 (9.0) and a V100 (7.0) report."""
+    import torch
+
+    from bnsweep.provenance import precision
+
+    cuda = torch.device("cuda")
+    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    try:  # torch's flag objects take no monkeypatch: set and restore them by hand
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
+        assert precision(cuda) == "float32, TF32 conv"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert precision(cuda) == "float32, TF32 matmul and conv"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    assert precision(cuda) == "float32"
+    assert precision(torch.device("cpu")) == "float32"
