@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -459,7 +459,7 @@ def attach_keys(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def load(results: str | os.PathLike) -> Results:
+def load(results: str | os.PathLike, only: Collection[str] | None = None) -> Results:
     """Every table present in a results directory (local path or s3://...), as tidy typed DataFrames.
 
     `trials` has one row per finished trial with its config typed (lr float, norm an ordered categorical
@@ -467,7 +467,9 @@ def load(results: str | os.PathLike) -> Results:
     skipinit < nf, sequences as tuples), a `setting` column naming its panel (the architecture, with its width,
     data set, batch size, depth or loss where the results hold several) and `network` (the panel without batch
     size, depth and loss). Every other per-trial table gains the key columns (setting, network, arch, width,
-    dataset, task, norm, lr, seed). Raises AnalysisError when the location is missing or is not results.
+    dataset, task, norm, lr, seed). `only` names the other tables to read (default: all; `bnsweep compare` reads
+    `boundaries` alone, not a paper-scale run's gigabytes of probes). Raises AnalysisError when the location is
+    missing or is not results.
     """
     fs, root = filesystem(results)
     try:
@@ -493,7 +495,7 @@ def load(results: str | os.PathLike) -> Results:
     trials = type_trials(to_pandas(raw, categorical_text=False))
     tables = {TRIALS: trials}
     for name in names:
-        if name == TRIALS:
+        if name == TRIALS or (only is not None and name not in only):
             continue
         df = to_pandas(read_table(fs, f"{root}/{name}", required=REQUIRED.get(name)))
         tables[name] = attach_keys(df, trials) if "trial_id" in df else df

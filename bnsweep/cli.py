@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Print a verdict per claim and write RESULTS/claims.json.")
     check.add_argument("results", help="results directory or s3://... URI")
 
+    compare = sub.add_parser("compare", help="the differences between two results directories: provenance, claims, "
+                             "cells and brackets", description="Print one table of what differs between results A "
+                             "and B (machine, versions, commit, precision, config; each claim's verdict, from "
+                             "claims.json when it is current, else judged now; each cell's outcome and each "
+                             "critical-rate bracket) and write compare.html. Nothing in A or B is written.")
+    compare.add_argument("a", metavar="A", help="results directory or s3://... URI")
+    compare.add_argument("b", metavar="B", help="results directory or s3://... URI")
+    compare.add_argument("--out", default=None, help="directory of compare.html [default: the current directory; "
+                         "refused where it would replace a compare.html inside A or B]")
+
     unlock = sub.add_parser("unlock", help="break the lock of a results directory whose bnsweep run is dead",
                             description="Remove RESULTS/.lock, which `bnsweep run` holds while it writes. Only "
                             "for a run that died on another host: a dead run's lock on this host is taken over by "
@@ -233,6 +243,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return check(args.results)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.compare import compare
+    from bnsweep import records
+
+    records.check_location(args.a, "A")
+    records.check_location(args.b, "B")
+    if args.out is not None:
+        records.check_location(args.out, "--out")
+    return compare(args.a, args.b, args.out)
+
+
 def cmd_unlock(args: argparse.Namespace) -> int:
     from bnsweep import lock, records
 
@@ -242,7 +263,8 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"trial": cmd_trial, "run": cmd_run, "sweeps": cmd_sweeps, "status": cmd_status,
-            "figures": cmd_figures, "check": cmd_check, "unlock": cmd_unlock}
+            "figures": cmd_figures, "check": cmd_check, "compare": cmd_compare,
+            "unlock": cmd_unlock}
 
 
 def main(argv: list[str] | None = None) -> int:
