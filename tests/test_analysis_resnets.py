@@ -137,6 +137,17 @@ def test_c7_a_variant_that_trains_nowhere_is_a_budget_problem(tmp_path):
     assert c7.cases[0]["budget"] is True
 
 
+@pytest.mark.parametrize("scale", ["paper", "cpu", "smoke"])
+def test_resnet_lr_trains_as_the_normalizer_free_papers_do(scale):
+    # Momentum 0.9 (the Fixup authors' cifar_train.py), and C7's moderate rate in every variant's grid.
+    from bnsweep.sweep import load as load_sweep
+
+    sweep = load_sweep("resnet_lr", scale)
+    assert {c.momentum for c in sweep.configs} == {0.9}
+    for norm in ("batch", "fixup", "skipinit", "nf"):
+        assert Thresholds().nf_moderate_lr in {c.lr for c in sweep.configs if c.norm == norm}
+
+
 def test_c7_without_normalizer_free_variants(tmp_path):
     c7 = claim(write_grid(tmp_path, {"none": 0.1, "batch": 1.6}), "C7")
     assert c7.verdict == NO_DATA and "no fixup, skipinit or nf trials" in c7.summary
