@@ -114,7 +114,14 @@ class Thresholds:
     # C7..C9 (residual networks and the batch size: analysis/claims_resnets.py)
     nf_critical_factor: float = field(default=4.0, metadata={
         "help": "C7: a normalizer-free variant's critical rate must be at least batch's / this (above batch's "
-                "holds too)"})
+                "holds too); no longer judged by C7 (issue 20): its ratio is reported beside the verdict"})
+    nf_moderate_lr: float = field(default=0.1, metadata={
+        "help": "C7: the moderate rate at which trainability is read (issue 20; lr 0.1 is the Fixup authors' CIFAR "
+                "rate, hongyi-zhang/Fixup cifar/cifar_train.py --base_lr default)"})
+    nf_acc_gap: float = field(default=0.02, metadata={
+        "help": "C7: trainability holds when a normalizer-free variant's test accuracy at nf_moderate_lr is at "
+                "least batch's minus this. Not from a paper: Fixup reports CIFAR-10 errors within about 1 point of "
+                "BatchNorm's (Zhang et al. 2019, Table 2), unconfirmed here; 0.02 matches issue 20's C8 gap"})
     advantage_small: float = field(default=2.0, metadata={
         "help": "C8: 'small' at the smallest batch size: batch's critical rate is at most this x none's"})
     advantage_growth: float = field(default=2.0, metadata={

@@ -505,3 +505,65 @@ def test_spectrum_options_are_checked():
     with pytest.raises(BnsweepError, match=r"spectrum_layers=.*layer #12 does not exist in vgg11"):
         make_config({"probes": "spectrum", "spectrum_layers": "0,12"})
     assert make_config({"spectrum_layers": "0,3"}).spectrum_layers == (0, 3)
+
+
+def _depth_results(root, largest: dict[str, int], factor: float = 1.2, depths=(5, 8, 12, 20)):
+    """Synthetic depth sweep in the real schemas: MLP trials of `largest`'s variants at each depth, trained up to
+    its entry, each with step-0 layer norms whose gradients grow by `factor` (batch) or stay flat towards the
+    input."""
+    import pyarrow as pa
+
+    from bnsweep import records
+    from bnsweep.records import trials_table
+    from bnsweep.schema import PROBE_SCHEMAS
+
+    for norm, top in largest.items():
+        for depth in depths:
+            config = make_config({"arch": "mlp", "norm": norm, "depth": depth, "lr": 0.1, "steps": 100})
+            trained = depth <= top
+            outcome = {"trial_id": config.trial_id, "status": "completed", "trained": trained,
+                       "trained_rule": "final_train_acc >= 0.5", "steps_done": 100, "task": "classification",
+                       "initial_loss": 2.3, "final_loss": 0.5 if trained else 2.3,
+                       "final_train_acc": 0.9 if trained else 0.1, "final_test_acc": 0.85 if trained else 0.1,
+                       "attempt": 1, "schema_version": records.SCHEMA_VERSION}
+            grow = factor if norm == "batch" else 1.0
+            rows = [{"trial_id": config.trial_id, "step": 0, "layer": layer, "weight_norm": 1.0,
+                     "grad_norm": grow ** (depth - layer), "position": "fc"} for layer in range(1, depth + 1)]
+            schema = PROBE_SCHEMAS["layer_norms"]
+            ln = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+            records.write_trial(root, config.trial_id, {records.TRIALS: trials_table(config, outcome),
+                                                        "layer_norms": ln})
+    return root
+
+
+def _c12(root):
+    import analysis
+
+    (c12,) = [c for c in analysis.check_claims(analysis.load(root)) if c.key == "C12"]
+    return c12
+
+
+def test_c12_prints_yang_et_al_theory_factor(tmp_path):
+    from analysis.claims_dynamics import YANG_FACTOR
+
+    assert YANG_FACTOR == pytest.approx(1.211, abs=5e-4)  # sqrt(pi / (pi - 1))
+    c12 = _c12(_depth_results(tmp_path, {"none": 20, "batch": 8}, factor=1.3))
+    fits = [c for c in c12.cases if c["norm"] == "batch" and "factor" in c]
+    assert fits and all(c["factor_over_theory"] == pytest.approx(1.3 / YANG_FACTOR) for c in fits)
+    assert "theory 1.211" in c12.summary and "ratio 1.07" in c12.summary
+    assert c12.verdict == "supported"  # batch explodes and stops training at 8 while none trains at 20
+
+
+def test_c12_trainability_against_none_not_the_deepest(tmp_path):
+    # none fails beyond depth 8 as well: batch's limit is no sign of BatchNorm's explosion. The old rule (batch's
+    # largest below the deepest tried) called this supported.
+    c12 = _c12(_depth_results(tmp_path, {"none": 8, "batch": 8}))
+    (case,) = [c for c in c12.cases if c["setting"] == "trainability"]
+    assert case["verdict"] == "contradicted" and case["none_largest"] == 8
+    assert "none up to 8" in case["why"]
+
+
+def test_c12_trainability_needs_none(tmp_path):
+    c12 = _c12(_depth_results(tmp_path, {"batch": 8, "layer": 20}))
+    (case,) = [c for c in c12.cases if c["setting"] == "trainability"]
+    assert case["verdict"] == "not enough data"
