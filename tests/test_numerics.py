@@ -130,3 +130,19 @@ def test_a_bad_precision_is_one_line(capsys, tmp_path):
     assert not (tmp_path / "r").exists()
     with pytest.raises(BnsweepError, match="precision"):
         make_config({"precision": "half"})
+
+
+def test_bnsweep_run_takes_precision_and_deterministic_for_every_trial():
+    import shlex
+
+    from bnsweep.cli import build_parser
+    from bnsweep.driver import RunOptions, numerics_sets, run_command
+    from bnsweep.sweep import load
+
+    options = RunOptions(scale="smoke", results="r", precision="bf16", deterministic=True)
+    sw = load("lr_grid", "smoke", numerics_sets(options))
+    assert {(c.precision, c.deterministic) for c in sw.configs} == {("bf16", True)}
+    args = build_parser().parse_args(shlex.split(run_command("lr_grid", options))[1:])
+    assert (args.precision, args.deterministic) == ("bf16", True)
+    with pytest.raises(BnsweepError, match="--precision='fp16'"):
+        numerics_sets(RunOptions(precision="fp16"))
