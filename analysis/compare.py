@@ -150,11 +150,14 @@ def values(series: pd.Series) -> str:
     return ", ".join(f"{v} ({n})" for v, n in sorted(counts.items()))
 
 
+NUMERICS = ("precision", "deterministic", "matmul_fp32_precision", "conv_fp32_precision")  # bnsweep/numerics.py
+
+
 def provenance(trials: pd.DataFrame) -> dict[str, str]:
     """Where and with what a directory's trials ran, from their `trials` rows."""
     status = trials["status"].astype(str).value_counts()
     out = {"trials": f"{len(trials)} (" + ", ".join(f"{n} {s}" for s, n in status.items()) + ")"}
-    columns = (*PROVENANCE, "precision")
+    columns = (*PROVENANCE, *NUMERICS)
     for name in columns:
         if name == "git_dirty":
             continue

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(repeatable; MLflow honours MLFLOW_TRACKING_URI, W&B WANDB_MODE and WANDB_DIR); the Parquet "
                      "records stay the record of truth")
     run.add_argument("--num-cpus", type=_whole, default=None, help="CPUs of the embedded local Ray [default: all]")
+    run.add_argument("--precision", default=None, help="every trial's training-step precision: fp32 (TF32 off), tf32 "
+                     "or bf16; probes and evaluations stay fp32 [default: the sweep's, fp32]")
+    run.add_argument("--deterministic", action="store_true", help="deterministic algorithms in every trial "
+                     "(torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8; slower)")
 
     sweeps = sub.add_parser("sweeps", help="list the sweeps with their grids and sizes per scale")
     sweeps.add_argument("--scale", default=None, help="only this scale")
@@ -190,7 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_sweep(args.sweep, RunOptions(
         scale=args.scale, results=args.results, address=args.address, sets=args.sets, seeds=args.seeds,
         dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root, num_cpus=args.num_cpus,
-        command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints, trackers=args.log))
+        command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints, trackers=args.log,
+        precision=args.precision, deterministic=args.deterministic))
     return 0
 
 

@@ -53,6 +53,7 @@ MAX_LAYER = 1000
 MAX_TRIALS = 10_000  # trials of one sweep (a search: cells x budget)
 MAX_DEPTH = 200  # MLP weight layers: Yang et al.'s untrainable BatchNorm depths are ~50
 LOSSES = ("cross_entropy", "mse")
+PRECISIONS = ("fp32", "tf32", "bf16")  # the training step's; bnsweep/numerics.py says what each sets
 
 
 def _f(default: Any, help: str, valid: Rule, **kw: Any) -> Any:
@@ -195,7 +196,16 @@ class TrialConfig:
                                                 Items(_n(int, 0, MAX_LAYER), all_allowed=True), sequence=True,
                                                 omit_default=True)
 
+    # The training step's numerics (bnsweep/numerics.py); probes and evaluations always measure in full fp32.
+    precision: str = _f("fp32", "the training step's precision: fp32 (TF32 off: the paper's protocol), tf32 (TF32 "
+                                "matmuls and convolutions on Ampere+ GPUs) or bf16 (autocast); probes and "
+                                "evaluations run in full fp32 whatever it is", Choice(PRECISIONS), omit_default=True)
+
     # Not part of the trial's identity: where and how it runs.
+    deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn."
+                                    "deterministic, CUBLAS_WORKSPACE_CONFIG=:4096:8): bit-identical reruns on one GPU, "
+                                    "slower",
+                             Flag(), identity=False)
     device: str = _f("auto", "cpu, cuda, cuda:N or auto", Device(), identity=False)
     threads: int = _f(0, "torch intra-op threads; 0 = torch's default", _n(int, 0, MAX_THREADS), identity=False)
     channels_last: bool | None = _f(None, "channels_last memory format for convolutional networks (default: on "

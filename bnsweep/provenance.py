@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 import bnsweep
-from bnsweep import schema
+from bnsweep import numerics, schema
 from bnsweep.data import Dataset
 
 
 def provenance(device: torch.device, data: Dataset) -> dict[str, Any]:
-    """Where and with what a trial ran: versions, commit, device, threads, memory, data, host, time."""
+    """Where and with what a trial ran: versions, commit, device, threads, memory, data, host, time, and the
+    numerics in force (TF32, cuDNN benchmark, deterministic algorithms: numerics.recorded)."""
     commit, dirty = git_state()
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"cpu ({platform.processor() or platform.machine()})")
@@ -28,19 +29,7 @@ def provenance(device: torch.device, data: Dataset) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(), "data_checksum": data.checksum,
             "data_source": data.source, "hostname": socket.gethostname(),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "schema_version": schema.SCHEMA_VERSION, "precision": precision(device)}
-
-
-def precision(device: torch.device) -> str:
-    """The arithmetic a trial's float32 tensors got: "float32" on the CPU; on a GPU with TF32 (compute capability
-    8.0 and up) the operations torch lets round to TF32's 10-bit mantissa. torch's defaults round convolutions
-    (cudnn.allow_tf32) but not matrix products (cuda.matmul.allow_tf32), so a cpu-scale run and a paper-scale run
-    on an H100 differ in precision as well as in size: `bnsweep compare` shows it."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
-        return "float32"
-    tf32 = [name for name, on in (("matmul", torch.backends.cuda.matmul.allow_tf32),
-                                  ("conv", torch.backends.cudnn.allow_tf32)) if on]
-    return f"float32, TF32 {' and '.join(tf32)}" if tf32 else "float32"
+            "schema_version": schema.SCHEMA_VERSION, **numerics.recorded()}
 
 
 def peak_rss_mb() -> float | None:

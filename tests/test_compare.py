@@ -65,7 +65,7 @@ def test_compare_prints_what_differs_and_writes_compare_html(pair, tmp_path, cap
     assert cli(["compare", a, b, "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert row(out, "config", "curvature") == ["≠", "config", "curvature", "1", "4"]
-    assert row(out, "provenance", "precision") == ["provenance", "precision", "float32", "float32"]  # the same
+    assert row(out, "provenance", "precision") == ["provenance", "precision", "fp32", "fp32"]  # the same
     assert row(out, "provenance", "device_type") == ["provenance", "device_type", "cpu", "cpu"]
     assert row(out, "claims", "verdicts from") == ["≠", "claims", "verdicts from", "claims.json",
                                                    "judged now (no claims.json)"]
@@ -153,9 +153,10 @@ def test_compare_html_in_a_is_never_replaced_and_the_default_is_the_current_dire
 
 
 def test_a_trial_records_its_precision(pair):
-    """`precision` in the trials table: float32 on the CPU (on a TF32 GPU it names the operations that round)."""
+    """`precision` in the trials table with the TF32 settings in force (bnsweep/numerics.py), which compare shows."""
     table = pq.read_table(next((Path(pair[0]) / "trials").glob("*.parquet")))
-    assert table.column("precision").to_pylist() == ["float32"]
+    assert table.column("precision").to_pylist() == ["fp32"]
+    assert table.column("matmul_fp32_precision").to_pylist() == ["ieee"]
 
 
 def test_outcomes_and_verdicts_are_compared_not_their_seed_counts(tmp_path, capsys):
@@ -177,25 +178,3 @@ def test_outcomes_and_verdicts_are_compared_not_their_seed_counts(tmp_path, caps
     assert row(out, "cells", "vgg11 batch lr=0.5")[0] == "≠"
     assert "vgg11 batch lr=0.1" not in out  # 2/2 trained in A, 1/1 in B: the same outcome
     assert "vgg11 batch lr=0.1" in (tmp_path / "compare.html").read_text()
-
-
-def test_precision_names_what_rounds_to_tf32_on_a_gpu_that_has_it(monkeypatch):
-    """torch's defaults round convolutions to TF32 on compute capability 8.0 and up, not matrix products; this
-    machine has no GPU, so the capability is what the H100 (9.0) and a V100 (7.0) report."""
-    import torch
-
-    from bnsweep.provenance import precision
-
-    cuda = torch.device("cuda")
-    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    try:  # torch's flag objects take no monkeypatch: set and restore them by hand
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
-        assert precision(cuda) == "float32, TF32 conv"
-        torch.backends.cuda.matmul.allow_tf32 = True
-        assert precision(cuda) == "float32, TF32 matmul and conv"
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
-    assert precision(cuda) == "float32"
-    assert precision(torch.device("cpu")) == "float32"
