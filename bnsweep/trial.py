@@ -62,9 +62,7 @@ class Trial:
         self.history = torch.full((c.steps, len(CURVE_COLUMNS)), math.nan, device=self.device)
         self.evals: dict[int, dict[str, float]] = {}
         self.step, self.status, self.wall_time = 0, "running", 0.0
-        self.diverged_step: int | None = None
-        self.initial_loss: float | None = None
-        self.error: str | None = None
+        self.diverged_step, self.initial_loss, self.error = None, None, None  # int, float, str once known
         self.attempt = 1  # how many times this trial was started (a sweep counts retries and resumes)
         self.probes = self._make_probes()
 
@@ -111,29 +109,23 @@ class Trial:
         if not self.config.probe_every:
             return None
         from bnsweep.probes import Probes  # probes are optional; the plain loop never imports them
-        full_batch = self.sampler.batch_size >= self.sampler.n
         return Probes(self.config, self.model, self.loss_fn, self.optimizer, self.device, self.task,
-                      draw_batch=None if full_batch else self._probe_batch)
+                      draw_batch=None if self.sampler.full_batch else self.draw_batch)
 
-    def _probe_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A minibatch of the step's size for a probe (batch sharpness): distinct training examples (of the train
-        subset, if any) drawn with the probe's CPU generator, as the step prepares them, without augmentation."""
-        index = torch.randperm(self.sampler.n, generator=generator)[:self.sampler.batch_size].to(self.device)
+    def draw_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A minibatch for a probe (batch sharpness): the step's size, its own generator, no augmentation."""
+        return self.batch_of(self.sampler.draw(generator))
+
+    def batch_of(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training examples at sampler positions `index` (of the train subset, if any), as the model takes."""
         if self.train_index is not None:
             index = self.train_index[index]
         x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        return (x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x), y
 
     # -- training --------------------------------------------------------------------------------------
     def train_step(self, t: int) -> None:
-        index = self.sampler.next()
-        if self.train_index is not None:
-            index = self.train_index[index]
-        x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = self.batch_of(self.sampler.next())
         if self.augment_generator is not None:
             x = augment(x, self.augment_generator)
         rerun = self.probes is not None and self.numerics.reruns(t, self.config.probe_every)
@@ -159,12 +151,7 @@ class Trial:
             m.last_scale = m.last_shift = None
 
     def forward_backward(self, forward, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(self.ghost_parts) == 1:
-            loss = self.loss_fn(out := forward(x), y)
-            self.optimizer.zero_grad()
-            loss.backward()
-            return out, loss
-        self.optimizer.zero_grad()  # each ghost batch normalizes with its own statistics; one chunk's graph at a time
+        self.optimizer.zero_grad()
         return ghost.backward(forward, self.loss_fn, x, y, self.ghost_parts, self.task == "regression")
 
     def run(self, callback=None, callback_every: int = 100) -> None:
