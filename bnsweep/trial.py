@@ -171,7 +171,7 @@ class Trial:
             for t in range(start, end):
                 self.train_step(t)
             self.step = end
-            self._check_divergence(start, end)
+            self.check_divergence(start, end)
             if self.status == "running" and (end % c.eval_every == 0 or end == c.steps):
                 self.evaluate(end - 1)
             self.wall_time = time.perf_counter() - started
@@ -187,7 +187,7 @@ class Trial:
             self.probes.finish()
         self.wall_time = time.perf_counter() - started
 
-    def _check_divergence(self, start: int, end: int) -> None:
+    def check_divergence(self, start: int, end: int) -> None:
         losses = self.history[start:end, 0].cpu()
         if self.initial_loss is None:
             self.initial_loss = float(losses[0])
