@@ -98,8 +98,8 @@ class Thresholds:
     eos_acc_goal: float = field(default=0.99, metadata={
         "help": "C10: the judged window ends at the first evaluation with full-batch training accuracy at least this "
                 "(cross-entropy only; squared loss keeps the whole run): Cohen et al.'s code stops a run at "
-                "acc_goal = 0.99 (locuslab/edge-of-stability, src/gd.py), since under cross-entropy the curvature "
-                "must vanish as the loss goes to zero"})
+                "acc_goal (locuslab/edge-of-stability README: --acc_goal 0.99, training terminates when the train "
+                "accuracy reaches 99%), since under cross-entropy the curvature must vanish as the loss goes to zero"})
     eos_min_probes: int = field(default=3, metadata={
         "help": "C10: at least this many judged probes inside the window, else not enough data"})
     eos_residual_max: float = field(default=0.1, metadata={

@@ -22,7 +22,7 @@ from analysis.claims import (
     combine,
     fmt,
 )
-from analysis.dynamics import eos_course, growth_factor, tail, with_config
+from analysis.dynamics import eos_course, eos_window, growth_factor, tail, with_config
 
 
 def _by_variant(cases: list[dict], quorum: float) -> tuple[str, dict[str, str]]:
@@ -67,7 +67,7 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
         if status.get(tid) != "completed":
             cases.append({**case, "verdict": NO_DATA, "why": f"{status.get(tid, 'unknown')}"})
             continue
-        df, window = _eos_window(df, curves.get(tid), case["loss"], th)
+        df, window = eos_window(df, curves.get(tid), case["loss"], th.eos_acc_goal, th.eos_residual_max)
         case.update(window)
         if len(df) < th.eos_min_probes:
             cases.append({**case, "verdict": NO_DATA,
@@ -106,24 +106,6 @@ def _train_acc_by_trial(ctx: Context) -> dict[str, pd.DataFrame]:
     c = ctx.data["curves"]
     c = c[c["train_acc"].notna()][["trial_id", "step", "train_acc"]]
     return {str(t): g.sort_values("step") for t, g in c.groupby(c["trial_id"].astype(str), sort=False)}
-
-
-def _eos_window(df: pd.DataFrame, evals: pd.DataFrame | None, loss: str, th) -> tuple[pd.DataFrame, dict]:
-    """The probes C10 judges: those up to the first evaluation with training accuracy >= eos_acc_goal under
-    cross-entropy (Cohen et al. stop there: the curvature must vanish as the loss goes to zero; squared loss keeps
-    the whole run), and among them only those whose Lanczos residual is at most eos_residual_max."""
-    end = math.nan
-    if loss == "cross_entropy" and evals is not None and len(evals):
-        hit = evals[evals["train_acc"] >= th.eos_acc_goal]
-        if len(hit):
-            end = float(hit["step"].iloc[0])
-    inside = df if math.isnan(end) else df[df["step"] <= end]
-    if "residual" in inside.columns:
-        res = inside["residual"].astype(float)
-        kept = inside[res <= th.eos_residual_max]
-    else:
-        kept = inside
-    return kept, {"window_end": end, "probes_in_window": int(len(inside)), "probes_judged": int(len(kept))}
 
 
 # -- C11: the scale-invariance identities and the equilibrium angular update ----------------------------------------
