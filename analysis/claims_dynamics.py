@@ -22,7 +22,7 @@ from analysis.claims import (
     combine,
     fmt,
 )
-from analysis.dynamics import eos_course, growth_factor, tail, with_config
+from analysis.dynamics import eos_course, eos_window, growth_factor, tail, with_config
 
 
 def _by_variant(cases: list[dict], quorum: float) -> tuple[str, dict[str, str]]:
@@ -56,6 +56,7 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
         return Claim("C10", statement, NO_DATA, "no sharpness table (bnsweep run eos)")
     sharp = with_config(ctx.data["sharpness"], ctx.trials, ["loss"])
     status = ctx.trials.set_index(ctx.trials["trial_id"].astype(str))["status"].astype(str)
+    curves = _train_acc_by_trial(ctx)
     cases = []
     for tid, df in sharp.groupby(sharp["trial_id"].astype(str), sort=False):
         df = df.sort_values("step")
@@ -65,6 +66,13 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
                 "lr": float(first["lr"]), "seed": int(first["seed"]), "trial_id": tid, "limit": limit}
         if status.get(tid) != "completed":
             cases.append({**case, "verdict": NO_DATA, "why": f"{status.get(tid, 'unknown')}"})
+            continue
+        df, window = eos_window(df, curves.get(tid), case["loss"], th.eos_acc_goal, th.eos_residual_max)
+        case.update(window)
+        if len(df) < th.eos_min_probes:
+            cases.append({**case, "verdict": NO_DATA,
+                          "why": f"{case['loss']} lr {case['lr']:g}: {len(df)} judged probes in the window "
+                                 f"(< {th.eos_min_probes})"})
             continue
         course = eos_course(df["step"], df["sharpness"], limit, th.eos_reach)
         case.update(course)
@@ -89,6 +97,15 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
         return f", median ratio {fmt(float(np.median(ratios)))}" if ratios else ""
     summary = _variant_summary(cases, verdicts, detail) or "no sharpness rows"
     return Claim("C10", statement, verdict, summary, cases)
+
+
+def _train_acc_by_trial(ctx: Context) -> dict[str, pd.DataFrame]:
+    """Each trial's evaluations (step, train_acc), for C10's window; empty without a curves table."""
+    if not ctx.data.has("curves"):
+        return {}
+    c = ctx.data["curves"]
+    c = c[c["train_acc"].notna()][["trial_id", "step", "train_acc"]]
+    return {str(t): g.sort_values("step") for t, g in c.groupby(c["trial_id"].astype(str), sort=False)}
 
 
 # -- C11: the scale-invariance identities and the equilibrium angular update ----------------------------------------

@@ -288,6 +288,64 @@ def test_eos_course():
     assert at_once["reached_step"] == 0 and math.isnan(at_once["sharpening"])
 
 
+def _eos_run(sharpness, residual=None):
+    """A cross-entropy trial's sharpness probes every 50 steps (limit 40) and its evaluations every 100 steps: the
+    training accuracy reaches 0.99 at step 400, after which the curvature decays as the loss goes to zero."""
+    import pandas as pd
+
+    steps = [50 * i for i in range(len(sharpness))]
+    probes = pd.DataFrame({"step": steps, "sharpness": sharpness,
+                           "residual": residual if residual is not None else [0.01] * len(steps)})
+    evals = pd.DataFrame({"step": list(range(0, steps[-1] + 1, 100)),
+                          "train_acc": [0.5, 0.7, 0.9, 0.97, 0.995, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0][:len(steps[::2])]})
+    return probes, evals
+
+
+def _c10_median(probes, evals, loss, window: bool):
+    """C10's median ratio over the whole run (the old rule) or over eos_window (the new)."""
+    from analysis.dynamics import eos_course, eos_window
+
+    if window:
+        probes, _ = eos_window(probes, evals, loss, acc_goal=0.99, residual_max=0.1)
+    return eos_course(probes["step"], probes["sharpness"], 40.0)["median_ratio"]
+
+
+def test_c10_window_ends_at_acc_goal():
+    """Under cross-entropy the sharpness hovers at 2/lr until the training accuracy reaches 0.99 (step 400), then
+    falls to zero with the loss: judged over the whole run the median is far below the band (the old rule said
+    contradicted), over Cohen et al.'s window (acc_goal) it hovers at 1.0. Squared loss keeps the whole run."""
+    from analysis.claims import Thresholds
+    from analysis.dynamics import eos_window
+
+    th = Thresholds()
+    assert th.eos_acc_goal == 0.99 and th.eos_min_probes == 3
+    sharp = [10, 20, 30, 39, 40, 41, 40, 39, 40, 10, 4, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    probes, evals = _eos_run(sharp)
+    old = _c10_median(probes, evals, "cross_entropy", window=False)
+    new = _c10_median(probes, evals, "cross_entropy", window=True)
+    assert not th.eos_band_low <= old <= th.eos_band_high  # the old rule: contradicted
+    assert th.eos_band_low <= new <= th.eos_band_high  # the new: supported
+    kept, info = eos_window(probes, evals, "cross_entropy", th.eos_acc_goal, th.eos_residual_max)
+    assert info["window_end"] == 400 and kept["step"].max() == 400 and info["probes_judged"] == 9
+    _, whole = eos_window(probes, evals, "mse", th.eos_acc_goal, th.eos_residual_max)
+    assert math.isnan(whole["window_end"]) and whole["probes_judged"] == len(sharp)
+    # Probes whose Lanczos has not converged are not judged.
+    noisy, _ = _eos_run(sharp, residual=[0.5] * 5 + [0.01] * 16)
+    kept, info = eos_window(noisy, evals, "cross_entropy", th.eos_acc_goal, th.eos_residual_max)
+    assert info["probes_in_window"] == 9 and info["probes_judged"] == 4 and kept["step"].min() == 250
+
+
+def test_c10_window_contradicted_when_no_edge():
+    """The paper's effect absent inside the window: the sharpness overshoots 2/lr and stays at twice it until the
+    accuracy goal, so the windowed median is out of the band: contradicted."""
+    from analysis.claims import Thresholds
+
+    th = Thresholds()
+    probes, evals = _eos_run([10, 30, 45, 80, 80, 80, 80, 80, 80, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    new = _c10_median(probes, evals, "cross_entropy", window=True)
+    assert new > th.eos_band_high
+
+
 def _tiny_results(root):
     """A few real trials of each dynamics sweep on random images (seconds), written as Parquet."""
     from bnsweep.trial import run_trial
