@@ -33,7 +33,8 @@ def _lr_color(lrs: pd.Series) -> alt.Color:
 @figure("fig_edge_of_stability", "The edge of stability",
         "Full-batch gradient descent, C10's judged window shaded: the sharpness (top Hessian eigenvalue of the "
         "training loss, Lanczos) against step, one line per learning rate, with its stability limit 2/lr dashed "
-        "in the same colour (Cohen et al. 2021, Fig. 1 layout); beneath, the training loss. A panel per normalization, a row pair per loss.",
+        "in the same colour (Cohen et al. 2021, Fig. 1 layout); beneath, the training loss. A panel per "
+        "normalization, a row pair per loss.",
         needs="the `sharpness` table (bnsweep run eos)", extra=True)
 def fig_edge_of_stability(results: Results) -> alt.TopLevelMixin:
     sharp = with_config(table(results, "sharpness"), results.trials, ["loss"])
