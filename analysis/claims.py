@@ -149,6 +149,24 @@ class Thresholds:
         "help": "C9: group's and ws_group's accuracy at every smaller batch size is at most this below their "
                 "largest batch size's"})
 
+    # C13, C14 (the Hessian's spectrum and the edge of stochastic stability: analysis/claims_curvature.py)
+    c13_top_bulk_factor: float = field(default=1.0, metadata={
+        "help": "C13: batch's median top eigenvalue / bulk edge must be below this x none's. No source gives a "
+                "number: Ghorbani, Krishnan & Xiao 2019 say the outliers are 'almost absent' with BatchNorm; 1.0 "
+                "(plain 'smaller') is this tool's choice"})
+    c13_min_probes: int = field(default=2, metadata={
+        "help": "C13: a variant is judged with at least this many whole-network spectra after step 0 (no source: "
+                "this tool's minimum for a median)"})
+    c14_band_low: float = field(default=0.8, metadata={
+        "help": "C14: batch sharpness 'hovers at 2/lr': its median after first reaching eos_reach x 2/lr is at "
+                "least this x 2/lr. No source gives a band (Andreyev & Beneventano 2024 show it in plots): C10's "
+                "eos_band_low, this tool's"})
+    c14_band_high: float = field(default=1.25, metadata={
+        "help": "C14: ... and at most this (C10's eos_band_high; no source)"})
+    c14_full_below: float = field(default=1.0, metadata={
+        "help": "C14: full-batch sharpness 'stays below 2/lr': its median over the same probes is below this x "
+                "2/lr (the paper's statement, no margin)"})
+
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
