@@ -306,7 +306,7 @@ def test_check_writes_c7_to_c9_in_order(tmp_path, capsys):
     assert "C8    supported, 1 seed" in printed and "advantage_growth = 2: C8" in printed
     document = json.loads((tmp_path / "claims.json").read_text())
     keys = [k for k in document if k[0] == "C"]
-    assert keys == [f"C{i}" for i in range(1, 13)]
+    assert keys == [f"C{i}" for i in range(1, 15)]  # C13, C14: analysis/claims_curvature.py
     text = claims_table(check_claims(load(tmp_path)), Thresholds())
     assert "nf_critical_factor = 4" in text and "small_batch_compare = best" in text
 
