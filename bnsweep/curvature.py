@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bnsweep.dynamics import lanczos_tridiagonal
+
 Params = dict[str, torch.Tensor]
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,31 +67,15 @@ class BlockSpectrum:
 
 
 def lanczos_quadrature(matvec: Matvec, start: torch.Tensor, iters: int) -> Quadrature:
-    """Lanczos with full re-orthogonalization (twice, so float32 vectors stay orthogonal); the tridiagonal matrix
-    is solved in float64. Stops early at an invariant subspace, where the quadrature is exact."""
-    q = start / torch.linalg.vector_norm(start)
-    basis, alphas, betas = [q], [], []
-    for j in range(min(iters, start.numel())):
-        w = matvec(basis[j])
-        alpha = float(torch.dot(w, basis[j]))
-        alphas.append(alpha)
-        q_mat = torch.stack(basis)
-        for _ in range(2):
-            w = w - q_mat.T @ (q_mat @ w)
-        beta = float(torch.linalg.vector_norm(w))
-        if j == iters - 1 or beta <= 1e-10 * max(abs(alpha), 1e-30) or not math.isfinite(beta):
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    k = len(alphas)
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if k > 1:
-        off = torch.tensor(betas[:k - 1], dtype=torch.float64)
-        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    """Gauss quadrature of the spectral measure seen from `start`: the Ritz values of dynamics.lanczos_tridiagonal
+    (at most dim steps; it stops early at an invariant subspace, where the quadrature is exact) and the squared
+    first components of their eigenvectors."""
+    t, _ = lanczos_tridiagonal(matvec, start, min(iters, start.numel()))
+    k, first = t.shape[0], float(t[0, 0])
     if not torch.isfinite(t).all():
-        return Quadrature([math.nan] * k, [1.0 / k] * k, alphas[0])
+        return Quadrature([math.nan] * k, [1.0 / k] * k, first)
     values, vectors = torch.linalg.eigh(t)
-    return Quadrature(values.tolist(), (vectors[0] ** 2).tolist(), alphas[0])
+    return Quadrature(values.tolist(), (vectors[0] ** 2).tolist(), first)
 
 
 def rademacher(n: int, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

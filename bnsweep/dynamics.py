@@ -53,9 +53,12 @@ class Spectrum:
     steps: int
 
 
-def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, iters: int) -> Spectrum:
-    """Lanczos with full re-orthogonalization (twice, so float32 vectors stay orthogonal) on a symmetric
-    operator; the tridiagonal matrix is solved in float64. Exact after `dim` steps on a dim-dimensional operator."""
+def lanczos_tridiagonal(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+                        iters: int) -> tuple[torch.Tensor, float]:
+    """Lanczos with full re-orthogonalization (twice, so float32 vectors stay orthogonal) on a symmetric operator:
+    the tridiagonal matrix T (float64, k x k, k <= iters; it may hold non-finite entries) and the norm of the last,
+    unused residual. Exact after `dim` steps on a dim-dimensional operator. The sharpness (lanczos) and the SLQ
+    density (curvature.lanczos_quadrature) both solve this T."""
     q = start / torch.linalg.vector_norm(start)
     basis, alphas, betas = [q], [], []
     beta = 0.0
@@ -76,6 +79,13 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
     if k > 1:
         off = torch.tensor(betas[:k - 1], dtype=torch.float64)
         t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    return t, beta
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, iters: int) -> Spectrum:
+    """Extreme Ritz values of the symmetric operator `matvec` after `iters` Lanczos steps from `start`."""
+    t, beta = lanczos_tridiagonal(matvec, start, iters)
+    k = t.shape[0]
     if not torch.isfinite(t).all():
         return Spectrum(math.nan, math.nan, math.nan, k)
     values, vectors = torch.linalg.eigh(t)
