@@ -95,3 +95,24 @@ def tail(df: pd.DataFrame, fraction: float = 0.25) -> pd.DataFrame:
     steps = np.sort(df["step"].unique())
     keep = steps[-max(1, int(math.ceil(fraction * len(steps)))):]
     return df[df["step"].isin(keep)]
+
+
+def eos_window_ends(curves: pd.DataFrame | None, trials: pd.DataFrame, acc_goal: float) -> dict[str, float]:
+    """The last step of the window Cohen et al. (2021) study, per trial id. Their code (locuslab/edge-of-stability,
+    src/gd.py) stops a run at the first step whose full-batch training accuracy is above `acc_goal` (0.99 in every
+    command of their README: `train_acc[step] > acc_goal`, after that step's eigenvalues), because under
+    cross-entropy the curvature must vanish as the loss goes to zero. So under cross-entropy the window ends at the
+    first evaluation whose `train_acc` is above `acc_goal` (math.inf: never, the whole run), and under the squared
+    loss it is the whole run (math.inf). A cross-entropy trial without evaluations of its training accuracy has no
+    entry: its window cannot be found."""
+    losses = with_config(trials, trials, ["loss"]).set_index(trials["trial_id"].astype(str))["loss"].astype(str)
+    ends = {tid: math.inf for tid, loss in losses.items() if loss != "cross_entropy"}
+    if curves is None or "train_acc" not in curves:
+        return ends
+    evals = curves.loc[curves["train_acc"].notna(), ["trial_id", "step", "train_acc"]]
+    for tid, df in evals.groupby(evals["trial_id"].astype(str), sort=False):
+        if tid in ends or tid not in losses.index:
+            continue
+        above = df.loc[df["train_acc"] > acc_goal, "step"]
+        ends[tid] = float(above.min()) if len(above) else math.inf
+    return ends

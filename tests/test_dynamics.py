@@ -288,6 +288,86 @@ def test_eos_course():
     assert at_once["reached_step"] == 0 and math.isnan(at_once["sharpening"])
 
 
+def _eos_trial(root, norm: str, sharpness: list[float], train_acc: dict[int, float], loss: str = "cross_entropy",
+               lr: float = 0.05, residual: float | list[float] = 1e-3) -> str:
+    """A finished full-batch trial in the real layout: a sharpness probe every 50 steps (2/lr = 40 at lr 0.05) and
+    the training accuracy at the given evaluation steps."""
+    import pyarrow as pa
+
+    from bnsweep import records
+    from bnsweep.records import trials_table
+    from bnsweep.schema import CURVES_SCHEMA, PROBE_SCHEMAS
+
+    config = make_config({"arch": "mlp", "norm": norm, "lr": lr, "loss": loss, "batch_size": 0, "train_subset": 64,
+                          "steps": 50 * (len(sharpness) - 1), "probes": "sharpness", "probe_every": 50})
+    residuals = residual if isinstance(residual, list) else [residual] * len(sharpness)
+    rows = [{**dict.fromkeys(PROBE_SCHEMAS["sharpness"].names), "trial_id": config.trial_id, "step": 50 * i,
+             "sharpness": s, "residual": r, "iters": 20, "two_over_lr": 2 / lr, "eos_threshold": 2 / lr}
+            for i, (s, r) in enumerate(zip(sharpness, residuals, strict=True))]
+    curves = [{**dict.fromkeys(CURVES_SCHEMA.names), "trial_id": config.trial_id, "step": step, "loss": 1.0,
+               "train_acc": acc} for step, acc in train_acc.items()]
+    outcome = {"trial_id": config.trial_id, "status": "completed", "trained": True, "steps_done": config.steps,
+               "task": "classification", "initial_loss": 2.3, "final_loss": 0.01, "final_train_acc": 1.0,
+               "attempt": 1, "schema_version": records.SCHEMA_VERSION}
+    records.write_trial(root, config.trial_id, {
+        records.TRIALS: trials_table(config, outcome),
+        "sharpness": pa.Table.from_pylist(rows, schema=PROBE_SCHEMAS["sharpness"]),
+        "curves": pa.Table.from_pylist(curves, schema=CURVES_SCHEMA)})
+    return config.trial_id
+
+
+# Progressive sharpening to 2/lr = 40, a hover at it until training accuracy passes 0.99 at step 300, then (under
+# cross-entropy) the curvature vanishing with the loss: the old rule took the median over the whole run (0.25 x).
+HOVER_THEN_VANISH = [10, 20, 30, 39, 41, 40, 39, 10, 8, 6, 5, 4, 3, 2, 2]
+ACC = {0: 0.1, 100: 0.6, 200: 0.9, 300: 0.995, 400: 1.0, 500: 1.0, 600: 1.0, 700: 1.0}
+
+
+def _c10(root, **thresholds):
+    import analysis
+
+    (c10,) = [c for c in analysis.check_claims(analysis.load(root), analysis.Thresholds(**thresholds))
+              if c.key == "C10"]
+    return c10
+
+
+def test_c10_is_judged_until_training_accuracy_passes_the_goal(tmp_path):
+    """Cohen et al.'s window: under cross-entropy the probes up to the first evaluation with train_acc > 0.99."""
+    _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC)
+    c10 = _c10(tmp_path)
+    (case,) = c10.cases
+    assert c10.verdict == "supported", c10.summary
+    assert case["window_end_step"] == 300 and case["probes_in_window"] == 7
+    assert case["median_ratio"] == pytest.approx(1.0, abs=0.03) and "train acc > 0.99" in case["why"]
+    # Under the squared loss the window is the whole run: the same course is judged to its end.
+    mse = tmp_path / "mse"
+    _eos_trial(mse, "batch", HOVER_THEN_VANISH, ACC, loss="mse")
+    (case,) = _c10(mse).cases
+    assert case["verdict"] == "contradicted" and math.isinf(case["window_end_step"])
+    assert case["median_ratio"] < 0.5
+
+
+def test_c10_is_contradicted_where_the_sharpness_does_not_hover_at_the_limit(tmp_path):
+    """The paper's effect absent: inside the window the sharpness passes 2/lr and keeps rising to 3 x."""
+    _eos_trial(tmp_path, "batch", [10, 20, 30, 45, 80, 110, 120, 10, 5], ACC)
+    c10 = _c10(tmp_path)
+    assert c10.verdict == "contradicted" and c10.cases[0]["median_ratio"] > 2
+
+
+def test_c10_needs_probes_with_a_small_residual_inside_the_window(tmp_path):
+    # Training accuracy passes 0.99 at step 50: two probes in the window, not enough.
+    early = tmp_path / "early"
+    _eos_trial(early, "batch", HOVER_THEN_VANISH, {0: 0.1, 50: 0.999})
+    c10 = _c10(early)
+    assert c10.verdict == "not enough data" and "needs 3" in c10.cases[0]["why"]
+    # Unconverged Lanczos probes are not judged, and the line says what to raise.
+    loose = tmp_path / "loose"
+    _eos_trial(loose, "batch", HOVER_THEN_VANISH, ACC, residual=[1e-3, 1e-3, 0.3, 0.3, 0.3, 0.3, 0.3] + [1e-3] * 8)
+    c10 = _c10(loose)
+    assert c10.verdict == "not enough data" and "raise sharpness_iters" in c10.cases[0]["why"]
+    assert c10.cases[0]["probes_judged"] == 2
+    assert _c10(loose, eos_residual_max=0.5).verdict == "supported"
+
+
 def _tiny_results(root):
     """A few real trials of each dynamics sweep on random images (seconds), written as Parquet."""
     from bnsweep.trial import run_trial
