@@ -346,6 +346,19 @@ def test_c10_is_judged_until_training_accuracy_passes_the_goal(tmp_path):
     assert case["median_ratio"] < 0.5
 
 
+def test_fig_edge_of_stability_shades_the_judged_window(tmp_path):
+    import analysis
+    from analysis.commands import build_all
+
+    _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC)
+    _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC, loss="mse")
+    (drawn,) = [d for d in build_all(analysis.load(tmp_path), validate=True) if d.figure.name == "fig_edge_of_stability"]
+    rows = [r for data in drawn.spec["datasets"].values() for r in data if r.get("kind") == "judged window"]
+    # Cross-entropy up to the evaluation that passed 0.99 (step 300), the squared loss to its last probe (700).
+    assert sorted(r["step_end"] for r in rows) == [300, 700] and all(r["step"] == 0 for r in rows)
+    assert '"mark": {"type": "rect"' in json.dumps(drawn.spec).replace("\n", "")
+
+
 def test_c10_is_contradicted_where_the_sharpness_does_not_hover_at_the_limit(tmp_path):
     """The paper's effect absent: inside the window the sharpness passes 2/lr and keeps rising to 3 x."""
     _eos_trial(tmp_path, "batch", [10, 20, 30, 45, 80, 110, 120, 10, 5], ACC)
