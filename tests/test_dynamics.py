@@ -330,7 +330,7 @@ def _c10(root, **thresholds):
     return c10
 
 
-def test_c10_is_judged_until_training_accuracy_passes_the_goal(tmp_path):
+def test_c10_is_judged_until_training_accuracy_passes_the_goal(tmp_path, capsys):
     """Cohen et al.'s window: under cross-entropy the probes up to the first evaluation with train_acc > 0.99."""
     _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC)
     c10 = _c10(tmp_path)
@@ -338,6 +338,12 @@ def test_c10_is_judged_until_training_accuracy_passes_the_goal(tmp_path):
     assert c10.verdict == "supported", c10.summary
     assert case["window_end_step"] == 300 and case["probes_in_window"] == 7
     assert case["median_ratio"] == pytest.approx(1.0, abs=0.03) and "train acc > 0.99" in case["why"]
+    # `bnsweep check` prints the goal with the thresholds and records it in claims.json.
+    from analysis.commands import check
+
+    check(str(tmp_path))
+    assert "eos_acc_goal = 0.99" in capsys.readouterr().out
+    assert json.loads((tmp_path / "claims.json").read_text())["thresholds"]["eos_acc_goal"] == 0.99
     # Under the squared loss the window is the whole run: the same course is judged to its end.
     mse = tmp_path / "mse"
     _eos_trial(mse, "batch", HOVER_THEN_VANISH, ACC, loss="mse")
@@ -352,7 +358,7 @@ def test_fig_edge_of_stability_shades_the_judged_window(tmp_path):
 
     _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC)
     _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC, loss="mse")
-    (drawn,) = [d for d in build_all(analysis.load(tmp_path), validate=True) if d.figure.name == "fig_edge_of_stability"]
+    drawn = {d.figure.name: d for d in build_all(analysis.load(tmp_path), validate=True)}["fig_edge_of_stability"]
     rows = [r for data in drawn.spec["datasets"].values() for r in data if r.get("kind") == "judged window"]
     # Cross-entropy up to the evaluation that passed 0.99 (step 300), the squared loss to its last probe (700).
     assert sorted(r["step_end"] for r in rows) == [300, 700] and all(r["step"] == 0 for r in rows)
