@@ -63,8 +63,10 @@ def claim_rows(sweeps: list[dict], docs: dict[str, dict | None]) -> list[str]:
     rows = []
     for key in claim_keys(sweeps, docs):
         for_it = [s["sweep"] for s in sweeps if key in s["claims"]]
-        shown = for_it or [name for name, doc in docs.items() if doc and key in doc][:1]
-        statement = next((docs[n][key]["claim"] for n in shown if docs.get(n) and key in docs[n]), "")
+        judged = [name for name, doc in docs.items() if doc and key in doc]
+        # A claim no sweep is run for: where it was judged, a verdict before "not enough data".
+        shown = for_it or sorted(judged, key=lambda n: docs[n][key]["verdict"] == "not enough data")[:1]
+        statement = next((docs[n][key]["claim"] for n in judged), "")
         for i, name in enumerate(shown or ["-"]):
             doc = (docs.get(name) or {}).get(key)
             verdict = doc["verdict"] if doc else "not run"
