@@ -221,7 +221,11 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
                              for k, vals in axes(sw).items())
             print(f"  {scale:<6} {rough_cost(sw)}; {grid}")
     for name in suite_names():
-        s = load_suite(find_suite(name))
+        try:
+            s = load_suite(find_suite(name))
+        except BnsweepError as e:
+            print(printable(f"{name} [suite]: {e}"))
+            continue
         print(f"{printable(name)}: {printable(s.description)}")
         print(f"  suite  {len(s.sweeps)} sweeps, one after another (bnsweep run {printable(name)}): "
               + ", ".join(f"{k} ({', '.join(v)})" if v else k for k, v in s.sweeps.items()))

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnsweep import records
+from bnsweep import records, sweep
 from bnsweep.driver import RunOptions, choose_scale, make_plan, numerics_sets, options_of, run_command, run_sweep
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import duration
 from bnsweep.rules import printable, show
 from bnsweep.status import resume_hint
-from bnsweep.sweep import Sweep, check_run_arguments, find, is_suite, load, read, sweeps_dir
+from bnsweep.sweep import Sweep, check_run_arguments, find, is_suite, load, read
 
 SUITE_KEYS = ("description", "suite")
 CLAIM = re.compile(r"C[1-9][0-9]*")
@@ -49,13 +49,13 @@ def find_suite(name: str) -> Path | None:
     """The suite file `name` names (a name in sweeps/ or a path to a suite's YAML file), or None: not a suite."""
     path = Path(name)
     if path.suffix not in (".yaml", ".yml") and os.sep not in name:
-        path = sweeps_dir() / f"{name}.yaml"
+        path = sweep.sweeps_dir() / f"{name}.yaml"  # through the module: where the sweeps are is one setting
     return path if path.is_file() and is_suite(path) else None
 
 
 def available() -> list[str]:
     """The suites in sweeps/."""
-    return sorted(p.stem for p in sweeps_dir().glob("*.yaml") if is_suite(p))
+    return sorted(p.stem for p in sweep.sweeps_dir().glob("*.yaml") if is_suite(p))
 
 
 def _sweep_location(path: Path, entry: Any) -> tuple[str, str]:
