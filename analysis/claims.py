@@ -96,16 +96,16 @@ class Thresholds:
         "help": "C10: progressive sharpening: the rank correlation of sharpness with step, from the first probe "
                 "below the limit to the one that reaches it, is at least this (judged with 3 probes or more)"})
     eos_acc_goal: float = field(default=0.99, metadata={
-        "help": "C10: the judged window ends at the first evaluation with full-batch training accuracy at least this "
-                "(cross-entropy only; squared loss keeps the whole run): Cohen et al.'s code stops a run at "
-                "acc_goal (locuslab/edge-of-stability README: --acc_goal 0.99, training terminates when the train "
-                "accuracy reaches 99%), since under cross-entropy the curvature must vanish as the loss goes to zero"})
+        "help": "C10: under cross-entropy the judged window ends at the first evaluation whose full-batch training "
+                "accuracy is above this (Cohen et al. 2021's acc_goal: locuslab/edge-of-stability src/gd.py stops at "
+                "train_acc > acc_goal, 0.99 in their README's commands); squared loss: the whole run"})
     eos_min_probes: int = field(default=3, metadata={
-        "help": "C10: at least this many judged probes inside the window, else not enough data"})
-    eos_residual_max: float = field(default=0.1, metadata={
-        "help": "C10: only probes whose Lanczos relative residual |Hv - lambda v| / |lambda| is at most this are "
-                "judged (a convergence tolerance of ours, not a number from the paper; raise sharpness_iters where "
-                "probes exceed it)"})
+        "help": "C10: a trial is judged when at least this many sharpness probes with a small residual lie in "
+                "the window (3: the fewest a rank correlation and a median need)"})
+    eos_residual_max: float = field(default=0.05, metadata={
+        "help": "C10: only probes whose Lanczos residual |Hv - lambda v| / |lambda| is at most this are judged: some "
+                "eigenvalue then lies within this fraction of the reported sharpness (the residual bound of a "
+                "symmetric matrix: Parlett, The Symmetric Eigenvalue Problem, ch. 4), no more than 1 - eos_reach"})
     identity_tol: float = field(default=1e-4, metadata={
         "help": "C11: <w, dL/dw> holds when |measured - predicted| / (|w| |dL/dw|) is at most this"})
     norm_change_tol: float = field(default=0.05, metadata={

@@ -22,7 +22,7 @@ from analysis.claims import (
     combine,
     fmt,
 )
-from analysis.dynamics import eos_course, eos_window, growth_factor, tail, with_config
+from analysis.dynamics import eos_course, eos_window_ends, growth_factor, tail, with_config
 
 
 def _by_variant(cases: list[dict], quorum: float) -> tuple[str, dict[str, str]]:
@@ -48,48 +48,30 @@ def _variant_summary(cases: list[dict], verdicts: dict[str, str], detail) -> str
 # -- C10: progressive sharpening, then the edge of stability ------------------------------------------------------
 
 def c10_edge_of_stability(ctx: Context) -> Claim:
+    """Judged over the window Cohen et al. (2021) study: under cross-entropy up to the first evaluation with training
+    accuracy above `eos_acc_goal` (their acc_goal, 0.99), under the squared loss the whole run; only probes whose
+    Lanczos residual is at most `eos_residual_max`, and only trials with `eos_min_probes` such probes inside."""
     th = ctx.th
     statement = ("Progressive sharpening, then the edge of stability: under full-batch gradient descent the "
                  "sharpness rises while below 2/lr, and after it first reaches 2/lr its median over the rest of "
-                 f"training lies within [{th.eos_band_low:g}, {th.eos_band_high:g}] x 2/lr, for every variant")
+                 f"the window (cross-entropy: until training accuracy > {th.eos_acc_goal:g}) lies within "
+                 f"[{th.eos_band_low:g}, {th.eos_band_high:g}] x 2/lr, for every variant")
     if not ctx.data.has("sharpness"):
         return Claim("C10", statement, NO_DATA, "no sharpness table (bnsweep run eos)")
     sharp = with_config(ctx.data["sharpness"], ctx.trials, ["loss"])
     status = ctx.trials.set_index(ctx.trials["trial_id"].astype(str))["status"].astype(str)
-    curves = _train_acc_by_trial(ctx)
+    ends = eos_window_ends(ctx.data["curves"] if ctx.data.has("curves") else None, ctx.trials, th.eos_acc_goal)
     cases = []
     for tid, df in sharp.groupby(sharp["trial_id"].astype(str), sort=False):
         df = df.sort_values("step")
         first = df.iloc[0]
-        limit = float(first["eos_threshold"])
         case = {"setting": str(first["setting"]), "norm": str(first["norm"]), "loss": str(first["loss"]),
-                "lr": float(first["lr"]), "seed": int(first["seed"]), "trial_id": tid, "limit": limit}
+                "lr": float(first["lr"]), "seed": int(first["seed"]), "trial_id": tid,
+                "limit": float(first["eos_threshold"]), "window_end_step": ends.get(tid, math.nan)}
         if status.get(tid) != "completed":
             cases.append({**case, "verdict": NO_DATA, "why": f"{status.get(tid, 'unknown')}"})
             continue
-        df, window = eos_window(df, curves.get(tid), case["loss"], th.eos_acc_goal, th.eos_residual_max)
-        case.update(window)
-        if len(df) < th.eos_min_probes:
-            cases.append({**case, "verdict": NO_DATA,
-                          "why": f"{case['loss']} lr {case['lr']:g}: {len(df)} judged probes in the window "
-                                 f"(< {th.eos_min_probes})"})
-            continue
-        course = eos_course(df["step"], df["sharpness"], limit, th.eos_reach)
-        case.update(course)
-        label = f"{case['loss']} lr {case['lr']:g}"
-        if math.isnan(course["reached_step"]):
-            verdict, why = NO_DATA, f"{label}: never reached 2/lr (max {course['max_ratio']:.2f} x)"
-        elif math.isnan(course["median_ratio"]):
-            verdict, why = NO_DATA, f"{label}: reached 2/lr at step {course['reached_step']:g}, too few probes after"
-        else:
-            in_band = th.eos_band_low <= course["median_ratio"] <= th.eos_band_high
-            sharpening = course["sharpening"]
-            rises = math.isnan(sharpening) or sharpening >= th.sharpening_corr
-            verdict = SUPPORTED if in_band and rises else CONTRADICTED
-            why = (f"{label}: median {course['median_ratio']:.2f} x 2/lr after step {course['reached_step']:g}"
-                   + ("" if math.isnan(sharpening) else f", sharpening corr {sharpening:.2f}")
-                   + (", started above 2/lr" if course["starts_above"] else ""))
-        cases.append({**case, "verdict": verdict, "why": why})
+        cases.append(_eos_case(case, df, th))
     verdict, verdicts = _by_variant(cases, th.case_quorum)
 
     def detail(mine: list[dict]) -> str:
@@ -99,13 +81,37 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
     return Claim("C10", statement, verdict, summary, cases)
 
 
-def _train_acc_by_trial(ctx: Context) -> dict[str, pd.DataFrame]:
-    """Each trial's evaluations (step, train_acc), for C10's window; empty without a curves table."""
-    if not ctx.data.has("curves"):
-        return {}
-    c = ctx.data["curves"]
-    c = c[c["train_acc"].notna()][["trial_id", "step", "train_acc"]]
-    return {str(t): g.sort_values("step") for t, g in c.groupby(c["trial_id"].astype(str), sort=False)}
+def _eos_case(case: dict, df: pd.DataFrame, th) -> dict:
+    """One completed trial's course inside its window, from the probes whose Lanczos residual is small."""
+    label, end = f"{case['loss']} lr {case['lr']:g}", case["window_end_step"]
+    if math.isnan(end):
+        return {**case, "verdict": NO_DATA, "why": f"{label}: no evaluation of the training accuracy, so no window"}
+    window = f"to step {end:g} (train acc > {th.eos_acc_goal:g})" if math.isfinite(end) else "whole run"
+    inside = df[df["step"] <= end]
+    small = inside[inside["residual"] <= th.eos_residual_max]  # NaN residuals are not small
+    case = {**case, "window": window, "probes_in_window": len(inside), "probes_judged": len(small)}
+    if len(small) < th.eos_min_probes:
+        why = (f"{label}: {len(small)} of {len(inside)} probes in the window ({window}) have Lanczos residual <= "
+               f"{th.eos_residual_max:g}; needs {th.eos_min_probes}"
+               + (" (raise sharpness_iters)" if len(inside) >= th.eos_min_probes else ""))
+        return {**case, "verdict": NO_DATA, "why": why}
+    course = eos_course(small["step"], small["sharpness"], case["limit"], th.eos_reach)
+    case.update(course)
+    if math.isnan(course["reached_step"]):
+        verdict, why = NO_DATA, f"{label}: never reached 2/lr in the window (max {course['max_ratio']:.2f} x)"
+    elif math.isnan(course["median_ratio"]):
+        verdict, why = NO_DATA, (f"{label}: reached 2/lr at step {course['reached_step']:g}, too few probes after it "
+                                 f"in the window ({window})")
+    else:
+        in_band = th.eos_band_low <= course["median_ratio"] <= th.eos_band_high
+        sharpening = course["sharpening"]
+        rises = math.isnan(sharpening) or sharpening >= th.sharpening_corr
+        verdict = SUPPORTED if in_band and rises else CONTRADICTED
+        why = (f"{label}: median {course['median_ratio']:.2f} x 2/lr after step {course['reached_step']:g}, "
+               f"window {window}"
+               + ("" if math.isnan(sharpening) else f", sharpening corr {sharpening:.2f}")
+               + (", started above 2/lr" if course["starts_above"] else ""))
+    return {**case, "verdict": verdict, "why": why}
 
 
 # -- C11: the scale-invariance identities and the equilibrium angular update ----------------------------------------

@@ -57,25 +57,6 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     return float(a.rank().corr(b.rank()))
 
 
-def eos_window(df: pd.DataFrame, evals: pd.DataFrame | None, loss: str, acc_goal: float, residual_max: float
-               ) -> tuple[pd.DataFrame, dict]:
-    """The probes C10 judges: those up to the first evaluation with training accuracy >= acc_goal under
-    cross-entropy (Cohen et al. stop there: the curvature must vanish as the loss goes to zero; squared loss keeps
-    the whole run), and among them only those whose Lanczos residual is at most residual_max."""
-    end = math.nan
-    if loss == "cross_entropy" and evals is not None and len(evals):
-        hit = evals[evals["train_acc"] >= acc_goal]
-        if len(hit):
-            end = float(hit["step"].iloc[0])
-    inside = df if math.isnan(end) else df[df["step"] <= end]
-    if "residual" in inside.columns:
-        res = inside["residual"].astype(float)
-        kept = inside[res <= residual_max]
-    else:
-        kept = inside
-    return kept, {"window_end": end, "probes_in_window": int(len(inside)), "probes_judged": int(len(kept))}
-
-
 def eos_course(steps: Sequence[int], sharpness: Sequence[float], limit: float, reach: float = 0.95
                ) -> dict[str, float]:
     """One trial's sharpness against the stability limit (2(1+momentum)/lr), probe by probe.
@@ -114,3 +95,24 @@ def tail(df: pd.DataFrame, fraction: float = 0.25) -> pd.DataFrame:
     steps = np.sort(df["step"].unique())
     keep = steps[-max(1, int(math.ceil(fraction * len(steps)))):]
     return df[df["step"].isin(keep)]
+
+
+def eos_window_ends(curves: pd.DataFrame | None, trials: pd.DataFrame, acc_goal: float) -> dict[str, float]:
+    """The last step of the window Cohen et al. (2021) study, per trial id. Their code (locuslab/edge-of-stability,
+    src/gd.py) stops a run at the first step whose full-batch training accuracy is above `acc_goal` (0.99 in every
+    command of their README: `train_acc[step] > acc_goal`, after that step's eigenvalues), because under
+    cross-entropy the curvature must vanish as the loss goes to zero. So under cross-entropy the window ends at the
+    first evaluation whose `train_acc` is above `acc_goal` (math.inf: never, the whole run), and under the squared
+    loss it is the whole run (math.inf). A cross-entropy trial without evaluations of its training accuracy has no
+    entry: its window cannot be found."""
+    losses = with_config(trials, trials, ["loss"]).set_index(trials["trial_id"].astype(str))["loss"].astype(str)
+    ends = {tid: math.inf for tid, loss in losses.items() if loss != "cross_entropy"}
+    if curves is None or "train_acc" not in curves:
+        return ends
+    evals = curves.loc[curves["train_acc"].notna(), ["trial_id", "step", "train_acc"]]
+    for tid, df in evals.groupby(evals["trial_id"].astype(str), sort=False):
+        if tid in ends or tid not in losses.index:
+            continue
+        above = df.loc[df["train_acc"] > acc_goal, "step"]
+        ends[tid] = float(above.min()) if len(above) else math.inf
+    return ends

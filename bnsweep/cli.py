@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or continue) a sweep on Ray Tune",
                          description="Run the grid of a sweep on Ray Tune. Running the same command again "
                          "continues it: recorded grid points are not run again.")
-    run.add_argument("sweep", help="a sweep name in sweeps/ (see `bnsweep sweeps`) or a path to a YAML file")
+    run.add_argument("sweep", help="a sweep name in sweeps/ (see `bnsweep sweeps`) or a path to a YAML file; a suite "
+                     "(science: every sweep a claim needs) runs each of its sweeps into RESULTS/<sweep>, with "
+                     "figures, check and RESULTS/index.html")
     run.add_argument("--scale", default=None, help="paper, cpu or smoke [default: paper with --address or a GPU, "
                      "else cpu]")
     run.add_argument("--results", default=None, help="results directory or s3://... URI [default: results/SWEEP]")
@@ -190,8 +192,10 @@ def summary_line(trial) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from bnsweep.driver import RunOptions, run_sweep
     from bnsweep.status import resume_command
+    from bnsweep.suite import find_suite, run_suite
 
-    run_sweep(args.sweep, RunOptions(
+    run = run_suite if find_suite(args.sweep) is not None else run_sweep  # `science`: a suite of sweeps
+    run(args.sweep, RunOptions(
         scale=args.scale, results=args.results, address=args.address, sets=args.sets, seeds=args.seeds,
         dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root, num_cpus=args.num_cpus,
         command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints, trackers=args.log,
@@ -200,6 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweeps(args: argparse.Namespace) -> int:
+    from bnsweep.suite import available as suite_names
+    from bnsweep.suite import find_suite, load_suite
     from bnsweep.sweep import SCALES, available, axes, load, rough_cost
 
     for name in available():
@@ -214,6 +220,15 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
             grid = "  ".join(f"{k}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vals)}"
                              for k, vals in axes(sw).items())
             print(f"  {scale:<6} {rough_cost(sw)}; {grid}")
+    for name in suite_names():
+        try:
+            s = load_suite(find_suite(name))
+        except BnsweepError as e:
+            print(printable(f"{name} [suite]: {e}"))
+            continue
+        print(f"{printable(name)}: {printable(s.description)}")
+        print(f"  suite  {len(s.sweeps)} sweeps, one after another (bnsweep run {printable(name)}): "
+              + ", ".join(f"{k} ({', '.join(v)})" if v else k for k, v in s.sweeps.items()))
     return 0
 
 

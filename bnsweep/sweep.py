@@ -122,8 +122,18 @@ def sweeps_dir() -> Path:
     return Path(str(importlib_resources.files("bnsweep.sweeps")))
 
 
+def is_suite(path: Path) -> bool:
+    """Whether a YAML file in sweeps/ is a suite of sweeps (a top-level `suite:` key, bnsweep/suite.py), not a
+    sweep: read as text, so a listing never fails on a file it does not load."""
+    try:
+        return re.search(r"^suite\s*:", path.read_text(errors="replace"), re.MULTILINE) is not None
+    except OSError:
+        return False
+
+
 def available() -> list[str]:
-    return sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
+    """The sweeps in sweeps/ (suites of sweeps, such as `science`, are listed by bnsweep.suite.available)."""
+    return sorted(p.stem for p in sweeps_dir().glob("*.yaml") if not is_suite(p))
 
 
 def find(sweep: str) -> Path:
@@ -438,6 +448,9 @@ def load(sweep: str, scale: str = "paper", sets: list[str] | tuple[str, ...] = (
         raise BnsweepError(f"unknown scale {show(scale)}: choose one of {', '.join(SCALES)}")
     path = find(sweep)
     raw = read(path)
+    if "suite" in raw:
+        raise BnsweepError(f"{path} is a suite of sweeps (its 'suite' key), not a sweep: run it with "
+                           f"`bnsweep run {path.stem}` (or the file's path), which runs each of its sweeps")
     blocks = _read_blocks(path, raw, scale)
     seeds_from = "seeds" if "seeds" in blocks.run else None
     overrides, grid_overrides = _apply_sets(path, blocks, sets)

@@ -288,62 +288,103 @@ def test_eos_course():
     assert at_once["reached_step"] == 0 and math.isnan(at_once["sharpening"])
 
 
-def _eos_run(sharpness, residual=None):
-    """A cross-entropy trial's sharpness probes every 50 steps (limit 40) and its evaluations every 100 steps: the
-    training accuracy reaches 0.99 at step 400, after which the curvature decays as the loss goes to zero."""
-    import pandas as pd
+def _eos_trial(root, norm: str, sharpness: list[float], train_acc: dict[int, float], loss: str = "cross_entropy",
+               lr: float = 0.05, residual: float | list[float] = 1e-3) -> str:
+    """A finished full-batch trial in the real layout: a sharpness probe every 50 steps (2/lr = 40 at lr 0.05) and
+    the training accuracy at the given evaluation steps."""
+    import pyarrow as pa
 
-    steps = [50 * i for i in range(len(sharpness))]
-    probes = pd.DataFrame({"step": steps, "sharpness": sharpness,
-                           "residual": residual if residual is not None else [0.01] * len(steps)})
-    evals = pd.DataFrame({"step": list(range(0, steps[-1] + 1, 100)),
-                          "train_acc": [0.5, 0.7, 0.9, 0.97, 0.995, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0][:len(steps[::2])]})
-    return probes, evals
+    from bnsweep import records
+    from bnsweep.records import trials_table
+    from bnsweep.schema import CURVES_SCHEMA, PROBE_SCHEMAS
 
-
-def _c10_median(probes, evals, loss, window: bool):
-    """C10's median ratio over the whole run (the old rule) or over eos_window (the new)."""
-    from analysis.dynamics import eos_course, eos_window
-
-    if window:
-        probes, _ = eos_window(probes, evals, loss, acc_goal=0.99, residual_max=0.1)
-    return eos_course(probes["step"], probes["sharpness"], 40.0)["median_ratio"]
-
-
-def test_c10_window_ends_at_acc_goal():
-    """Under cross-entropy the sharpness hovers at 2/lr until the training accuracy reaches 0.99 (step 400), then
-    falls to zero with the loss: judged over the whole run the median is far below the band (the old rule said
-    contradicted), over Cohen et al.'s window (acc_goal) it hovers at 1.0. Squared loss keeps the whole run."""
-    from analysis.claims import Thresholds
-    from analysis.dynamics import eos_window
-
-    th = Thresholds()
-    assert th.eos_acc_goal == 0.99 and th.eos_min_probes == 3
-    sharp = [10, 20, 30, 39, 40, 41, 40, 39, 40, 10, 4, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]
-    probes, evals = _eos_run(sharp)
-    old = _c10_median(probes, evals, "cross_entropy", window=False)
-    new = _c10_median(probes, evals, "cross_entropy", window=True)
-    assert not th.eos_band_low <= old <= th.eos_band_high  # the old rule: contradicted
-    assert th.eos_band_low <= new <= th.eos_band_high  # the new: supported
-    kept, info = eos_window(probes, evals, "cross_entropy", th.eos_acc_goal, th.eos_residual_max)
-    assert info["window_end"] == 400 and kept["step"].max() == 400 and info["probes_judged"] == 9
-    _, whole = eos_window(probes, evals, "mse", th.eos_acc_goal, th.eos_residual_max)
-    assert math.isnan(whole["window_end"]) and whole["probes_judged"] == len(sharp)
-    # Probes whose Lanczos has not converged are not judged.
-    noisy, _ = _eos_run(sharp, residual=[0.5] * 5 + [0.01] * 16)
-    kept, info = eos_window(noisy, evals, "cross_entropy", th.eos_acc_goal, th.eos_residual_max)
-    assert info["probes_in_window"] == 9 and info["probes_judged"] == 4 and kept["step"].min() == 250
+    config = make_config({"arch": "mlp", "norm": norm, "lr": lr, "loss": loss, "batch_size": 0, "train_subset": 64,
+                          "steps": 50 * (len(sharpness) - 1), "probes": "sharpness", "probe_every": 50})
+    residuals = residual if isinstance(residual, list) else [residual] * len(sharpness)
+    rows = [{**dict.fromkeys(PROBE_SCHEMAS["sharpness"].names), "trial_id": config.trial_id, "step": 50 * i,
+             "sharpness": s, "residual": r, "iters": 20, "two_over_lr": 2 / lr, "eos_threshold": 2 / lr}
+            for i, (s, r) in enumerate(zip(sharpness, residuals, strict=True))]
+    curves = [{**dict.fromkeys(CURVES_SCHEMA.names), "trial_id": config.trial_id, "step": step, "loss": 1.0,
+               "train_acc": acc} for step, acc in train_acc.items()]
+    outcome = {"trial_id": config.trial_id, "status": "completed", "trained": True, "steps_done": config.steps,
+               "task": "classification", "initial_loss": 2.3, "final_loss": 0.01, "final_train_acc": 1.0,
+               "attempt": 1, "schema_version": records.SCHEMA_VERSION}
+    records.write_trial(root, config.trial_id, {
+        records.TRIALS: trials_table(config, outcome),
+        "sharpness": pa.Table.from_pylist(rows, schema=PROBE_SCHEMAS["sharpness"]),
+        "curves": pa.Table.from_pylist(curves, schema=CURVES_SCHEMA)})
+    return config.trial_id
 
 
-def test_c10_window_contradicted_when_no_edge():
-    """The paper's effect absent inside the window: the sharpness overshoots 2/lr and stays at twice it until the
-    accuracy goal, so the windowed median is out of the band: contradicted."""
-    from analysis.claims import Thresholds
+# Progressive sharpening to 2/lr = 40, a hover at it until training accuracy passes 0.99 at step 300, then (under
+# cross-entropy) the curvature vanishing with the loss: the old rule took the median over the whole run (0.25 x).
+HOVER_THEN_VANISH = [10, 20, 30, 39, 41, 40, 39, 10, 8, 6, 5, 4, 3, 2, 2]
+ACC = {0: 0.1, 100: 0.6, 200: 0.9, 300: 0.995, 400: 1.0, 500: 1.0, 600: 1.0, 700: 1.0}
 
-    th = Thresholds()
-    probes, evals = _eos_run([10, 30, 45, 80, 80, 80, 80, 80, 80, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
-    new = _c10_median(probes, evals, "cross_entropy", window=True)
-    assert new > th.eos_band_high
+
+def _c10(root, **thresholds):
+    import analysis
+
+    (c10,) = [c for c in analysis.check_claims(analysis.load(root), analysis.Thresholds(**thresholds))
+              if c.key == "C10"]
+    return c10
+
+
+def test_c10_is_judged_until_training_accuracy_passes_the_goal(tmp_path, capsys):
+    """Cohen et al.'s window: under cross-entropy the probes up to the first evaluation with train_acc > 0.99."""
+    _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC)
+    c10 = _c10(tmp_path)
+    (case,) = c10.cases
+    assert c10.verdict == "supported", c10.summary
+    assert case["window_end_step"] == 300 and case["probes_in_window"] == 7
+    assert case["median_ratio"] == pytest.approx(1.0, abs=0.03) and "train acc > 0.99" in case["why"]
+    # `bnsweep check` prints the goal with the thresholds and records it in claims.json.
+    from analysis.commands import check
+
+    check(str(tmp_path))
+    assert "eos_acc_goal = 0.99" in capsys.readouterr().out
+    assert json.loads((tmp_path / "claims.json").read_text())["thresholds"]["eos_acc_goal"] == 0.99
+    # Under the squared loss the window is the whole run: the same course is judged to its end.
+    mse = tmp_path / "mse"
+    _eos_trial(mse, "batch", HOVER_THEN_VANISH, ACC, loss="mse")
+    (case,) = _c10(mse).cases
+    assert case["verdict"] == "contradicted" and math.isinf(case["window_end_step"])
+    assert case["median_ratio"] < 0.5
+
+
+def test_fig_edge_of_stability_shades_the_judged_window(tmp_path):
+    import analysis
+    from analysis.commands import build_all
+
+    _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC)
+    _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC, loss="mse")
+    drawn = {d.figure.name: d for d in build_all(analysis.load(tmp_path), validate=True)}["fig_edge_of_stability"]
+    rows = [r for data in drawn.spec["datasets"].values() for r in data if r.get("kind") == "judged window"]
+    # Cross-entropy up to the evaluation that passed 0.99 (step 300), the squared loss to its last probe (700).
+    assert sorted(r["step_end"] for r in rows) == [300, 700] and all(r["step"] == 0 for r in rows)
+    assert '"mark": {"type": "rect"' in json.dumps(drawn.spec).replace("\n", "")
+
+
+def test_c10_is_contradicted_where_the_sharpness_does_not_hover_at_the_limit(tmp_path):
+    """The paper's effect absent: inside the window the sharpness passes 2/lr and keeps rising to 3 x."""
+    _eos_trial(tmp_path, "batch", [10, 20, 30, 45, 80, 110, 120, 10, 5], ACC)
+    c10 = _c10(tmp_path)
+    assert c10.verdict == "contradicted" and c10.cases[0]["median_ratio"] > 2
+
+
+def test_c10_needs_probes_with_a_small_residual_inside_the_window(tmp_path):
+    # Training accuracy passes 0.99 at step 50: two probes in the window, not enough.
+    early = tmp_path / "early"
+    _eos_trial(early, "batch", HOVER_THEN_VANISH, {0: 0.1, 50: 0.999})
+    c10 = _c10(early)
+    assert c10.verdict == "not enough data" and "needs 3" in c10.cases[0]["why"]
+    # Unconverged Lanczos probes are not judged, and the line says what to raise.
+    loose = tmp_path / "loose"
+    _eos_trial(loose, "batch", HOVER_THEN_VANISH, ACC, residual=[1e-3, 1e-3, 0.3, 0.3, 0.3, 0.3, 0.3] + [1e-3] * 8)
+    c10 = _c10(loose)
+    assert c10.verdict == "not enough data" and "raise sharpness_iters" in c10.cases[0]["why"]
+    assert c10.cases[0]["probes_judged"] == 2
+    assert _c10(loose, eos_residual_max=0.5).verdict == "supported"
 
 
 def _tiny_results(root):

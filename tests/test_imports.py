@@ -23,7 +23,7 @@ LAYERS = {
     "running": ["worker", "executor"],  # Ray: the one executor and the function its workers run
     "reporting": ["status"],  # what a person reads of the records
     "searching": ["boundary"],  # the critical-learning-rate search: a plan that reads its own records
-    "top": ["driver", "cli", "__main__", "", "bench"],  # the faces: `bnsweep run`, the CLI, Python, benchmarks
+    "top": ["driver", "suite", "cli", "__main__", "", "bench"],  # the faces: `bnsweep run`, the CLI, Python, benchmarks
 }
 # Orchestration modules that run a trial, and so may import the training layer (lazily, in the worker or the
 # timing pass); every other module above the training layer stays free of it (and of torch's start-up cost).
