@@ -109,12 +109,24 @@ class Trial:
         from bnsweep.probes import Probes  # probes are optional; the plain loop never imports them
         full_batch = self.sampler.batch_size >= self.sampler.n
         return Probes(self.config, self.model, self.loss_fn, self.optimizer, self.device, self.task,
-                      draw_batch=None if full_batch else self._probe_batch)
+                      draw_batch=None if full_batch else self._probe_batch,
+                      train_set=None if full_batch else self._train_set)
 
     def _probe_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A minibatch of the step's size for a probe (batch sharpness): distinct training examples (of the train
         subset, if any) drawn with the probe's CPU generator, as the step prepares them, without augmentation."""
         index = torch.randperm(self.sampler.n, generator=generator)[:self.sampler.batch_size].to(self.device)
+        if self.train_index is not None:
+            index = self.train_index[index]
+        x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _train_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every training example (of the train subset, if any), in order, as the step prepares them, without
+        augmentation: the full-batch sharpness under SGD (sharpness_batch train)."""
+        index = torch.arange(self.sampler.n, device=self.device)
         if self.train_index is not None:
             index = self.train_index[index]
         x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]

@@ -505,3 +505,56 @@ def test_spectrum_options_are_checked():
     with pytest.raises(BnsweepError, match=r"spectrum_layers=.*layer #12 does not exist in vgg11"):
         make_config({"probes": "spectrum", "spectrum_layers": "0,12"})
     assert make_config({"spectrum_layers": "0,3"}).spectrum_layers == (0, 3)
+
+
+def test_full_batch_sharpness_under_sgd_matches_the_dense_hessian():
+    """sharpness_batch train (C14's full-batch sharpness under SGD): the top eigenvalue of the whole training set's
+    loss, in parts of the step's size (BatchNorm's statistics per part, as in a step), not of the step's batch;
+    `examples` says which. A tiny float64 BatchNorm MLP, Lanczos run to the parameter count."""
+    model = _tiny_bn_mlp()
+    g = _gen(4)
+    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(2, (12,), generator=g)
+    n_all = sum(p.numel() for p in model.parameters())
+    whole, _, _, _ = _dense_hessian(model, x, y, 6)
+    step, _, _, _ = _dense_hessian(model, x[:6], y[:6], 6)
+    for where, hess, examples in (("train", whole, 12), ("step", step, 6)):
+        config = make_config({"arch": "mlp", "depth": 3, "norm": "batch", "lr": 0.1, "probe_every": 1,
+                              "probes": "sharpness", "sharpness_iters": n_all, "batch_size": 6, "train_subset": 12,
+                              "sharpness_batch": where, "batch_sharpness_batches": 1})
+        trial = _fake_trial(model, config)
+        probes = P.Probes(trial.config, trial.model, trial.loss_fn, trial.optimizer, trial.device, trial.task,
+                          train_set=lambda: (x, y))
+        assert probes.begin(0)
+        loss = F.cross_entropy(model(x[:6]), y[:6])
+        trial.optimizer.zero_grad()
+        loss.backward()
+        probes.before_update(0, x[:6], y[:6], loss)
+        row = probes.tables()["sharpness"].to_pylist()[0]
+        assert row["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(hess)[-1]), rel=1e-7), where
+        assert row["examples"] == examples and row["loss"] == pytest.approx(float(loss.detach()))
+
+
+def test_full_batch_sharpness_under_sgd_does_not_perturb_training():
+    """The whole training set read at every probe step moves no random stream and no running statistic."""
+    data = _images(n=48)
+    base = {"arch": "mlp", "width": 1 / 32, "norm": "batch", "lr": 0.1, "steps": 12, "batch_size": 8,
+            "train_subset": 32, "eval_every": 6, "eval_subset": 16, "device": "cpu", "seed": 1}
+    on = Trial(make_config({**base, "probe_every": 5, "probes": "sharpness", "sharpness_iters": 3,
+                            "sharpness_batch": "train"}), data)
+    off = Trial(make_config({**base, "probe_every": 0}), data)
+    on.run()
+    off.run()
+    assert on.status == off.status == "completed"
+    assert torch.equal(on.history, off.history) and on.evals == off.evals
+    on_state, off_state = on.model.state_dict(), off.model.state_dict()
+    assert all(torch.equal(on_state[k], off_state[k]) for k in off_state)
+    sharp = on.tables()["sharpness"].to_pandas()
+    assert list(sharp.step) == [0, 5, 10] and set(sharp.examples) == {32}
+
+
+def test_full_batch_sharpness_options_are_checked():
+    with pytest.raises(BnsweepError, match="sharpness_batch=.*set --train-subset N"):
+        make_config({"arch": "mlp", "probes": "sharpness", "sharpness_batch": "train"})
+    with pytest.raises(BnsweepError, match="sharpness_batch=.*noisy_batch"):
+        make_config({"norm": "noisy_batch", "probes": "sharpness", "sharpness_batch": "train", "train_subset": 512})
+    assert make_config({"train_subset": 512, "sharpness_batch": "train"}).sharpness_batch == "train"
