@@ -130,6 +130,21 @@ class Thresholds:
     gn_small_batch_near: float = field(default=0.02, metadata={
         "help": "C9: group's and ws_group's accuracy at every smaller batch size is at most this below their "
                 "largest batch size's"})
+    # C13, C14 (the curvature: analysis/claims_curvature.py)
+    spectrum_ratio_factor: float = field(default=1.0, metadata={
+        "help": "C13: batch's median top / bulk_edge (whole network, steps after 0) must be below none's / this; "
+                "1: smaller, as Ghorbani et al. 2019 state it ('almost absent'; the paper gives no number)"})
+    eoss_reach: float = field(default=0.95, metadata={
+        "help": "C14: batch sharpness 'reaches' 2(1+momentum)/lr at this fraction of it (C10's eos_reach, the "
+                "same rule; Andreyev & Beneventano 2024 give no number)"})
+    eoss_band_low: float = field(default=0.8, metadata={
+        "help": "C14: after it first reaches the limit, the median batch sharpness / limit must be at least this "
+                "(C10's band, unsourced there too: the paper says 'stabilizes at 2/eta')"})
+    eoss_band_high: float = field(default=1.25, metadata={
+        "help": "C14: ... and at most this"})
+    eoss_full_below: float = field(default=1.0, metadata={
+        "help": "C14: over the same probes the median full-batch sharpness / limit must be below this (the paper: "
+                "lambda_max is 'generally smaller than Batch Sharpness', suppressed below 2/eta)"})
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
