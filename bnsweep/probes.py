@@ -179,7 +179,7 @@ from torch.func import functional_call
 
 from bnsweep import curvature, dynamics, ghost
 from bnsweep.config import TrialConfig, stream_seed
-from bnsweep.norms import BatchNorm, NoisyBatchNorm
+from bnsweep.norms import BatchNorm, LpBatchNorm, NoisyBatchNorm
 from bnsweep.schema import LAYER, PROBE_SCHEMAS, QUANTILE_COLUMNS
 
 QUANTILE_SAMPLE = 2**18  # quantiles on a subsample: torch.quantile sorts (and fails above 2**24 elements)
@@ -999,9 +999,12 @@ class Probes:
 
     def _train_loss(self) -> tuple[LossOf, int]:
         """L(params) on the whole training set (train subset) and its size: the mean of its parts of the step's
-        ghost-batch or batch size, so a normalization's statistics are over as many examples as in a step."""
+        ghost-batch or batch size, so batch statistics (BatchNorm, the lp variants) are over as many examples as in
+        a step (without them every example is on its own, and one part is the same loss at a fraction of the cost)."""
         x, y = self.train_set()
-        return self._loss_of(x, y, self.config.ghost_batch or self.config.batch_size), int(x.shape[0])
+        batch_statistics = any(isinstance(m, BatchNorm | LpBatchNorm) for m in self.model.modules())
+        parts = (self.config.ghost_batch or self.config.batch_size) if batch_statistics else int(x.shape[0])
+        return self._loss_of(x, y, parts), int(x.shape[0])
 
     @contextmanager
     def _probe_noise(self):
