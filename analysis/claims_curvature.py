@@ -135,15 +135,17 @@ def _hover_case(ctx: Context, df: pd.DataFrame, status: str) -> dict:
     size = int(first["batch_size"])
     case = {"part": "hover", "setting": str(first["network"]), "norm": str(first["norm"]), "lr": float(first["lr"]),
             "batch_size": size, "seed": int(first["seed"]), "trial_id": str(first["trial_id"]), "limit": limit}
-    label = f"{case['norm']} batch {size} lr {case['lr']:g}"
+    label = f"{case['norm']} at batch {size}, lr {case['lr']:g}"
     if status != "completed":
         return {**case, "verdict": NO_DATA, "why": f"{label}: {status}"}
     course = eos_course(df["step"], df["batch_sharpness"], limit, th.eoss_reach)
     case.update({"reached_step": course["reached_step"], "batch_ratio": course["median_ratio"],
                  "max_batch_ratio": course["max_ratio"]})
     if math.isnan(course["reached_step"]):
-        return {**case, "verdict": NO_DATA, "why": f"{label}: batch sharpness never reached 2/lr (max "
-                                                   f"{course['max_ratio']:.2f} x): not in the regime"}
+        how = (f"started at {course['max_ratio']:.2f} x 2/lr, fell below it by step {course['start_step']:g} and "
+               "never reached it again" if course["starts_above"] else
+               f"never reached 2/lr (max {course['max_ratio']:.2f} x)")
+        return {**case, "verdict": NO_DATA, "why": f"{label}: batch sharpness {how}: not in the regime"}
     if math.isnan(course["median_ratio"]):
         return {**case, "verdict": NO_DATA, "why": f"{label}: reached 2/lr at step {course['reached_step']:g}, "
                                                    "too few probes after"}

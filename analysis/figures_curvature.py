@@ -17,7 +17,7 @@ from analysis.load import Results
 DENSITY_STEPS = 3  # probed steps shown per trial: the first, the last and one between
 GRID_POINTS = 400
 KERNEL_WIDTH = 0.01  # the Gaussian's sigma, as a fraction of the panel's eigenvalue range
-DENSITY_FLOOR = 1e-7  # of the panel's peak: the log axis shows seven decades below it
+DENSITY_FLOOR = 1e-7  # of the panel's peak: the log axis shows seven decades below it, the rest drawn on the floor
 
 
 def _first_seed(df: pd.DataFrame) -> pd.DataFrame:
@@ -41,36 +41,38 @@ def smoothed_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
 
 
 def density_rows(spectrum: pd.DataFrame) -> pd.DataFrame:
-    """The whole network's broadened density (layer 0) per trial at its shown steps, on one grid per lr (the
-    panels of a row share their x axis)."""
+    """The whole network's broadened density (layer 0) per trial at its shown steps, on one grid per trial (its
+    panel), the kernel's width and the floor set by that trial's own nodes and peak."""
     rows = _first_seed(spectrum[spectrum["layer"] == 0])
     out = []
-    for lr, at_lr in rows.groupby("lr", sort=True):
-        nodes_all = np.concatenate([np.asarray(n, dtype=float) for n in at_lr["slq_nodes"]])
-        nodes_all = nodes_all[np.isfinite(nodes_all)]
-        if nodes_all.size == 0:
+    for _, trial in rows.groupby(rows["trial_id"].astype(str)):
+        shown = trial[trial["step"].isin(shown_steps(trial["step"]))].sort_values("step")
+        runs = [(np.asarray(n, dtype=float), np.asarray(w, dtype=float))
+                for n, w in zip(shown["slq_nodes"], shown["slq_weights"], strict=True)]
+        every = np.concatenate([n[np.isfinite(n)] for n, _ in runs])
+        if every.size == 0:
             continue
-        lo, hi = float(nodes_all.min()), float(nodes_all.max())
-        sigma = KERNEL_WIDTH * max(hi - lo, 1e-12)
+        lo, hi = float(every.min()), float(every.max())
+        sigma = KERNEL_WIDTH * max(hi - lo, 1e-12 * max(abs(hi), 1.0))
         grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, GRID_POINTS)
-        for _, trial in at_lr.groupby(at_lr["trial_id"].astype(str)):
-            for step in shown_steps(trial["step"]):
-                r = trial[trial["step"] == step].iloc[0]
-                nodes, weights = np.asarray(r["slq_nodes"], dtype=float), np.asarray(r["slq_weights"], dtype=float)
-                keep = np.isfinite(nodes) & np.isfinite(weights)
-                density = smoothed_density(nodes[keep], weights[keep], grid, sigma)
-                density = np.where(density >= DENSITY_FLOOR * density.max(), density, np.nan)
-                out.append(pd.DataFrame({"norm": str(r["norm"]), "lr_label": lr_label(float(lr)), "step": step,
-                                         "eigenvalue": grid, "density": density, "top": float(r["top"]),
-                                         "bulk_edge": float(r["bulk_edge"])}))
+        densities = []
+        for nodes, weights in runs:
+            keep = np.isfinite(nodes) & np.isfinite(weights)
+            densities.append(smoothed_density(nodes[keep], weights[keep], grid, sigma))
+        floor = DENSITY_FLOOR * max(float(d.max()) for d in densities)
+        for (_, r), density in zip(shown.iterrows(), densities, strict=True):
+            out.append(pd.DataFrame({"norm": str(r["norm"]), "lr_label": lr_label(float(r["lr"])),
+                                     "step": int(r["step"]), "eigenvalue": grid, "density": np.maximum(density, floor),
+                                     "top": float(r["top"]), "bulk_edge": float(r["bulk_edge"])}))
     if not out:
         raise MissingData("needs the `spectrum` table's whole-network rows (bnsweep run spectrum)")
-    return pd.concat(out, ignore_index=True).dropna(subset=["density"])
+    return pd.concat(out, ignore_index=True)
 
 
 @figure("fig_spectrum_density", "The Hessian's eigenvalue density",
         "The whole network's Hessian eigenvalue density by stochastic Lanczos quadrature (the Gauss nodes' weights, "
-        "broadened by a Gaussian of 1% of the row's eigenvalue range) on a log scale, at the first, a middle and "
+        "broadened by a Gaussian of 1% of the panel's eigenvalue range) on a log scale floored at 1e-7 of its peak, "
+        "at the first, a middle and "
         "the last probed step (colour), a panel per normalization and a row per learning rate (Ghorbani et al. "
         "2019, Figs. 3-5 layout): isolated eigenvalues to the right of the bulk are its outliers (C13).",
         needs="the `spectrum` table (bnsweep run spectrum)", extra=True)

@@ -185,6 +185,9 @@ def test_c14_not_enough_data(tmp_path):
     low = tuple(r / 2 for r in RISE)
     c14 = claim(write_sgd(tmp_path / "a", {16: 0.3, 64: 0.4}, batch_ratio=low), "C14")
     assert c14.verdict == NO_DATA and "never reached 2/lr (max 0.51 x): not in the regime" in c14.summary
+    # A catapult: above the limit at initialization, below it from then on.
+    c14 = claim(write_sgd(tmp_path / "f", {16: 0.3}, batch_ratio=(1.5, *low[1:])), "C14")
+    assert "started at 1.50 x 2/lr, fell below it by step 100 and never reached it again" in c14.summary
     # The probe measured the step's minibatch, not the full batch: no full-batch sharpness to judge.
     c14 = claim(write_sgd(tmp_path / "b", {16: 0.5, 64: 0.7}, examples=16), "C14")
     assert c14.verdict == NO_DATA and "full-batch sharpness not measured" in c14.summary
