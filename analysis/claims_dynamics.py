@@ -22,7 +22,7 @@ from analysis.claims import (
     combine,
     fmt,
 )
-from analysis.dynamics import eos_course, growth_factor, tail, with_config
+from analysis.dynamics import eos_course, eos_window, growth_factor, tail, with_config
 
 
 def _by_variant(cases: list[dict], quorum: float) -> tuple[str, dict[str, str]]:
@@ -56,6 +56,7 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
         return Claim("C10", statement, NO_DATA, "no sharpness table (bnsweep run eos)")
     sharp = with_config(ctx.data["sharpness"], ctx.trials, ["loss"])
     status = ctx.trials.set_index(ctx.trials["trial_id"].astype(str))["status"].astype(str)
+    curves = _train_acc_by_trial(ctx)
     cases = []
     for tid, df in sharp.groupby(sharp["trial_id"].astype(str), sort=False):
         df = df.sort_values("step")
@@ -65,6 +66,13 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
                 "lr": float(first["lr"]), "seed": int(first["seed"]), "trial_id": tid, "limit": limit}
         if status.get(tid) != "completed":
             cases.append({**case, "verdict": NO_DATA, "why": f"{status.get(tid, 'unknown')}"})
+            continue
+        df, window = eos_window(df, curves.get(tid), case["loss"], th.eos_acc_goal, th.eos_residual_max)
+        case.update(window)
+        if len(df) < th.eos_min_probes:
+            cases.append({**case, "verdict": NO_DATA,
+                          "why": f"{case['loss']} lr {case['lr']:g}: {len(df)} judged probes in the window "
+                                 f"(< {th.eos_min_probes})"})
             continue
         course = eos_course(df["step"], df["sharpness"], limit, th.eos_reach)
         case.update(course)
@@ -89,6 +97,15 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
         return f", median ratio {fmt(float(np.median(ratios)))}" if ratios else ""
     summary = _variant_summary(cases, verdicts, detail) or "no sharpness rows"
     return Claim("C10", statement, verdict, summary, cases)
+
+
+def _train_acc_by_trial(ctx: Context) -> dict[str, pd.DataFrame]:
+    """Each trial's evaluations (step, train_acc), for C10's window; empty without a curves table."""
+    if not ctx.data.has("curves"):
+        return {}
+    c = ctx.data["curves"]
+    c = c[c["train_acc"].notna()][["trial_id", "step", "train_acc"]]
+    return {str(t): g.sort_values("step") for t, g in c.groupby(c["trial_id"].astype(str), sort=False)}
 
 
 # -- C11: the scale-invariance identities and the equilibrium angular update ----------------------------------------
@@ -166,12 +183,20 @@ def _equilibrium_case(case: dict, inv: pd.DataFrame, th, label: str) -> dict:
 
 # -- C12: gradient explosion at initialization ---------------------------------------------------------------------
 
+# Yang et al. 2019 ("A Mean Field Theory of Batch Normalization", ICLR): in a wide ReLU network with BatchNorm, in
+# the large-batch limit, |dL/dW_l|^2 grows by pi/(pi-1) per layer towards the input, so |dL/dW_l| by
+# sqrt(pi/(pi-1)) ~ 1.211. Checked against K. Luther's derivation of the paper's result ("Why BatchNorm causes
+# exploding gradients", kyleluther.github.io 2020: "gradient norms grow by sqrt(pi/(pi-1)) in each layer of a ReLU
+# network with Batch Normalization", ~1.21); the paper's own text was not in the searchable store. Printed beside
+# the fitted factor, never judged: the networks here are narrow and their batches small.
+YANG_FACTOR = math.sqrt(math.pi / (math.pi - 1))
+
 def c12_gradient_explosion(ctx: Context) -> Claim:
     th = ctx.th
     statement = ("Gradient explosion at initialization (MLP): with BatchNorm |dL/dW_l| grows geometrically from "
-                 f"the output towards the input (fitted factor per layer > {th.growth_min:g}; theory value "
-                 "unconfirmed); without normalization and with LayerNorm it does not; the largest depth at which "
-                 "BatchNorm trains is below the deepest network tried")
+                 f"the output towards the input (fitted factor per layer > {th.growth_min:g}; Yang et al.'s "
+                 f"wide, large-batch ReLU value sqrt(pi/(pi-1)) = {YANG_FACTOR:.3f}); without normalization and with "
+                 "LayerNorm it does not; the largest depth at which BatchNorm trains is below none's")
     if not ctx.data.has("layer_norms"):
         return Claim("C12", statement, NO_DATA, "no layer_norms table (bnsweep run depth)")
     ln = with_config(ctx.data["layer_norms"], ctx.trials, ["depth"])
@@ -187,15 +212,15 @@ def c12_gradient_explosion(ctx: Context) -> Claim:
         expect = str(norm) == "batch"
         judged = fit["layers"] >= th.growth_min_layers and not math.isnan(fit["factor"])
         verdict = NO_DATA if not judged else SUPPORTED if grows == expect else CONTRADICTED
+        ratio = fit["factor"] / YANG_FACTOR
         cases.append({"setting": str(setting), "norm": str(norm), "depth": int(depth), "seed": int(seed), **fit,
-                      "verdict": verdict, "why": f"depth {int(depth)}: factor {fmt(fit['factor'])} per layer"})
+                      "theory_factor": YANG_FACTOR, "factor_over_theory": ratio, "verdict": verdict,
+                      "why": f"depth {int(depth)}: factor {fmt(fit['factor'])} per layer, theory "
+                             f"{YANG_FACTOR:.3f}, ratio {fmt(ratio)}"})
     trainable = _largest_trainable_depths(ctx)
-    batch = trainable.get("batch")
-    limited = None if batch is None else batch["largest"] < batch["deepest"]
-    if batch is not None:
-        cases.append({"setting": "trainability", "norm": "batch", **batch,
-                      "verdict": SUPPORTED if limited else CONTRADICTED,
-                      "why": f"trains up to depth {fmt(batch['largest'])} of {batch['deepest']} tried"})
+    trainability = _trainability_case(trainable)
+    if trainability is not None:
+        cases.append(trainability)
     verdicts = {norm: combine([c for c in cases if c["norm"] == norm], ctx.th.case_quorum)
                 for norm in dict.fromkeys(c["norm"] for c in cases)}
     judged = [v for v in verdicts.values() if v != NO_DATA]
@@ -205,11 +230,30 @@ def c12_gradient_explosion(ctx: Context) -> Claim:
 
     def detail(mine: list[dict]) -> str:
         factors = [c["factor"] for c in mine if "factor" in c and not math.isnan(c["factor"])]
-        text = f", factors {fmt(min(factors))}..{fmt(max(factors))}" if factors else ""
+        text = (f", factors {fmt(min(factors))}..{fmt(max(factors))} vs theory {YANG_FACTOR:.3f} (ratio "
+                f"{fmt(min(factors) / YANG_FACTOR)}..{fmt(max(factors) / YANG_FACTOR)})" if factors else "")
         deepest = trainable.get(mine[0]["norm"]) if mine else None
         return text + (f", trains to depth {fmt(deepest['largest'])}" if deepest else "")
     summary = _variant_summary(cases, verdicts, detail) or "no MLP layer_norms rows at step 0 with depth >= 5"
     return Claim("C12", statement, verdict, summary, cases)
+
+
+def _trainability_case(trainable: dict[str, dict]) -> dict | None:
+    """Yang et al.'s trainability: BatchNorm without skip connections stops training at a depth where the network
+    without normalization still trains, so batch's largest trainable depth is judged against none's (not against
+    the deepest network tried, which says nothing when none fails there too). No none trials: not judged."""
+    batch, none = trainable.get("batch"), trainable.get("none")
+    if batch is None:
+        return None
+    case = {"setting": "trainability", "norm": "batch", **batch,
+            "none_largest": none["largest"] if none else math.nan}
+    if none is None:
+        return {**case, "verdict": NO_DATA, "why": f"batch trains up to depth {fmt(batch['largest'])}; no none "
+                                                   "trials at these depths to compare"}
+    limited = batch["largest"] < none["largest"]
+    return {**case, "verdict": SUPPORTED if limited else CONTRADICTED,
+            "why": f"batch trains up to depth {fmt(batch['largest'])}, none up to {fmt(none['largest'])} "
+                   f"({batch['deepest']} tried)"}
 
 
 def _largest_trainable_depths(ctx: Context) -> dict[str, dict]:

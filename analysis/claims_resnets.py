@@ -27,6 +27,7 @@ from analysis.claims import (
     SUPPORTED,
     Claim,
     Context,
+    Thresholds,
     combine,
     fmt,
     summarize,
@@ -163,62 +164,106 @@ def _rate(x: float | None) -> float | None:
 
 # -- C7: normalizer-free residual networks train where the unnormalized one fails ---------------------------------
 
-def _trains_where_none_fails(v: Critical, none: Critical) -> tuple[bool | None, str]:
-    """As C1 compares batch with none: the variant trained at or above a rate where none failed (supported),
-    none trained at or above the variant's failure, or both brackets are closed and overlap (contradicted);
-    otherwise an open bracket hides the answer."""
-    v_lo, v_hi = v.lower or 0.0, v.upper or math.inf
-    n_lo, n_hi = none.lower or 0.0, none.upper or math.inf
+Stable = tuple[float | None, float | None]  # (largest rate that did not diverge, smallest rate above it that did)
+
+
+def stable_rates(ctx: Context) -> dict[Key, Stable]:
+    """Per (setting, batch size, variant) of the grid: the largest rate that did not diverge (at least seed_quorum
+    of its seeds ended without divergence: status other than 'diverged') and the smallest rate above it that did.
+    Stability is read from divergence, not from reaching the accuracy of `trained`: a variant that is stable but
+    slow at a rate within the budget is not unstable there."""
+    t = ctx.trials
+    frame = pd.DataFrame({"setting": network(t), "batch_size": batch_sizes(t), "norm": t["norm"].astype(str),
+                          "lr": t["lr"], "stable": (t["status"].astype(str) != "diverged").astype(float)})
+    share = frame.groupby(["setting", "batch_size", "norm", "lr"])["stable"].mean()
+    out: dict[Key, Stable] = {}
+    for (setting, size, norm), s in share.groupby(level=["setting", "batch_size", "norm"]):
+        bracket = _grid_bracket(s.droplevel([0, 1, 2]) >= ctx.th.seed_quorum)
+        out[(setting, int(size), norm)] = (bracket.lower, bracket.upper)
+    return out
+
+
+def accuracy_at(ctx: Context, lr: float) -> dict[Key, float]:
+    """Per (setting, batch size, variant): the mean over seeds of final_test_acc at learning rate `lr` (a
+    diverged trial counts at its recorded accuracy)."""
+    t = ctx.trials
+    rows = t[np.isclose(t["lr"].astype(float), lr)]
+    frame = pd.DataFrame({"setting": network(rows), "batch_size": batch_sizes(rows),
+                          "norm": rows["norm"].astype(str), "acc": rows["final_test_acc"].astype(float)})
+    means = frame.groupby(["setting", "batch_size", "norm"])["acc"].mean().dropna()
+    return {(setting, int(size), norm): float(a) for (setting, size, norm), a in means.items()}
+
+
+def _stable_where_none_diverges(v: Stable, none: Stable) -> tuple[bool | None, str]:
+    """The variant did not diverge at a rate where none did (supported); none stayed stable at or above the
+    variant's divergence (contradicted); none diverging at no rate tried leaves it open."""
+    v_lo, v_hi = v[0] or 0.0, v[1] or math.inf
+    n_lo, n_hi = none[0] or 0.0, none[1] or math.inf
     if v_lo > 0 and v_lo >= n_hi:
         return True, ""
-    if n_lo > 0 and n_lo >= v_hi:
+    if n_lo >= v_hi or (n_hi < math.inf and v_lo < n_hi):
         return False, ""
-    if min(v_lo, n_lo) > 0 and max(v_hi, n_hi) < math.inf:
-        return False, " (the brackets overlap)"
-    if n_hi == math.inf:
-        return None, " (none trains at every rate tried)"
-    return None, " (a bracket is open)"
+    return None, " (none diverges at no rate tried)"
+
+
+def _stable_text(s: Stable) -> str:
+    return f"stable to {fmt(s[0]) if s[0] else '-'}, diverges from {fmt(s[1]) if s[1] else '-'}"
 
 
 def c7_normalizer_free(ctx: Context) -> Claim:
+    """Zhang et al. 2019 (Fixup), De & Smith 2020 (SkipInit), Brock et al. 2021 (NF-ResNets): residual networks
+    without normalization train stably at rates where the unnormalized network diverges, and reach BatchNorm's
+    accuracy. Per variant and batch size, two parts: stability, from the largest rate that did not diverge, against
+    none's; trainability, the test accuracy at the moderate rate nf_moderate_lr (0.1, the rate of the Fixup
+    authors' CIFAR training) within nf_acc_gap of batch's there. A variant that trained at no rate within the
+    sweep's budget is "not enough data (budget)": the budget, not the method, is then what was measured. The
+    critical-rate ratio to batch's is reported, not judged."""
     th = ctx.th
     statement = ("Normalizer-free training (Zhang et al. 2019, De & Smith 2020, Brock et al. 2021): fixup, skipinit "
-                 "and nf train at learning rates where the unnormalized network (none) fails, with a critical rate "
-                 f"at least batch's / {th.nf_critical_factor:g}")
-    rates = critical_rates(ctx)
+                 "and nf stay stable at learning rates where the unnormalized network (none) diverges, and at "
+                 f"lr {th.nf_moderate_lr:g} reach test accuracy within {th.nf_acc_gap:g} of batch's")
+    rates, stable, acc = critical_rates(ctx), stable_rates(ctx), accuracy_at(ctx, th.nf_moderate_lr)
     cases = []
     for (setting, size, norm), v in rates.items():
         if norm not in NF_NORMS:
             continue
-        none, batch = rates.get((setting, size, "none")), rates.get((setting, size, "batch"))
+        none, batch = stable.get((setting, size, "none")), rates.get((setting, size, "batch"))
+        mine = stable[(setting, size, norm)]
         case: dict = {"setting": setting, "norm": norm, "batch_size": size, "identity": ("batch_size",),
-                      "source": v.source, f"{norm}_bracket": [v.lower, v.upper]}
-        bits = [f"{norm} critical {v.text()}"]
+                      "source": v.source, f"{norm}_bracket": [v.lower, v.upper], f"{norm}_stable": list(mine)}
+        ratio = v.span / batch.span if batch is not None else None
+        case["numbers"] = {f"{norm} critical rate": _rate(v.value), f"{norm} largest stable rate": mine[0],
+                           "none largest stable rate": none[0] if none else None,
+                           "batch critical rate": _rate(batch.value) if batch else None,
+                           f"{norm}/batch critical-rate ratio": _rate(ratio.point) if ratio else None,
+                           f"{norm} accuracy at lr {th.nf_moderate_lr:g}": acc.get((setting, size, norm)),
+                           f"batch accuracy at lr {th.nf_moderate_lr:g}": acc.get((setting, size, "batch"))}
+        head = f"{norm} ({size_text(size)}): "
+        if v.lower is None:
+            why = (f"not enough data (budget): {norm} trains at no rate within the budget ({v.text()}); "
+                   "train longer (steps) before judging it")
+            cases.append({**case, "budget": True, "verdict": NO_DATA, "why": head + why})
+            continue
+        bits = [f"{norm} {_stable_text(mine)}"]
         parts: list[bool | None] = []
         if none is None:
             parts.append(None)
             bits.append("no none trials")
         else:
-            beyond, note = _trains_where_none_fails(v, none)
+            beyond, note = _stable_where_none_diverges(mine, none)
             parts.append(beyond)
-            case["none_bracket"] = [none.lower, none.upper]
-            bits.append(f"none {none.text()}{note}")
-        ratio = None
-        if batch is None:
+            case["none_stable"] = list(none)
+            bits.append(f"none {_stable_text(none)}{note}")
+        a, b = acc.get((setting, size, norm)), acc.get((setting, size, "batch"))
+        if a is None or b is None:
             parts.append(None)
-            bits.append("no batch trials")
+            bits.append(f"no {'batch' if a is not None else norm} trial at lr {th.nf_moderate_lr:g}")
         else:
-            ratio = v.span / batch.span
-            parts.append(ratio.at_least(1 / th.nf_critical_factor))
-            case["batch_bracket"] = [batch.lower, batch.upper]
-            bits.append(f"batch {batch.text()}, {norm}/batch {ratio.text()}")
-        flags = [n for n, c in ((norm, v), ("none", none), ("batch", batch)) if c is not None and not c.monotone]
-        case["numbers"] = {f"{norm} critical rate": _rate(v.value),
-                           "none critical rate": _rate(none.value) if none else None,
-                           "batch critical rate": _rate(batch.value) if batch else None,
-                           f"{norm}/batch critical-rate ratio": _rate(ratio.point) if ratio else None}
-        why = f"{norm} ({size_text(size)}): " + ", ".join(bits) + "".join(f", {f} not monotone" for f in flags)
-        cases.append({**case, "verdict": _parts_verdict(parts), "why": why})
+            parts.append(a >= b - th.nf_acc_gap)
+            bits.append(f"accuracy at lr {th.nf_moderate_lr:g} {fmt(a)} vs batch {fmt(b)}")
+        if ratio is not None:
+            bits.append(f"critical {v.text()}, {norm}/batch {ratio.text()} (not judged)")
+        cases.append({**case, "verdict": _parts_verdict(parts), "why": head + ", ".join(bits)})
     summary = summarize(cases, "no fixup, skipinit or nf trials (bnsweep run resnet_lr)")
     return Claim("C7", statement, combine(cases, th.case_quorum), summary, cases)
 
@@ -252,15 +297,32 @@ def c8_batch_advantage(ctx: Context) -> Claim:
     return Claim("C8", statement, combine(cases, th.case_quorum), summary, cases)
 
 
-# -- C9: BatchNorm degrades at small batch, GroupNorm and WS + GroupNorm do not -------------------------------------
+# -- C9: BatchNorm degrades when its statistics see few examples, GroupNorm and WS + GroupNorm do not ---------------
 
-def _accuracy_by_size(rows: pd.DataFrame, metric: str, compare: str) -> tuple[dict[int, float], dict[int, float]]:
-    """One variant's accuracy per batch size (mean over seeds), and the rate it was read at: its best rate at each
-    size ("best"), or the rate best at the largest size among those run at every size ("matched")."""
-    means = rows.groupby(["batch_size", "lr"])[metric].mean().dropna()
+def statistics_batch(df: pd.DataFrame) -> pd.Series:
+    """Each row's number of examples per normalization statistic: its ghost batch, else its whole batch (-1 where
+    the results record neither)."""
+    ghost = pd.to_numeric(df["ghost_batch"], errors="coerce") if "ghost_batch" in df else pd.Series(
+        np.nan, index=df.index)
+    return ghost.fillna(batch_sizes(df).astype(float)).astype("int64")
+
+
+def statistics_group(df: pd.DataFrame) -> pd.Series:
+    """Each row's C9 comparison: its network at one SGD batch size and one number of steps, across which only the
+    ghost batch may vary."""
+    steps = pd.to_numeric(df["steps"], errors="coerce") if "steps" in df else pd.Series(np.nan, index=df.index)
+    steps_text = steps.map(lambda n: f"{n:g} steps", na_action="ignore").fillna("steps ?")
+    return network(df) + " " + batch_sizes(df).map(size_text) + ", " + steps_text
+
+
+def accuracy_by_size(rows: pd.DataFrame, metric: str, compare: str,
+                      column: str = "batch_size") -> tuple[dict[int, float], dict[int, float]]:
+    """One variant's accuracy per size of `column` (mean over seeds), and the rate it was read at: its best rate
+    at each size ("best"), or the rate best at the largest size among those run at every size ("matched")."""
+    means = rows.groupby([column, "lr"])[metric].mean().dropna()
     if means.empty:
         return {}, {}
-    table = means.unstack("batch_size")
+    table = means.unstack(column)
     sizes = sorted(table.columns, key=size_order)
     if compare == "best":
         return ({int(s): float(table[s].max()) for s in sizes if table[s].notna().any()},
@@ -272,57 +334,69 @@ def _accuracy_by_size(rows: pd.DataFrame, metric: str, compare: str) -> tuple[di
     return {int(s): float(common.loc[lr, s]) for s in sizes}, {int(s): lr for s in sizes}
 
 
+def _c9_case(setting: str, norm: str, acc: dict[int, float], lrs: dict[int, float], compare: str, metric: str,
+             th: Thresholds) -> dict:
+    """One variant's case over the statistics' batch sizes: batch must fall at the smallest, the per-example
+    normalizations must not fall at any."""
+    sizes = sorted(acc, key=size_order)
+    case = {"setting": setting, "norm": norm, "compare": compare, "lr_by_statistics_batch": lrs,
+            "numbers": {f"{metric} at statistics batch {s}": acc[s] for s in sizes}}
+    shown = ", ".join(f"{acc[s]:.3f} at {s}" for s in sizes)
+    if len(sizes) < 2:
+        return {**case, "verdict": NO_DATA, "why": f"{norm}: one statistics batch ({shown})"}
+    drops = {s: acc[sizes[-1]] - acc[s] for s in sizes[:-1]}
+    if norm == "batch":
+        fall = drops[sizes[0]]
+        case["numbers"]["fall at the smallest statistics batch"] = fall
+        return {**case, "verdict": SUPPORTED if fall >= th.bn_small_batch_fall else CONTRADICTED,
+                "why": f"batch: {shown}, falls {fall:+.3f}"}
+    fall = max(drops.values())
+    case["numbers"]["largest fall"] = fall
+    return {**case, "verdict": SUPPORTED if fall <= th.gn_small_batch_near else CONTRADICTED,
+            "why": f"{norm}: {shown}, falls at most {fall:+.3f}"}
+
+
 def c9_small_batch(ctx: Context) -> Claim:
+    """Wu & He 2018 (Group Normalization, ECCV; arXiv 1803.08494): "BN's error increases rapidly when the batch
+    size becomes smaller, caused by inaccurate batch statistics estimation"; GN's accuracy "is stable in a wide range
+    of batch sizes" (ResNet-50 on ImageNet, 10.6% lower error than BN at 2 images per GPU); Qiao et al. 2019 for
+    WS + GN. Their batch size is the per-GPU batch, the examples one statistic sees, at a fixed schedule. So C9 holds
+    the SGD batch and the steps fixed and compares across `ghost_batch` (statistics_batch: the ghost batch, else
+    the whole batch), per (network, SGD batch size, steps): a sweep that varies the SGD batch itself (batch_size)
+    changes the gradient noise and the steps too, and no longer judges C9 (issue 20)."""
     th = ctx.th
     metric, compare = th.small_batch_metric, th.small_batch_compare
     if compare not in COMPARE:
         raise ValueError(f"small_batch_compare={compare!r}: use one of {', '.join(COMPARE)}")
-    statement = ("BatchNorm degrades at small batch, GroupNorm and WS + GroupNorm do not (Wu & He 2018; Qiao et al. "
-                 f"2019): batch's {metric} at the smallest batch size is at least {th.bn_small_batch_fall:g} below "
-                 f"its largest batch size's; group's and ws_group's at every smaller batch size at most "
-                 f"{th.gn_small_batch_near:g} below ({compare} rate per variant and batch size)")
+    statement = ("BatchNorm degrades when its statistics see few examples, GroupNorm and WS + GroupNorm do not (Wu & "
+                 f"He 2018; Qiao et al. 2019): at a fixed SGD batch and steps, batch's {metric} at the smallest ghost "
+                 f"batch is at least {th.bn_small_batch_fall:g} below its at the largest; group's and ws_group's at "
+                 f"every smaller ghost batch at most {th.gn_small_batch_near:g} below ({compare} rate per variant and "
+                 "ghost batch)")
     t = ctx.trials
     if metric not in t:
         return Claim("C9", statement, NO_DATA, f"the trials have no {metric} column")
-    t = t.assign(batch_size=batch_sizes(t), norm=t["norm"].astype(str), setting=network(t))
-    t = t[t["batch_size"] >= 0]
+    t = t.assign(statistics=statistics_batch(t), norm=t["norm"].astype(str), group=statistics_group(t))
+    t = t[t["statistics"] > 0]
     cases, judged_settings = [], []
-    for setting, rows in t.groupby("setting", sort=False):
-        if rows["batch_size"].nunique() < 2:
+    for setting, rows in t.groupby("group", sort=False):
+        if rows["statistics"].nunique() < 2:
             continue
         mine = []
         for norm in ("batch", *SMALL_BATCH_NORMS):
-            acc, lrs = _accuracy_by_size(rows[rows["norm"] == norm], metric, compare)
-            if not acc:
-                continue
-            sizes = sorted(acc, key=size_order)
-            case = {"setting": setting, "norm": norm, "compare": compare, "lr_by_batch_size": lrs,
-                    "numbers": {f"{metric} at {size_text(s)}": acc[s] for s in sizes}}
-            shown = ", ".join(f"{acc[s]:.3f} at {s}" for s in sizes)
-            if len(sizes) < 2:
-                mine.append({**case, "verdict": NO_DATA, "why": f"{norm}: one batch size ({shown})"})
-                continue
-            drops = {s: acc[sizes[-1]] - acc[s] for s in sizes[:-1]}
-            if norm == "batch":
-                fall = drops[sizes[0]]
-                ok = fall >= th.bn_small_batch_fall
-                case["numbers"]["fall at the smallest batch size"] = fall
-                why = f"batch: {shown}, falls {fall:+.3f}"
-            else:
-                fall = max(drops.values())
-                ok = fall <= th.gn_small_batch_near
-                case["numbers"]["largest fall"] = fall
-                why = f"{norm}: {shown}, falls at most {fall:+.3f}"
-            mine.append({**case, "verdict": SUPPORTED if ok else CONTRADICTED, "why": why})
+            acc, lrs = accuracy_by_size(rows[rows["norm"] == norm], metric, compare, "statistics")
+            if acc:
+                mine.append(_c9_case(setting, norm, acc, lrs, compare, metric, th))
         judged = {c["norm"] for c in mine if c["verdict"] != NO_DATA}
         if "batch" in judged and judged & set(SMALL_BATCH_NORMS):
             judged_settings.append(setting)
         cases += mine
     # The claim compares batch with a per-example normalization: a setting without both cannot judge it.
     verdict = combine([c for c in cases if c["setting"] in judged_settings], th.case_quorum)
-    summary = summarize(cases, "no batch, group or ws_group trials at 2 batch sizes or more (bnsweep run batch_size)")
+    summary = summarize(cases, "no batch, group or ws_group trials at 2 ghost batch sizes or more at one SGD batch "
+                        "(bnsweep run ghost_batch)")
     if cases and not judged_settings:
-        summary += "; needs batch and group or ws_group at 2 batch sizes or more"
+        summary += "; needs batch and group or ws_group at 2 ghost batch sizes or more"
     return Claim("C9", statement, verdict, summary, cases)
 
 

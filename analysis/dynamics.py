@@ -57,6 +57,25 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     return float(a.rank().corr(b.rank()))
 
 
+def eos_window(df: pd.DataFrame, evals: pd.DataFrame | None, loss: str, acc_goal: float, residual_max: float
+               ) -> tuple[pd.DataFrame, dict]:
+    """The probes C10 judges: those up to the first evaluation with training accuracy >= acc_goal under
+    cross-entropy (Cohen et al. stop there: the curvature must vanish as the loss goes to zero; squared loss keeps
+    the whole run), and among them only those whose Lanczos residual is at most residual_max."""
+    end = math.nan
+    if loss == "cross_entropy" and evals is not None and len(evals):
+        hit = evals[evals["train_acc"] >= acc_goal]
+        if len(hit):
+            end = float(hit["step"].iloc[0])
+    inside = df if math.isnan(end) else df[df["step"] <= end]
+    if "residual" in inside.columns:
+        res = inside["residual"].astype(float)
+        kept = inside[res <= residual_max]
+    else:
+        kept = inside
+    return kept, {"window_end": end, "probes_in_window": int(len(inside)), "probes_judged": int(len(kept))}
+
+
 def eos_course(steps: Sequence[int], sharpness: Sequence[float], limit: float, reach: float = 0.95
                ) -> dict[str, float]:
     """One trial's sharpness against the stability limit (2(1+momentum)/lr), probe by probe.

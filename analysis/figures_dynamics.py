@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.aggregate import binned
-from analysis.dynamics import growth_factor, with_config
+from analysis.claims import Thresholds
+from analysis.dynamics import eos_window, growth_factor, with_config
 from analysis.figures import H, MissingData, W, figure, log_axis, norm_color, norms_in, plain, table, y_enc
 from analysis.load import Results
 
@@ -30,9 +31,10 @@ def _lr_color(lrs: pd.Series) -> alt.Color:
 # -- the edge of stability ------------------------------------------------------------------------------------
 
 @figure("fig_edge_of_stability", "The edge of stability",
-        "Full-batch gradient descent: the sharpness (top Hessian eigenvalue of the training loss, Lanczos) against "
-        "step, one line per learning rate, with its stability limit 2/lr dashed in the same colour (Cohen et "
-        "al. 2021, Fig. 1 layout); beneath, the training loss. A panel per normalization, a row pair per loss.",
+        "Full-batch gradient descent, C10's judged window shaded: the sharpness (top Hessian eigenvalue of the "
+        "training loss, Lanczos) against step, one line per learning rate, with its stability limit 2/lr dashed "
+        "in the same colour (Cohen et al. 2021, Fig. 1 layout); beneath, the training loss. A panel per "
+        "normalization, a row pair per loss.",
         needs="the `sharpness` table (bnsweep run eos)", extra=True)
 def fig_edge_of_stability(results: Results) -> alt.TopLevelMixin:
     sharp = with_config(table(results, "sharpness"), results.trials, ["loss"])
@@ -48,7 +50,10 @@ def fig_edge_of_stability(results: Results) -> alt.TopLevelMixin:
         data = pd.concat([df[["norm", "lr_label", "trial_id", "step"]].assign(value=df["sharpness"], kind="sharpness"),
                           limit[["norm", "lr_label", "trial_id", "step", "value"]].assign(kind="2/lr")])
         data = plain(data[data["value"] > 0])
-        top = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
+        window = plain(_judged_windows(df, curves))
+        shade = alt.Chart().transform_filter("isValid(datum.start)").mark_rect(opacity=0.12, color="grey").encode(
+            x=alt.X("start:Q"), x2="end:Q", tooltip=["norm:N", "lr_label:N", "start:Q", "end:Q"])
+        top = alt.Chart().transform_filter("isValid(datum.kind)").mark_line(point=alt.OverlayMarkDef(size=12)).encode(
             x=alt.X("step:Q", title="step"), y=y_enc("value:Q", f"sharpness ({loss})", log=True), color=color,
             # Legend entries drawn as line pieces, so the dashed 2/lr reads as dashed (points would hide it).
             strokeDash=alt.StrokeDash("kind:N", title=None, sort=["sharpness", "2/lr"],
@@ -57,7 +62,8 @@ def fig_edge_of_stability(results: Results) -> alt.TopLevelMixin:
                                                         symbolFillColor="transparent")),
             detail="trial_id:N", tooltip=["norm:N", "lr_label:N", "kind:N", "step:Q",
                                           alt.Tooltip("value:Q", format=".4g")])
-        rows.append(top.properties(width=W, height=H).facet(
+        layered = alt.layer(shade, top, data=_stack(data, window))
+        rows.append(layered.properties(width=W, height=H).facet(
             column=alt.Column("norm:N", title=None, sort=norms_in(data))))
         if curves is not None:
             c = curves[curves["trial_id"].astype(str).isin(set(df["trial_id"].astype(str)))]
@@ -72,6 +78,28 @@ def fig_edge_of_stability(results: Results) -> alt.TopLevelMixin:
     if not rows:
         raise MissingData("needs the `sharpness` table (bnsweep run eos)")
     return alt.vconcat(*rows).resolve_scale(color="shared")
+
+
+def _judged_windows(sharp: pd.DataFrame, curves: pd.DataFrame | None) -> pd.DataFrame:
+    """Per trial, the steps C10 judges (analysis.dynamics.eos_window at the default thresholds), to shade."""
+    th = Thresholds()
+    evals = {}
+    if curves is not None:
+        c = curves[curves["train_acc"].notna()]
+        evals = {str(t): g.sort_values("step") for t, g in c.groupby(c["trial_id"].astype(str))}
+    rows = []
+    for tid, df in sharp.groupby(sharp["trial_id"].astype(str), sort=False):
+        df = df.sort_values("step")
+        kept, _ = eos_window(df, evals.get(tid), str(df["loss"].iloc[0]), th.eos_acc_goal, th.eos_residual_max)
+        if len(kept):
+            rows.append({"norm": df["norm"].iloc[0], "lr_label": df["lr_label"].iloc[0], "trial_id": tid,
+                         "start": float(kept["step"].min()), "end": float(kept["step"].max())})
+    return pd.DataFrame(rows, columns=["norm", "lr_label", "trial_id", "start", "end"])
+
+
+def _stack(lines: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
+    """One frame for the faceted layers: the lines' rows, then the windows' rows (kind null)."""
+    return pd.concat([lines, window], ignore_index=True)
 
 
 # -- scale invariance -----------------------------------------------------------------------------------------

@@ -12,7 +12,16 @@ import pandas as pd
 
 from analysis import critical_lr
 from analysis.aggregate import OUTCOMES, outcome
-from analysis.claims_resnets import batch_sizes, network, size_order, size_text
+from analysis.claims_resnets import (
+    SMALL_BATCH_NORMS,
+    accuracy_by_size,
+    batch_sizes,
+    network,
+    size_order,
+    size_text,
+    statistics_batch,
+    statistics_group,
+)
 from analysis.figures import (
     OUTCOME_SHAPES,
     H,
@@ -181,3 +190,52 @@ def _over_none(df: pd.DataFrame) -> pd.DataFrame:
     others = df[(df["norm"] != "none") & df["batch_size"].isin(none.index)]
     out = others.assign(ratio=others["critical"].to_numpy() / none.reindex(others["batch_size"]).to_numpy())
     return out[["norm", "batch_size", "ratio"]].dropna()
+
+
+# -- the accuracy against the batch the statistics see (C9) ---------------------------------------------------
+
+def _by_ghost_batch(results: Results) -> pd.DataFrame:
+    """One row per (comparison, variant, statistics batch, rate) where the ghost batch varies at one SGD batch and
+    steps (claims_resnets.statistics_group): the mean final test accuracy over seeds, and whether it is the rate
+    C9 reads (the variant's best at that statistics batch: claims_resnets.accuracy_by_size, the claim's own)."""
+    t = table(results, "trials")
+    t = t[t["norm"].astype(str).isin(("batch", *SMALL_BATCH_NORMS))]
+    t = t.assign(statistics=statistics_batch(t), group=statistics_group(t), norm=t["norm"].astype(str))
+    t = t[(t["statistics"] > 0) & (t.groupby("group")["statistics"].transform("nunique") > 1)]
+    if t.empty:
+        raise MissingData("needs batch, group or ws_group trials at 2 ghost batch sizes or more (bnsweep run "
+                          "ghost_batch)")
+    rows = t.groupby(["group", "norm", "statistics", "lr"], observed=True).agg(
+        acc=("final_test_acc", "mean"), seeds=("seed", "nunique")).reset_index()
+    best = set()
+    for (group, norm), part in t.groupby(["group", "norm"], observed=True):
+        _, lrs = accuracy_by_size(part, "final_test_acc", "best", "statistics")
+        best |= {(group, norm, size, lr) for size, lr in lrs.items()}
+    rows["best"] = [(g, n, int(s), lr) in best for g, n, s, lr in
+                    zip(rows["group"], rows["norm"], rows["statistics"], rows["lr"], strict=True)]
+    return rows
+
+
+@figure("fig_ghost_batch", "Accuracy against the batch the normalization statistics see",
+        "Per network at one SGD batch and number of steps (Wu & He 2018's per-GPU batch at a fixed schedule): the "
+        "final test accuracy against the ghost batch (examples per normalization statistic, log axis), one line "
+        "per variant at its best rate per ghost batch (what C9 judges), a faint mark per rate tried. BatchNorm "
+        "should fall at small ghost batches; GroupNorm and WS + GroupNorm (per-example statistics) stay flat.",
+        needs="batch, group or ws_group trials at 2 ghost batch sizes or more (bnsweep run ghost_batch)", extra=True,
+        band="trials")
+def fig_ghost_batch(results: Results) -> alt.TopLevelMixin:
+    rows = _by_ghost_batch(results)
+    color = norm_color(rows["norm"])
+    charts = []
+    for group in rows["group"].unique():
+        df = plain(rows[rows["group"] == group])
+        sizes = sorted(int(s) for s in df["statistics"].unique())
+        x = alt.X("statistics:Q", title=f"{group}: examples per statistic (ghost batch)",
+                  axis=alt.Axis(values=sizes, format="d"), scale=alt.Scale(type="log", base=2, nice=False, padding=12))
+        y = alt.Y("acc:Q", title="final test accuracy", scale=alt.Scale(zero=False))
+        tooltip = ["norm:N", "statistics:Q", "lr:Q", alt.Tooltip("acc:Q", format=".3f"), "seeds:Q", "best:N"]
+        base = alt.Chart(df).encode(x=x, y=y, color=color, tooltip=tooltip)
+        every = base.mark_point(opacity=0.35)
+        line = base.transform_filter("datum.best").mark_line(point=True)
+        charts.append(alt.layer(every, line).properties(width=2 * W, height=H))
+    return alt.vconcat(*charts).resolve_scale(color="shared")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,14 +369,21 @@ def _parse_sequences(df: pd.DataFrame) -> None:
 # the paper's figures and claims never pool them as if they were seeds. `network` is the label without them: the
 # claims beyond the paper that compare across an axis (C8, C9 across batch sizes; C12 across depths) group by it.
 AXES = (("batch_size", lambda v: "full batch" if v == 0 else f"batch {v:g}"), ("depth", "depth {:g}".format),
-        ("loss", "{}".format))
+        ("loss", "{}".format), ("ghost_batch", "ghost {:g}".format))
+# Axes where a trial without the column's value is a value of its own: no ghost batch means statistics over the
+# whole batch, which a sweep over ghost batches compares with (issue 20: C1..C6 must not pool them).
+AXIS_MISSING = {"ghost_batch": "no ghost"}
 
 
 def _varies(trials: pd.DataFrame, by: pd.Series, column: str) -> pd.Series:
-    """Per trial: whether `column` takes several values among the trials of its group `by`."""
+    """Per trial: whether `column` takes several values among the trials of its group `by` (a missing value counts
+    as one where AXIS_MISSING names the column)."""
     if column not in trials:
         return pd.Series(False, index=trials.index)
-    return trials[column].groupby(by).transform("nunique") > 1
+    values = trials[column]
+    if column in AXIS_MISSING:
+        values = values.astype(object).where(values.notna(), AXIS_MISSING[column])
+    return values.groupby(by).transform("nunique") > 1
 
 
 def _ordered_labels(trials: pd.DataFrame, labels: pd.Series, width: pd.Series) -> pd.Series:
@@ -406,7 +413,8 @@ def _setting_labels(trials: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     for column, text in AXES:
         many = _varies(trials, network, column)
         if many.any():
-            setting = setting.where(~many, setting + " " + trials[column].map(text, na_action="ignore").fillna(""))
+            shown = trials[column].map(text, na_action="ignore").fillna(AXIS_MISSING.get(column, ""))
+            setting = setting.where(~many, setting + " " + shown)
     return _ordered_labels(trials, setting, width), _ordered_labels(trials, network, width)
 
 def type_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -459,15 +467,17 @@ def attach_keys(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def load(results: str | os.PathLike) -> Results:
+def load(results: str | os.PathLike, only: Collection[str] | None = None) -> Results:
     """Every table present in a results directory (local path or s3://...), as tidy typed DataFrames.
 
     `trials` has one row per finished trial with its config typed (lr float, norm an ordered categorical
     none < batch < noisy_batch < l1_batch < l2_batch < linf_batch < layer < group < ws_group < fixup <
     skipinit < nf, sequences as tuples), a `setting` column naming its panel (the architecture, with its width,
-    data set, batch size, depth or loss where the results hold several) and `network` (the panel without batch
-    size, depth and loss). Every other per-trial table gains the key columns (setting, network, arch, width,
-    dataset, task, norm, lr, seed). Raises AnalysisError when the location is missing or is not results.
+    data set, batch size, depth, loss or ghost batch where the results hold several) and `network` (the panel
+    without batch size, depth, loss and ghost batch). Every other per-trial table gains the key columns (setting,
+    network, arch, width, dataset, task, norm, lr, seed). `only` names the other tables to read (default: all;
+    `bnsweep compare` reads `boundaries` alone, not a paper-scale run's gigabytes of probes). Raises AnalysisError
+    when the location is missing or is not results.
     """
     fs, root = filesystem(results)
     try:
@@ -493,7 +503,7 @@ def load(results: str | os.PathLike) -> Results:
     trials = type_trials(to_pandas(raw, categorical_text=False))
     tables = {TRIALS: trials}
     for name in names:
-        if name == TRIALS:
+        if name == TRIALS or (only is not None and name not in only):
             continue
         df = to_pandas(read_table(fs, f"{root}/{name}", required=REQUIRED.get(name)))
         tables[name] = attach_keys(df, trials) if "trial_id" in df else df

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(repeatable; MLflow honours MLFLOW_TRACKING_URI, W&B WANDB_MODE and WANDB_DIR); the Parquet "
                      "records stay the record of truth")
     run.add_argument("--num-cpus", type=_whole, default=None, help="CPUs of the embedded local Ray [default: all]")
+    run.add_argument("--precision", default=None, help="every trial's training-step precision: fp32 (TF32 off), tf32 "
+                     "or bf16; probes and evaluations stay fp32 [default: the sweep's, fp32]")
+    run.add_argument("--deterministic", action="store_true", help="deterministic algorithms in every trial "
+                     "(torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8; slower)")
 
     sweeps = sub.add_parser("sweeps", help="list the sweeps with their grids and sizes per scale")
     sweeps.add_argument("--scale", default=None, help="only this scale")
@@ -106,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "against a results directory",
                            description="Print a verdict per claim and write RESULTS/claims.json.")
     check.add_argument("results", help="results directory or s3://... URI")
+
+    compare = sub.add_parser("compare", help="the differences between two results directories: provenance, claims, "
+                             "cells and brackets", description="Print one table of what differs between results A "
+                             "and B (machine, versions, commit, precision, config; each claim's verdict, from "
+                             "claims.json when it is current, else judged now; each cell's outcome and each "
+                             "critical-rate bracket) and write compare.html. Nothing in A or B is written.")
+    compare.add_argument("a", metavar="A", help="results directory or s3://... URI")
+    compare.add_argument("b", metavar="B", help="results directory or s3://... URI")
+    compare.add_argument("--out", default=None, help="directory of compare.html [default: the current directory; "
+                         "refused where it would replace a compare.html inside A or B]")
 
     unlock = sub.add_parser("unlock", help="break the lock of a results directory whose bnsweep run is dead",
                             description="Remove RESULTS/.lock, which `bnsweep run` holds while it writes. Only "
@@ -180,7 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_sweep(args.sweep, RunOptions(
         scale=args.scale, results=args.results, address=args.address, sets=args.sets, seeds=args.seeds,
         dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root, num_cpus=args.num_cpus,
-        command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints, trackers=args.log))
+        command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints, trackers=args.log,
+        precision=args.precision, deterministic=args.deterministic))
     return 0
 
 
@@ -233,6 +248,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return check(args.results)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.compare import compare
+    from bnsweep import records
+
+    records.check_location(args.a, "A")
+    records.check_location(args.b, "B")
+    if args.out is not None:
+        records.check_location(args.out, "--out")
+    return compare(args.a, args.b, args.out)
+
+
 def cmd_unlock(args: argparse.Namespace) -> int:
     from bnsweep import lock, records
 
@@ -242,7 +268,8 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"trial": cmd_trial, "run": cmd_run, "sweeps": cmd_sweeps, "status": cmd_status,
-            "figures": cmd_figures, "check": cmd_check, "unlock": cmd_unlock}
+            "figures": cmd_figures, "check": cmd_check, "compare": cmd_compare,
+            "unlock": cmd_unlock}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ MAX_LAYER = 1000
 MAX_TRIALS = 10_000  # trials of one sweep (a search: cells x budget)
 MAX_DEPTH = 200  # MLP weight layers: Yang et al.'s untrainable BatchNorm depths are ~50
 LOSSES = ("cross_entropy", "mse")
+PRECISIONS = ("fp32", "tf32", "bf16")  # the training step's; bnsweep/numerics.py says what each sets
 
 
 def _f(default: Any, help: str, valid: Rule, **kw: Any) -> Any:
@@ -169,10 +170,6 @@ class TrialConfig:
                                          "draws from the training examples) whose batch sharpness g'Hg/|g|^2 is "
                                          "averaged (full batch: the step's batch alone)", _n(int, 1, 1000),
                                       omit_default=True)
-    sharpness_batch: str = _f("step", "sharpness probe: the top eigenvalue of the loss on the step's batch (step) or "
-                                      "on the whole training subset in parts of the step's size (train: the "
-                                      "full-batch sharpness beside batch sharpness under SGD, as Andreyev & "
-                                      "Beneventano 2024 measure it)", Choice(("step", "train")), omit_default=True)
     # The spectrum probe (bnsweep/curvature.py). Its default cadence keeps it under 10% of training: at the
     # defaults it costs (1 + 11 layers) x (slq_runs x slq_iters + hutchinson_samples - slq_runs) = 276
     # Hessian-vector products on the cpu VGG-11 (width 0.25, batch 128), each at most ~6 training steps (double
@@ -199,7 +196,16 @@ class TrialConfig:
                                                 Items(_n(int, 0, MAX_LAYER), all_allowed=True), sequence=True,
                                                 omit_default=True)
 
+    # The training step's numerics (bnsweep/numerics.py); probes and evaluations always measure in full fp32.
+    precision: str = _f("fp32", "the training step's precision: fp32 (TF32 off: the paper's protocol), tf32 (TF32 "
+                                "matmuls and convolutions on Ampere+ GPUs) or bf16 (autocast); probes and "
+                                "evaluations run in full fp32 whatever it is", Choice(PRECISIONS), omit_default=True)
+
     # Not part of the trial's identity: where and how it runs.
+    deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn."
+                                    "deterministic, CUBLAS_WORKSPACE_CONFIG=:4096:8): bit-identical reruns on one GPU, "
+                                    "slower",
+                             Flag(), identity=False)
     device: str = _f("auto", "cpu, cuda, cuda:N or auto", Device(), identity=False)
     threads: int = _f(0, "torch intra-op threads; 0 = torch's default", _n(int, 0, MAX_THREADS), identity=False)
     channels_last: bool | None = _f(None, "channels_last memory format for convolutional networks (default: on "
@@ -338,12 +344,6 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
     spectrum_layers = c.spectrum_layers if c.spectrum_layers == "all" else tuple(i for i in c.spectrum_layers if i)
     if spectrum_layers and layer_problem(c.arch, spectrum_layers, c.depth):
         out.append(("spectrum_layers", layer_problem(c.arch, spectrum_layers, c.depth) + " (0: the whole network)"))
-    if c.sharpness_batch == "train" and c.train_subset is None:
-        out.append(("sharpness_batch", "train takes the Hessian of the whole training set at every probe: set "
-                                       "--train-subset N (a few thousand examples)"))
-    if c.sharpness_batch == "train" and c.norm == "noisy_batch":
-        out.append(("sharpness_batch", "train needs the step's noise on other examples, which noisy_batch does not "
-                                       "have: use step"))
     if c.spectrum_k > c.slq_iters:
         out.append(("spectrum_k", f"more top eigenvalues than the {c.slq_iters} Lanczos steps (slq_iters) give: use "
                                   f"at most {c.slq_iters}, or raise slq_iters"))

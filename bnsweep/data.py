@@ -476,6 +476,11 @@ class BatchSampler:
         self._pos = 0
         self._all = torch.arange(n, device=self.device) if self.full_batch else None
 
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """batch_size distinct positions drawn with another generator (a probe's): this sampler's stream never
+        moves."""
+        return torch.randperm(self.n, generator=generator)[:self.batch_size].to(self.device)
     def next(self) -> torch.Tensor:
         """LongTensor of batch_size indices on the sampler's device."""
         if self._all is not None:

@@ -29,6 +29,7 @@ from typing import TextIO
 from bnsweep import lock, records
 from bnsweep.boundary import SearchPlan
 from bnsweep.checkpoints import prune_checkpoints
+from bnsweep.config import check_field
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import duration
 from bnsweep.plan import GridPlan, Plan, settled
@@ -83,6 +84,8 @@ class RunOptions:
     command: str | None = None
     keep_checkpoints: bool = False
     trackers: tuple[str, ...] = ()
+    precision: str | None = None  # every trial's training-step precision (bnsweep/numerics.py); None: the sweep's
+    deterministic: bool = False  # every trial with deterministic algorithms
     stream: TextIO | None = None
 
     def __post_init__(self) -> None:  # lists from argparse or a notebook, held as tuples
@@ -107,9 +110,17 @@ def run_command(sweep: str, options: RunOptions | None = None, **changes) -> str
         if value is not None:
             words += [flag, str(value)]
     words += ["--keep-checkpoints"] if o.keep_checkpoints else []
+    words += ["--precision", str(o.precision)] if o.precision is not None else []
+    words += ["--deterministic"] if o.deterministic else []
     for name in o.trackers:
         words += ["--log", name]
     return resume_command(words)
+
+
+def numerics_sets(o: RunOptions) -> tuple[str, ...]:
+    """--precision and --deterministic as the `--set`s they mean for every trial (checked here, named as flags)."""
+    sets = (f"precision={check_field('precision', o.precision, '--precision')}",) if o.precision is not None else ()
+    return sets + (("deterministic=true",) if o.deterministic else ())
 
 
 def run_sweep(sweep: str = "lr_grid", options: RunOptions | None = None, **changes) -> str:
@@ -126,7 +137,7 @@ def run_sweep(sweep: str = "lr_grid", options: RunOptions | None = None, **chang
     address = o.address or os.environ.get("RAY_ADDRESS") or None
     scale, why = choose_scale(o.scale, address)
     print(f"scale: {scale} ({why})", file=stream)
-    sw = load(sweep, scale, o.sets, o.seeds)
+    sw = load(sweep, scale, o.sets + numerics_sets(o), o.seeds)
     check_sweep_name(sw)
     results = records.absolute(o.results or f"results/{sw.name}")
     o = dataclasses.replace(o, scale=scale, results=results, address=address, stream=stream)

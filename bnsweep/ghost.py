@@ -39,7 +39,12 @@ def chunked_loss(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Calla
 def backward(model: Callable[[torch.Tensor], torch.Tensor], loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
              parts: list[slice], summed: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward one ghost batch at a time (each normalizes with its own statistics; only one chunk's
-    graph is alive at once): the gradients add up to the batch loss's. Returns (outputs, loss), detached."""
+    graph is alive at once): the gradients add up to the batch loss's. Returns (outputs, loss), detached; one part
+    (no ghost batches) is the plain step, bit for bit."""
+    if len(parts) == 1:
+        loss = loss_fn(out := model(x), y)
+        loss.backward()
+        return out.detach(), loss.detach()
     n = x.shape[0]
     outs, total = [], torch.zeros((), device=x.device)
     for part in parts:

@@ -300,10 +300,17 @@ class ResNet(Net):
                 skip = shortcut(x * u.beta, u) if u.reshapes else x
                 x = skip + blocks[u.first + 1](blocks[u.first](branch_in))
             else:
-                x = F.relu(shortcut(x, u) + blocks[u.first + 1](blocks[u.first](x)))
+                x = F.relu(shortcut(self.shortcut_input(x, u), u) + blocks[u.first + 1](blocks[u.first](x)))
         if self.preactivation:
             x = F.relu(x) * RELU_GAIN
         return blocks[-1](x.mean((2, 3)))
+
+    def shortcut_input(self, x: torch.Tensor, u: Unit) -> torch.Tensor:
+        """What a unit's shortcut reads: x, except in Fixup's shape-changing units, whose downsampling shortcut
+        reads x + bias1a, the bias before the branch's first convolution (the authors' fixup_resnet_cifar.py:
+        identity = self.downsample(x + self.bias1a))."""
+        first = self.blocks[u.first].layer
+        return x + first.pre_bias if u.reshapes and isinstance(first, PreBias) else x
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, units={len(self.units)}, preactivation={self.preactivation}"

@@ -179,7 +179,7 @@ from torch.func import functional_call
 
 from bnsweep import curvature, dynamics, ghost
 from bnsweep.config import TrialConfig, stream_seed
-from bnsweep.norms import BatchNorm, LpBatchNorm, NoisyBatchNorm
+from bnsweep.norms import BatchNorm, NoisyBatchNorm
 from bnsweep.schema import LAYER, PROBE_SCHEMAS, QUANTILE_COLUMNS
 
 QUANTILE_SAMPLE = 2**18  # quantiles on a subsample: torch.quantile sorts (and fails above 2**24 elements)
@@ -393,7 +393,6 @@ class Setup:
     trial_id: str
     generators: dict[str, torch.Generator]
     draw_batch: BatchDraw | None = None  # a fresh minibatch of the step's size (probe-only generator), if any
-    train_loss: Callable[[], tuple[LossOf, int]] | None = None  # loss_of on the whole training set, and its size
 
     def weight_name(self, layer: int) -> str:
         return self.name_of[id(self.model.block(layer).layer.weight)]
@@ -698,21 +697,17 @@ class Sharpness(Probe):
     """The Hessian's extreme eigenvalues by Lanczos (the edge of stability, bnsweep/dynamics.py), and the batch
     sharpness of the step's minibatch and of further minibatches of its size (bnsweep/curvature.py)."""
 
-    name, table, stream = "sharpness", "sharpness", "sharpness"
-    options = ("sharpness_iters", "batch_sharpness_batches", "sharpness_batch")
+    name, options, table, stream = "sharpness", ("sharpness_iters", "batch_sharpness_batches"), "sharpness", "sharpness"
 
-    def __init__(self, setup: Setup, sharpness_iters: int, batch_sharpness_batches: int, sharpness_batch: str):
+    def __init__(self, setup: Setup, sharpness_iters: int, batch_sharpness_batches: int):
         super().__init__(setup)
         self.iters, self.generator = sharpness_iters, setup.generators[self.stream]
-        # Under SGD, sharpness_batch "train" takes the top eigenvalue of the whole training set's loss.
-        self.train_loss = setup.train_loss if sharpness_batch == "train" else None
         # Full batch (or no way to draw another batch): every minibatch would be the step's own.
         self.batches = batch_sharpness_batches if setup.draw_batch is not None else 1
         self.draw_batch, self.batch_generator = setup.draw_batch, setup.generators[BATCH_STREAM]
 
     def measure(self, ctx: StepContext) -> None:
-        loss_of, examples = (ctx.loss_of, int(ctx.x.shape[0])) if self.train_loss is None else self.train_loss()
-        spec = dynamics.hessian_spectrum(loss_of, ctx.params, self.iters, self.generator)
+        spec = dynamics.hessian_spectrum(ctx.loss_of, ctx.params, self.iters, self.generator)
         values = [curvature.batch_sharpness(ctx.loss_of, ctx.params)]
         for _ in range(self.batches - 1):
             x, y = self.draw_batch(self.batch_generator)
@@ -720,7 +715,7 @@ class Sharpness(Probe):
         batch, batch_se = curvature.mean_se(values)
         self.row(ctx.t, sharpness=spec.top, min_eigenvalue=spec.bottom, residual=spec.residual, iters=spec.steps,
                  two_over_lr=2.0 / ctx.lr, eos_threshold=dynamics.eos_threshold(ctx.lr, ctx.momentum),
-                 lr_sharpness=ctx.lr * spec.top, loss=float(ctx.loss), examples=examples,
+                 lr_sharpness=ctx.lr * spec.top, loss=float(ctx.loss), examples=int(ctx.x.shape[0]),
                  ghost_batch=int(ctx.ghost_batch or 0), noise_in_probes=ctx.noise_mode, batch_sharpness=batch,
                  batch_sharpness_batches=len(values), batch_sharpness_se=batch_se)
 
@@ -921,8 +916,7 @@ class Probes:
     steps, finish() at the end; tables(diverged_step) gives the tables, state_dict() the checkpoint entry."""
 
     def __init__(self, config: TrialConfig, model: nn.Module, loss_fn: Callable, optimizer: Any,
-                 device: torch.device, task: str, draw_batch: BatchDraw | None = None,
-                 train_set: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None):
+                 device: torch.device, task: str, draw_batch: BatchDraw | None = None):
         c = self.config = config
         self.model, self.loss_fn, self.optimizer, self.task = model, loss_fn, optimizer, task
         self.every = c.probe_every
@@ -937,10 +931,7 @@ class Probes:
             self.generators["noise"] = torch.Generator(device).manual_seed(stream_seed(c.seed, "probes-noise"))
         self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in dict.fromkeys(PROBES[p].table for p in c.probes)}
         name_of = {id(p): n for n, p in self.named}
-        self.train_set = train_set  # every training example, as a step prepares them (None: the step's batch is)
-        train_loss = None if train_set is None else self._train_loss
-        self.probes = [cls(Setup(model, name_of, self.rows[cls.table], c.trial_id, self.generators, draw_batch,
-                                 train_loss),
+        self.probes = [cls(Setup(model, name_of, self.rows[cls.table], c.trial_id, self.generators, draw_batch),
                            **{o: getattr(c, o) for o in cls.options})
                        for name, cls in PROBES.items() if name in c.probes]  # in PROBES' order, whatever the config's
         self._handles: list[Any] = []
@@ -985,26 +976,17 @@ class Probes:
             for probe in self._due:
                 probe.after_update(ctx)
 
-    def _loss_of(self, x: torch.Tensor, y: torch.Tensor, parts: int | None = None) -> LossOf:
+    def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> LossOf:
         """L(params) on the step's batch, BatchNorm in training mode on cloned buffers (running stats kept),
-        over the step's ghost batches when it has them (or over parts of `parts` examples)."""
+        over the step's ghost batches when it has them."""
         buffers = dict(self.model.named_buffers())
-        ghost_batch, summed = parts or self.config.ghost_batch, self.task == "regression"
+        ghost_batch, summed = self.config.ghost_batch, self.task == "regression"
 
         def loss_of(params: Params) -> torch.Tensor:
             state = {**params, **{n: b.clone() for n, b in buffers.items()}}
             return ghost.chunked_loss(lambda inputs: functional_call(self.model, state, (inputs,)),
                                       self.loss_fn, x, y, ghost_batch, summed)
         return loss_of
-
-    def _train_loss(self) -> tuple[LossOf, int]:
-        """L(params) on the whole training set (train subset) and its size: the mean of its parts of the step's
-        ghost-batch or batch size, so batch statistics (BatchNorm, the lp variants) are over as many examples as in
-        a step (without them every example is on its own, and one part is the same loss at a fraction of the cost)."""
-        x, y = self.train_set()
-        batch_statistics = any(isinstance(m, BatchNorm | LpBatchNorm) for m in self.model.modules())
-        parts = (self.config.ghost_batch or self.config.batch_size) if batch_statistics else int(x.shape[0])
-        return self._loss_of(x, y, parts), int(x.shape[0])
 
     @contextmanager
     def _probe_noise(self):

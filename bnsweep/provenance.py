@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 import bnsweep
-from bnsweep import schema
+from bnsweep import numerics, schema
 from bnsweep.data import Dataset
 
 
 def provenance(device: torch.device, data: Dataset) -> dict[str, Any]:
-    """Where and with what a trial ran: versions, commit, device, threads, memory, data, host, time."""
+    """Where and with what a trial ran: versions, commit, device, threads, memory, data, host, time, and the
+    numerics in force (TF32, cuDNN benchmark, deterministic algorithms: numerics.recorded)."""
     commit, dirty = git_state()
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"cpu ({platform.processor() or platform.machine()})")
@@ -28,7 +29,7 @@ def provenance(device: torch.device, data: Dataset) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(), "data_checksum": data.checksum,
             "data_source": data.source, "hostname": socket.gethostname(),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "schema_version": schema.SCHEMA_VERSION}
+            "schema_version": schema.SCHEMA_VERSION, **numerics.recorded()}
 
 
 def peak_rss_mb() -> float | None:

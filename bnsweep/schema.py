@@ -46,6 +46,9 @@ OUTCOME: dict[str, pa.DataType] = {
     "bnsweep_version": _S, "git_commit": _S, "git_dirty": _B, "torch_version": _S, "device_name": _S,
     "device_type": _S, "torch_threads": _I, "peak_rss_mb": _F, "data_checksum": _S, "data_source": _S,
     "hostname": _S, "finished_at": _S, "schema_version": _I,
+    # the numerics in force (bnsweep/numerics.py); the precision and determinism asked for are config columns
+    "matmul_fp32_precision": _S, "conv_fp32_precision": _S, "cudnn_benchmark": _B, "deterministic_algorithms": _B,
+    "cublas_workspace_config": _S,
 }
 
 

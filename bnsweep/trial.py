@@ -10,6 +10,7 @@ Trial is the loop (build, step, evaluate, probe, checkpoint, outcome); each seam
   checkpoint  state_dict/load_state_dict; checkpoints.state_problem judges a checkpoint before it is loaded
   records     records.curves_table, records.trials_table (outcome + provenance.provenance), records.write_trial
   timing      schedule.measure_costs times a few real steps for the sweep's estimate
+  numerics    numerics.Numerics pins precision, TF32 and determinism; probes and evaluations measure in fp32
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bnsweep.losses import loss_function
 from bnsweep.memory import keep_freed_memory, purge_jemalloc
 from bnsweep.models import build_model
 from bnsweep.norms import NoisyBatchNorm, NormOptions
+from bnsweep.numerics import Numerics
 from bnsweep.provenance import provenance
 from bnsweep.schema import CURVE_COLUMNS, EVAL_COLUMNS
 
@@ -48,6 +50,7 @@ class Trial:
         self.config = c = config
         keep_freed_memory()  # this process's allocator: see bnsweep/memory.py
         self.device = pick_device(c.device)
+        self.numerics = Numerics(c.precision, c.deterministic, self.device)  # before anything runs on the device
         if c.threads:
             torch.set_num_threads(c.threads)
         self.data = data if data is not None else load_dataset(
@@ -59,9 +62,7 @@ class Trial:
         self.history = torch.full((c.steps, len(CURVE_COLUMNS)), math.nan, device=self.device)
         self.evals: dict[int, dict[str, float]] = {}
         self.step, self.status, self.wall_time = 0, "running", 0.0
-        self.diverged_step: int | None = None
-        self.initial_loss: float | None = None
-        self.error: str | None = None
+        self.diverged_step, self.initial_loss, self.error = None, None, None  # int, float, str once known
         self.attempt = 1  # how many times this trial was started (a sweep counts retries and resumes)
         self.probes = self._make_probes()
 
@@ -89,6 +90,7 @@ class Trial:
         self.optimizer = self.model.configure_optimizer(lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
                                                         agc_clip=c.agc_clip or 0.0, slow_lr=c.fixup_scalar_lr or 1.0)
         self.params = self.optimizer.params
+        self.forward = self.numerics.forward(self.model)  # the model itself, or under bf16's autocast
 
     def _build_sampling(self) -> None:
         """The fixed example subsets (data.fixed_subsets), the batch sampler, ghost batches and augmentation."""
@@ -107,66 +109,50 @@ class Trial:
         if not self.config.probe_every:
             return None
         from bnsweep.probes import Probes  # probes are optional; the plain loop never imports them
-        full_batch = self.sampler.batch_size >= self.sampler.n
         return Probes(self.config, self.model, self.loss_fn, self.optimizer, self.device, self.task,
-                      draw_batch=None if full_batch else self._probe_batch,
-                      train_set=None if full_batch else self._train_set)
+                      draw_batch=None if self.sampler.full_batch else self.draw_batch)
 
-    def _probe_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A minibatch of the step's size for a probe (batch sharpness): distinct training examples (of the train
-        subset, if any) drawn with the probe's CPU generator, as the step prepares them, without augmentation."""
-        index = torch.randperm(self.sampler.n, generator=generator)[:self.sampler.batch_size].to(self.device)
+    def draw_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A minibatch for a probe (batch sharpness): the step's size, its own generator, no augmentation."""
+        return self.batch_of(self.sampler.draw(generator))
+
+    def batch_of(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training examples at sampler positions `index` (of the train subset, if any), as the model takes."""
         if self.train_index is not None:
             index = self.train_index[index]
         x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
-
-    def _train_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every training example (of the train subset, if any), in order, as the step prepares them, without
-        augmentation: the full-batch sharpness under SGD (sharpness_batch train)."""
-        index = torch.arange(self.sampler.n, device=self.device)
-        if self.train_index is not None:
-            index = self.train_index[index]
-        x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        return (x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x), y
 
     # -- training --------------------------------------------------------------------------------------
     def train_step(self, t: int) -> None:
-        index = self.sampler.next()
-        if self.train_index is not None:
-            index = self.train_index[index]
-        x, y = self.data.inputs(self.data.train_x[index]), self.data.train_y[index]
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = self.batch_of(self.sampler.next())
         if self.augment_generator is not None:
             x = augment(x, self.augment_generator)
-        probing = self.probes is not None and self.probes.begin(t)
-        parts = self.ghost_parts
-        if len(parts) == 1:
-            out = self.model(x)
-            loss = self.loss_fn(out, y)
-            self.optimizer.zero_grad()
-            loss.backward()
-        else:  # each ghost batch normalizes with its own statistics; one chunk's graph alive at a time
-            self.optimizer.zero_grad()
-            out, loss = ghost.backward(self.model, self.loss_fn, x, y, parts, self.task == "regression")
+        rerun = self.probes is not None and self.numerics.reruns(t, self.config.probe_every)
+        started = [self.noise_generator.get_state()] if rerun else []
+        probing = self.probes is not None and not rerun and self.probes.begin(t)
+        out, loss = self.forward_backward(self.forward, x, y)
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in self.params])))
-        if probing:
+        if rerun:  # a lowered precision: the probes see this step again in fp32 (numerics.Numerics.fp32_rerun)
+            with self.numerics.fp32_rerun(self.model, self.params, [self.noise_generator], started):
+                probing, (_, probe_loss) = self.probes.begin(t), self.forward_backward(self.model, x, y)  # hooks first
+                if probing:
+                    self.probes.before_update(t, x, y, probe_loss)
+        elif probing:
             self.probes.before_update(t, x, y, loss)
         self.optimizer.step()
         if probing:
-            self.probes.after_update(t, x, y)
-        if self.task == "classification":
-            accuracy = (out.detach().argmax(1) == y).float().mean()
-        else:
-            accuracy = torch.full((), math.nan, device=self.device)
+            with self.numerics.measuring():
+                self.probes.after_update(t, x, y)
+        accuracy = ((out.detach().argmax(1) == y).float().mean() if self.task == "classification"
+                    else torch.full((), math.nan, device=self.device))
         self.history[t] = torch.stack((loss.detach(), accuracy, grad_norm))
         for m in self.noisy_norms:  # the step's noise is its probes'; kept, it sat beside every evaluation (20 MB)
             m.last_scale = m.last_shift = None
+
+    def forward_backward(self, forward, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optimizer.zero_grad()
+        return ghost.backward(forward, self.loss_fn, x, y, self.ghost_parts, self.task == "regression")
 
     def run(self, callback=None, callback_every: int = 100) -> None:
         """Train until the step budget is spent or the loss diverges.
@@ -185,7 +171,7 @@ class Trial:
             for t in range(start, end):
                 self.train_step(t)
             self.step = end
-            self._check_divergence(start, end)
+            self.check_divergence(start, end)
             if self.status == "running" and (end % c.eval_every == 0 or end == c.steps):
                 self.evaluate(end - 1)
             self.wall_time = time.perf_counter() - started
@@ -201,7 +187,7 @@ class Trial:
             self.probes.finish()
         self.wall_time = time.perf_counter() - started
 
-    def _check_divergence(self, start: int, end: int) -> None:
+    def check_divergence(self, start: int, end: int) -> None:
         losses = self.history[start:end, 0].cpu()
         if self.initial_loss is None:
             self.initial_loss = float(losses[0])
@@ -224,11 +210,10 @@ class Trial:
         """Loss and accuracy on the fixed training subset and the test set, in eval mode."""
         purge_jemalloc()  # what the training steps freed does not fit the evaluation's larger tensors
         self.model.eval()
-        train = self.evaluate_on(self.data.train_x[self.eval_index], self.data.train_y[self.eval_index])
-        if self.test_index is None:
-            test = self.evaluate_on(self.data.test_x, self.data.test_y)
-        else:
-            test = self.evaluate_on(self.data.test_x[self.test_index], self.data.test_y[self.test_index])
+        test = slice(None) if self.test_index is None else self.test_index
+        with self.numerics.measuring():
+            train = self.evaluate_on(self.data.train_x[self.eval_index], self.data.train_y[self.eval_index])
+            test = self.evaluate_on(self.data.test_x[test], self.data.test_y[test])
         self.model.train()
         self.evals[t] = {"train_loss": train[0], "train_acc": train[1], "test_loss": test[0], "test_acc": test[1]}
 

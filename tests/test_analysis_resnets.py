@@ -30,11 +30,14 @@ COMMON = {"arch": "resnet20", "width": 0.25, "dataset": "fashion-mnist", "steps"
 
 
 def write_trial(root: Path, norm: str, lr: float, trained: bool, acc: float | None = None, batch_size: int = 128,
-                seed: int = 0) -> None:
-    """One finished resnet20 trial: trained at `acc` (default 0.85), or diverged at chance."""
-    config = make_config({**COMMON, "norm": norm, "lr": lr, "batch_size": batch_size, "seed": seed})
+                seed: int = 0, status: str | None = None, ghost_batch: int | None = None) -> None:
+    """One finished resnet20 trial: trained at `acc` (default 0.85), or diverged at chance (status: say
+    'completed' for a stable trial that did not reach the trained accuracy)."""
+    config = make_config({**COMMON, "norm": norm, "lr": lr, "batch_size": batch_size, "seed": seed,
+                          "ghost_batch": ghost_batch})
     acc = (0.85 if trained else 0.1) if acc is None else acc
-    outcome = {"trial_id": config.trial_id, "status": "completed" if trained else "diverged", "trained": trained,
+    status = status or ("completed" if trained else "diverged")
+    outcome = {"trial_id": config.trial_id, "status": status, "trained": trained,
                "trained_rule": "final_train_acc >= 0.5", "steps_done": 100, "task": "classification",
                "initial_loss": 2.3, "final_loss": 0.5 if trained else 1e9, "final_train_acc": acc + 0.02,
                "final_test_acc": acc, "attempt": 1, "schema_version": records.SCHEMA_VERSION}
@@ -85,39 +88,70 @@ NF_TRAIN = {"none": 0.1, "batch": 1.6, "fixup": 1.6, "skipinit": 1.6, "nf": 0.4}
 
 
 @pytest.mark.parametrize("largest, verdict, words", [
-    # none fails from 0.4; every normalizer-free variant trains there, within 4x of batch's 3.2.
-    (NF_TRAIN, SUPPORTED, "fixup (batch 128): fixup critical 3.2 [1.6, 6.4], none 0.2 [0.1, 0.4]"),
-    # nf trains no further than none: the brackets coincide.
-    ({**NF_TRAIN, "nf": 0.1}, CONTRADICTED, "none 0.2 [0.1, 0.4] (the brackets overlap)"),
-    # skipinit trains where none fails, but its critical rate is 8x below batch's.
-    ({**NF_TRAIN, "none": 0.025, "skipinit": 0.1}, CONTRADICTED, "skipinit/batch 0.0625"),
-    # none trains at every rate of the grid, and so does everything else: where they fail is unknown.
-    (dict.fromkeys(NF_TRAIN, 6.4), NO_DATA, "none trains at every rate tried"),
-    # ... but where none trains above fixup's failure, fixup does not train where none fails.
-    ({**NF_TRAIN, "none": 6.4}, CONTRADICTED, "fixup critical 3.2 [1.6, 6.4], none >= 6.4 [6.4, -]"),
+    # none diverges from 0.4; every normalizer-free variant is stable there and matches batch's accuracy at 0.1.
+    (NF_TRAIN, SUPPORTED, "fixup (batch 128): fixup stable to 1.6, diverges from 6.4, none stable to 0.1, "
+                          "diverges from 0.4, accuracy at lr 0.1 0.85 vs batch 0.85"),
+    # nf diverges where none does: the paper's effect is absent.
+    ({**NF_TRAIN, "nf": 0.1}, CONTRADICTED, "nf stable to 0.1, diverges from 0.4, none stable to 0.1"),
+    # none is stable at every rate of the grid, and so is everything else: where they diverge is unknown.
+    (dict.fromkeys(NF_TRAIN, 6.4), NO_DATA, "none diverges at no rate tried"),
+    # ... but where none is stable above fixup's divergence, fixup is not stable where none diverges.
+    ({**NF_TRAIN, "none": 6.4}, CONTRADICTED, "fixup stable to 1.6, diverges from 6.4, none stable to 6.4"),
 ])
 def test_c7_from_the_grid(tmp_path, largest, verdict, words):
     c7 = claim(write_grid(tmp_path, largest), "C7")
     assert c7.verdict == verdict and words in c7.summary, c7.summary
     assert {c["norm"] for c in c7.cases} == {"fixup", "skipinit", "nf"}
     assert all(c["source"] == "grid" and c["batch_size"] == 128 for c in c7.cases)
+    assert "critical-rate ratio" in " ".join(c7.cases[0]["numbers"])  # reported, not judged
+
+
+def test_c7_trainability_at_the_moderate_rate(tmp_path):
+    # skipinit is stable where none diverges, but at lr 0.1 reaches 0.6 where batch reaches 0.85.
+    write_grid(tmp_path, {k: v for k, v in NF_TRAIN.items() if k != "skipinit"})
+    for lr in GRID:
+        write_trial(tmp_path, "skipinit", lr, lr <= 1.6, acc=0.6 if lr <= 1.6 else None)
+    c7 = claim(tmp_path, "C7")
+    (skipinit,) = [c for c in c7.cases if c["norm"] == "skipinit"]
+    assert skipinit["verdict"] == CONTRADICTED and "accuracy at lr 0.1 0.6 vs batch 0.85" in skipinit["why"]
+    looser = claim(tmp_path, "C7", Thresholds(nf_acc_gap=0.3))
+    assert [c["verdict"] for c in looser.cases if c["norm"] == "skipinit"] == [SUPPORTED]
+
+
+def test_c7_stability_from_divergence_not_from_training(tmp_path):
+    # fixup reaches the trained accuracy only up to 0.1 within the budget, yet does not diverge up to 1.6, where
+    # none diverges from 0.4. Read from `trained` (the old rule) fixup and none fail alike: contradicted.
+    write_grid(tmp_path, {"none": 0.1, "batch": 1.6})
+    for lr in GRID:
+        write_trial(tmp_path, "fixup", lr, lr <= 0.1, status="completed" if lr <= 1.6 else "diverged")
+    (case,) = claim(tmp_path, "C7").cases
+    assert case["verdict"] == SUPPORTED and "fixup stable to 1.6, diverges from 6.4" in case["why"]
+
+
+def test_c7_a_variant_that_trains_nowhere_is_a_budget_problem(tmp_path):
+    # fixup never diverges and never trains: the budget was too short to tell, not a contradiction.
+    write_grid(tmp_path, {"none": 0.1, "batch": 1.6})
+    for lr in GRID:
+        write_trial(tmp_path, "fixup", lr, False, status="completed")
+    c7 = claim(tmp_path, "C7")
+    assert c7.verdict == NO_DATA and "not enough data (budget)" in c7.summary, c7.summary
+    assert c7.cases[0]["budget"] is True
+
+
+@pytest.mark.parametrize("scale", ["paper", "cpu", "smoke"])
+def test_resnet_lr_trains_as_the_normalizer_free_papers_do(scale):
+    # Momentum 0.9 (the Fixup authors' cifar_train.py), and C7's moderate rate in every variant's grid.
+    from bnsweep.sweep import load as load_sweep
+
+    sweep = load_sweep("resnet_lr", scale)
+    assert {c.momentum for c in sweep.configs} == {0.9}
+    for norm in ("batch", "fixup", "skipinit", "nf"):
+        assert Thresholds().nf_moderate_lr in {c.lr for c in sweep.configs if c.norm == norm}
 
 
 def test_c7_without_normalizer_free_variants(tmp_path):
     c7 = claim(write_grid(tmp_path, {"none": 0.1, "batch": 1.6}), "C7")
     assert c7.verdict == NO_DATA and "no fixup, skipinit or nf trials" in c7.summary
-
-
-def test_c7_prefers_the_search_brackets(tmp_path):
-    # The grid says fixup trains where none fails; the search's finer brackets say they fail alike.
-    write_grid(tmp_path, {"none": 0.1, "batch": 1.6, "fixup": 0.4})
-    assert claim(tmp_path, "C7").verdict == SUPPORTED
-    write_bracket(tmp_path, "none", 0.3, 0.6, 128)
-    write_bracket(tmp_path, "fixup", 0.3, 0.6, 128)
-    write_bracket(tmp_path, "batch", 2.0, 4.0, 128)
-    c7 = claim(tmp_path, "C7")
-    assert c7.verdict == CONTRADICTED and c7.cases[0]["source"] == "boundaries"
-    assert "overlap" in c7.cases[0]["why"]
 
 
 # -- C8: BatchNorm's advantage grows with the batch size ---------------------------------------------------------
@@ -170,56 +204,97 @@ def test_each_batch_size_is_a_panel_of_its_own(tmp_path):
     assert set(load(write_grid(tmp_path / "one", NF_TRAIN)).trials["setting"].astype(str)) == {"resnet20"}
 
 
-# -- C9: small batches ------------------------------------------------------------------------------------------
+# -- C9: the batch the statistics see -----------------------------------------------------------------------------
 
-FLAT = {256: {0.1: 0.88, 0.4: 0.9}, 16: {0.1: 0.89, 0.4: 0.885}}
+FLAT = {64: {0.1: 0.88, 0.4: 0.9}, 2: {0.1: 0.89, 0.4: 0.885}}
+FALLS = {64: {0.1: 0.85, 0.4: 0.9}, 2: {0.1: 0.8, 0.4: 0.7}}
 
 
-def small_batch(root: Path, accuracies: dict[str, dict[int, dict[float, float]]], seeds: int = 1) -> Path:
+def small_batch(root: Path, accuracies: dict[str, dict[int, dict[float, float]]], seeds: int = 1,
+                axis: str = "ghost_batch") -> Path:
+    """Trials at {size: {lr: accuracy}} per variant, the size being the ghost batch at an SGD batch of 128 (the
+    ghost_batch sweep) or, with axis="batch_size", the SGD batch itself (the batch_size sweep)."""
     for norm, by_size in accuracies.items():
         for size, by_lr in by_size.items():
+            where = {"ghost_batch": size} if axis == "ghost_batch" else {"batch_size": size}
             for lr, acc in by_lr.items():
                 for seed in range(seeds):
-                    write_trial(root, norm, lr, True, acc=acc + 0.002 * seed, batch_size=size, seed=seed)
+                    write_trial(root, norm, lr, True, acc=acc + 0.002 * seed, seed=seed, **where)
     return root
 
 
 def test_c9_supported_per_seed(tmp_path):
-    falls = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.8, 0.4: 0.7}}
-    c9 = claim(small_batch(tmp_path, {"batch": falls, "group": FLAT, "ws_group": FLAT}, seeds=2), "C9")
+    c9 = claim(small_batch(tmp_path, {"batch": FALLS, "group": FLAT, "ws_group": FLAT}, seeds=2), "C9")
     assert c9.verdict == SUPPORTED and c9.verdict_text() == "supported, 2 of 2 seeds"
-    assert "batch: 0.801 at 16, 0.901 at 256, falls +0.100" in c9.summary, c9.summary  # means over 2 seeds
+    assert "batch: 0.801 at 2, 0.901 at 64, falls +0.100" in c9.summary, c9.summary  # means over 2 seeds
     (batch,) = [c for c in c9.cases if c["norm"] == "batch"]
-    assert batch["lr_by_batch_size"] == {16: 0.1, 256: 0.4}  # each batch size at its best rate
-    assert batch["over_seeds"]["fall at the smallest batch size"].seeds == 2
+    assert batch["lr_by_statistics_batch"] == {2: 0.1, 64: 0.4}  # each ghost batch at its best rate
+    assert batch["over_seeds"]["fall at the smallest statistics batch"].seeds == 2
+    assert batch["setting"] == "resnet20 batch 128, 100 steps" and "ghost batch" in c9.statement
+
+
+def test_c9_contradicted_when_batch_holds_up(tmp_path):
+    """The paper's effect absent: batch's accuracy does not fall when its statistics see 2 examples."""
+    c9 = claim(small_batch(tmp_path, {"batch": FLAT, "group": FLAT}), "C9")
+    assert c9.verdict == CONTRADICTED and "batch: 0.890 at 2, 0.900 at 64, falls +0.010" in c9.summary
 
 
 def test_c9_contradicted_when_group_degrades_too(tmp_path):
-    falls = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.8, 0.4: 0.7}}
-    c9 = claim(small_batch(tmp_path, {"batch": falls, "group": falls}), "C9")
-    assert c9.verdict == CONTRADICTED and "group: 0.800 at 16, 0.900 at 256, falls at most +0.100" in c9.summary
+    c9 = claim(small_batch(tmp_path, {"batch": FALLS, "group": FALLS}), "C9")
+    assert c9.verdict == CONTRADICTED and "group: 0.800 at 2, 0.900 at 64, falls at most +0.100" in c9.summary
+
+
+def test_c9_the_batch_size_sweep_no_longer_judges_it(tmp_path):
+    """Issue 20: varying the SGD batch at a fixed example budget changes the steps and the gradient noise too; C9
+    compares ghost batches at one SGD batch, so the batch_size sweep's falls are no case of it."""
+    c9 = claim(small_batch(tmp_path, {"batch": FALLS, "group": FLAT}, axis="batch_size"), "C9")
+    assert c9.verdict == NO_DATA and c9.cases == [] and "bnsweep run ghost_batch" in c9.summary
 
 
 def test_c9_best_or_matched_rates(tmp_path):
-    # batch's best rate moves with the batch size: at its best rates it holds up, at 256's best rate it falls.
-    moves = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.88, 0.4: 0.7}}
+    # batch's best rate moves with the ghost batch: at its best rates it holds up, at 64's best rate it falls.
+    moves = {64: {0.1: 0.85, 0.4: 0.9}, 2: {0.1: 0.88, 0.4: 0.7}}
     small_batch(tmp_path, {"batch": moves, "group": FLAT})
     assert claim(tmp_path, "C9").verdict == CONTRADICTED
     matched = claim(tmp_path, "C9", Thresholds(small_batch_compare="matched"))
     assert matched.verdict == SUPPORTED and "matched" in matched.statement
     (batch,) = [c for c in matched.cases if c["norm"] == "batch"]
-    assert batch["lr_by_batch_size"] == {16: 0.4, 256: 0.4}
+    assert batch["lr_by_statistics_batch"] == {2: 0.4, 64: 0.4}
     with pytest.raises(ValueError, match="small_batch_compare"):
         claim(tmp_path, "C9", Thresholds(small_batch_compare="median"))
 
 
 def test_c9_without_enough_data(tmp_path):
-    # batch alone at two batch sizes: nothing to compare it with.
+    # batch alone at two ghost batches: nothing to compare it with.
     only = claim(small_batch(tmp_path / "a", {"batch": FLAT}), "C9")
     assert only.verdict == NO_DATA and "needs batch and group or ws_group" in only.summary
     # One batch size: no case at all.
     one = claim(write_grid(tmp_path / "b", {"batch": 1.6, "group": 1.6}), "C9")
     assert one.verdict == NO_DATA and one.cases == []
+
+
+@pytest.mark.parametrize("scale", ["paper", "cpu", "smoke"])
+def test_the_ghost_batch_sweep_varies_only_the_statistics(scale):
+    """C9's protocol (Wu & He 2018: per-GPU batch at a fixed schedule): one SGD batch and one number of steps, the
+    ghost batch varied for batch, group or ws_group as controls at its smallest and largest."""
+    from bnsweep.sweep import load as load_sweep
+
+    configs = load_sweep("ghost_batch", scale).configs
+    assert len({c.batch_size for c in configs}) == 1 and len({c.steps for c in configs}) == 1
+    ghosts = {norm: {c.ghost_batch for c in configs if c.norm == norm} for norm in ("batch", "group")}
+    assert len(ghosts["batch"]) >= 2 and {min(ghosts["batch"]), max(ghosts["batch"])} <= ghosts["group"]
+
+
+def test_each_ghost_batch_is_a_panel_of_its_own(tmp_path):
+    """C1..C6 group by `setting`: trials whose statistics see 2 examples must not be pooled with those that see 64
+    (nor with those without a ghost batch) as if seeds; `network` stays the one network."""
+    small_batch(tmp_path, {"batch": FLAT})
+    write_trial(tmp_path, "batch", 0.1, True)  # no ghost batch: statistics over the whole batch of 128
+    t = load(tmp_path).trials
+    assert set(t["setting"].astype(str)) == {"resnet20 ghost 2", "resnet20 ghost 64", "resnet20 no ghost"}
+    assert set(t["network"].astype(str)) == {"resnet20"}
+    c1 = {c.key: c for c in check_claims(load(tmp_path))}["C1"]
+    assert {case["setting"] for case in c1.cases} <= set(t["setting"].astype(str))
 
 
 # -- the command and the figures --------------------------------------------------------------------------------
@@ -231,7 +306,7 @@ def test_check_writes_c7_to_c9_in_order(tmp_path, capsys):
     assert "C8    supported, 1 seed" in printed and "advantage_growth = 2: C8" in printed
     document = json.loads((tmp_path / "claims.json").read_text())
     keys = [k for k in document if k[0] == "C"]
-    assert keys == [f"C{i}" for i in range(1, 13)]
+    assert keys == [f"C{i}" for i in range(1, 15)]  # C13, C14: analysis/claims_curvature.py
     text = claims_table(check_claims(load(tmp_path)), Thresholds())
     assert "nf_critical_factor = 4" in text and "small_batch_compare = best" in text
 
@@ -310,3 +385,20 @@ def test_the_claim_and_its_figure_follow_one_definition_of_the_critical_rate(tmp
 
 def _closed(lower: float | None, upper: float | None) -> bool:
     return lower is not None and upper is not None and not (math.isnan(lower) or math.isnan(upper))
+
+
+def test_the_ghost_batch_figure_draws_what_c9_judges(tmp_path):
+    """fig_ghost_batch's line is each variant at the rate C9 reads per ghost batch, with the same accuracy; without
+    a ghost-batch axis (the batch_size sweep's trials) it is left out."""
+    data = load(small_batch(tmp_path, {"batch": FALLS, "group": FLAT}))
+    drawn = {d.figure.name: d for d in build_all(data, validate=True)}
+    rows = [r for rows in drawn["fig_ghost_batch"].spec["datasets"].values() for r in rows if "best" in r]
+    line = {(r["norm"], r["statistics"]): (r["lr"], r["acc"]) for r in rows if r["best"]}
+    c9 = claim(tmp_path, "C9")
+    for case in c9.cases:
+        for size, lr in case["lr_by_statistics_batch"].items():
+            assert line[(case["norm"], size)] == (lr, pytest.approx(case["numbers"][f"final_test_acc at statistics "
+                                                                                      f"batch {size}"]))
+    assert len(rows) == 8  # every rate tried is marked
+    other = load(small_batch(tmp_path / "sizes", {"batch": FALLS, "group": FLAT}, axis="batch_size"))
+    assert "fig_ghost_batch" not in {d.figure.name for d in build_all(other)}

@@ -294,3 +294,38 @@ def test_roles_are_least_privilege_in_the_comments():
     assert "iam:PassRole" in text and "instance-profile/bnsweep-head" in text
     assert "instance-profile/bnsweep-worker" in text
     assert "AmazonEC2FullAccess" in text  # named as what the default role has, and not to use
+
+
+# --------------------------------------------------------------------------------------------
+# Packing: the paper scale's trials fit the GPU workers, four per GPU (issue 21, item 1)
+# --------------------------------------------------------------------------------------------
+
+def trials_per_gpu(worker: dict, resources: dict[str, float]) -> float:
+    """How many trials asking `resources` (a sweep's, per trial) one GPU of a worker type runs at once: the fewer
+    of what its CPUs and what its GPUs allow (Ray packs fractional GPUs per physical device)."""
+    cpus, gpus = worker["resources"]["CPU"], worker["resources"]["GPU"]
+    by_cpu = cpus / resources["cpu"] if resources["cpu"] else float("inf")
+    return min(by_cpu, gpus / resources["gpu"]) / gpus
+
+
+def test_the_paper_scale_runs_four_trials_per_gpu_on_the_gpu_workers(cfg):
+    from bnsweep.sweep import available, load
+
+    _, workers = head_and_workers(cfg)
+    gpu_workers = {name: w for name, w in workers.items() if w["resources"].get("GPU", 0) >= 1}
+    on_gpus = {name: load(name, "paper").resources for name in available()}
+    on_gpus = {name: r for name, r in on_gpus.items() if r["gpu"] > 0}
+    assert gpu_workers and "lr_grid" in on_gpus
+    for sweep, resources in on_gpus.items():
+        for name, worker in gpu_workers.items():
+            per_gpu = trials_per_gpu(worker, resources)
+            assert per_gpu >= 4, f"{sweep}: {per_gpu:g} trials per GPU on {name} ({resources})"
+            # the CPUs a trial asks for times the trials per GPU is at most a worker's CPUs (per GPU)
+            assert resources["cpu"] * (1 / resources["gpu"]) <= worker["resources"]["CPU"] / worker["resources"]["GPU"]
+
+
+def test_the_packing_check_catches_the_old_g5_xlarge(cfg):
+    _, workers = head_and_workers(cfg)
+    worker = copy.deepcopy(next(iter(workers.values())))
+    worker["resources"] = {"CPU": 4, "GPU": 1}
+    assert trials_per_gpu(worker, {"cpu": 2, "gpu": 0.25}) == 2

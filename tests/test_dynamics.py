@@ -288,6 +288,64 @@ def test_eos_course():
     assert at_once["reached_step"] == 0 and math.isnan(at_once["sharpening"])
 
 
+def _eos_run(sharpness, residual=None):
+    """A cross-entropy trial's sharpness probes every 50 steps (limit 40) and its evaluations every 100 steps: the
+    training accuracy reaches 0.99 at step 400, after which the curvature decays as the loss goes to zero."""
+    import pandas as pd
+
+    steps = [50 * i for i in range(len(sharpness))]
+    probes = pd.DataFrame({"step": steps, "sharpness": sharpness,
+                           "residual": residual if residual is not None else [0.01] * len(steps)})
+    evals = pd.DataFrame({"step": list(range(0, steps[-1] + 1, 100)),
+                          "train_acc": [0.5, 0.7, 0.9, 0.97, 0.995, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0][:len(steps[::2])]})
+    return probes, evals
+
+
+def _c10_median(probes, evals, loss, window: bool):
+    """C10's median ratio over the whole run (the old rule) or over eos_window (the new)."""
+    from analysis.dynamics import eos_course, eos_window
+
+    if window:
+        probes, _ = eos_window(probes, evals, loss, acc_goal=0.99, residual_max=0.1)
+    return eos_course(probes["step"], probes["sharpness"], 40.0)["median_ratio"]
+
+
+def test_c10_window_ends_at_acc_goal():
+    """Under cross-entropy the sharpness hovers at 2/lr until the training accuracy reaches 0.99 (step 400), then
+    falls to zero with the loss: judged over the whole run the median is far below the band (the old rule said
+    contradicted), over Cohen et al.'s window (acc_goal) it hovers at 1.0. Squared loss keeps the whole run."""
+    from analysis.claims import Thresholds
+    from analysis.dynamics import eos_window
+
+    th = Thresholds()
+    assert th.eos_acc_goal == 0.99 and th.eos_min_probes == 3
+    sharp = [10, 20, 30, 39, 40, 41, 40, 39, 40, 10, 4, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    probes, evals = _eos_run(sharp)
+    old = _c10_median(probes, evals, "cross_entropy", window=False)
+    new = _c10_median(probes, evals, "cross_entropy", window=True)
+    assert not th.eos_band_low <= old <= th.eos_band_high  # the old rule: contradicted
+    assert th.eos_band_low <= new <= th.eos_band_high  # the new: supported
+    kept, info = eos_window(probes, evals, "cross_entropy", th.eos_acc_goal, th.eos_residual_max)
+    assert info["window_end"] == 400 and kept["step"].max() == 400 and info["probes_judged"] == 9
+    _, whole = eos_window(probes, evals, "mse", th.eos_acc_goal, th.eos_residual_max)
+    assert math.isnan(whole["window_end"]) and whole["probes_judged"] == len(sharp)
+    # Probes whose Lanczos has not converged are not judged.
+    noisy, _ = _eos_run(sharp, residual=[0.5] * 5 + [0.01] * 16)
+    kept, info = eos_window(noisy, evals, "cross_entropy", th.eos_acc_goal, th.eos_residual_max)
+    assert info["probes_in_window"] == 9 and info["probes_judged"] == 4 and kept["step"].min() == 250
+
+
+def test_c10_window_contradicted_when_no_edge():
+    """The paper's effect absent inside the window: the sharpness overshoots 2/lr and stays at twice it until the
+    accuracy goal, so the windowed median is out of the band: contradicted."""
+    from analysis.claims import Thresholds
+
+    th = Thresholds()
+    probes, evals = _eos_run([10, 30, 45, 80, 80, 80, 80, 80, 80, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    new = _c10_median(probes, evals, "cross_entropy", window=True)
+    assert new > th.eos_band_high
+
+
 def _tiny_results(root):
     """A few real trials of each dynamics sweep on random images (seconds), written as Parquet."""
     from bnsweep.trial import run_trial
@@ -507,54 +565,63 @@ def test_spectrum_options_are_checked():
     assert make_config({"spectrum_layers": "0,3"}).spectrum_layers == (0, 3)
 
 
-def test_full_batch_sharpness_under_sgd_matches_the_dense_hessian():
-    """sharpness_batch train (C14's full-batch sharpness under SGD): the top eigenvalue of the whole training set's
-    loss, in parts of the step's size (BatchNorm's statistics per part, as in a step), not of the step's batch;
-    `examples` says which. A tiny float64 BatchNorm MLP, Lanczos run to the parameter count."""
-    model = _tiny_bn_mlp()
-    g = _gen(4)
-    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(2, (12,), generator=g)
-    n_all = sum(p.numel() for p in model.parameters())
-    whole, _, _, _ = _dense_hessian(model, x, y, 6)
-    step, _, _, _ = _dense_hessian(model, x[:6], y[:6], 6)
-    for where, hess, examples in (("train", whole, 12), ("step", step, 6)):
-        config = make_config({"arch": "mlp", "depth": 3, "norm": "batch", "lr": 0.1, "probe_every": 1,
-                              "probes": "sharpness", "sharpness_iters": n_all, "batch_size": 6, "train_subset": 12,
-                              "sharpness_batch": where, "batch_sharpness_batches": 1})
-        trial = _fake_trial(model, config)
-        probes = P.Probes(trial.config, trial.model, trial.loss_fn, trial.optimizer, trial.device, trial.task,
-                          train_set=lambda: (x, y))
-        assert probes.begin(0)
-        loss = F.cross_entropy(model(x[:6]), y[:6])
-        trial.optimizer.zero_grad()
-        loss.backward()
-        probes.before_update(0, x[:6], y[:6], loss)
-        row = probes.tables()["sharpness"].to_pylist()[0]
-        assert row["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(hess)[-1]), rel=1e-7), where
-        assert row["examples"] == examples and row["loss"] == pytest.approx(float(loss.detach()))
+def _depth_results(root, largest: dict[str, int], factor: float = 1.2, depths=(5, 8, 12, 20)):
+    """Synthetic depth sweep in the real schemas: MLP trials of `largest`'s variants at each depth, trained up to
+    its entry, each with step-0 layer norms whose gradients grow by `factor` (batch) or stay flat towards the
+    input."""
+    import pyarrow as pa
+
+    from bnsweep import records
+    from bnsweep.records import trials_table
+    from bnsweep.schema import PROBE_SCHEMAS
+
+    for norm, top in largest.items():
+        for depth in depths:
+            config = make_config({"arch": "mlp", "norm": norm, "depth": depth, "lr": 0.1, "steps": 100})
+            trained = depth <= top
+            outcome = {"trial_id": config.trial_id, "status": "completed", "trained": trained,
+                       "trained_rule": "final_train_acc >= 0.5", "steps_done": 100, "task": "classification",
+                       "initial_loss": 2.3, "final_loss": 0.5 if trained else 2.3,
+                       "final_train_acc": 0.9 if trained else 0.1, "final_test_acc": 0.85 if trained else 0.1,
+                       "attempt": 1, "schema_version": records.SCHEMA_VERSION}
+            grow = factor if norm == "batch" else 1.0
+            rows = [{"trial_id": config.trial_id, "step": 0, "layer": layer, "weight_norm": 1.0,
+                     "grad_norm": grow ** (depth - layer), "position": "fc"} for layer in range(1, depth + 1)]
+            schema = PROBE_SCHEMAS["layer_norms"]
+            ln = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+            records.write_trial(root, config.trial_id, {records.TRIALS: trials_table(config, outcome),
+                                                        "layer_norms": ln})
+    return root
 
 
-def test_full_batch_sharpness_under_sgd_does_not_perturb_training():
-    """The whole training set read at every probe step moves no random stream and no running statistic."""
-    data = _images(n=48)
-    base = {"arch": "mlp", "width": 1 / 32, "norm": "batch", "lr": 0.1, "steps": 12, "batch_size": 8,
-            "train_subset": 32, "eval_every": 6, "eval_subset": 16, "device": "cpu", "seed": 1}
-    on = Trial(make_config({**base, "probe_every": 5, "probes": "sharpness", "sharpness_iters": 3,
-                            "sharpness_batch": "train"}), data)
-    off = Trial(make_config({**base, "probe_every": 0}), data)
-    on.run()
-    off.run()
-    assert on.status == off.status == "completed"
-    assert torch.equal(on.history, off.history) and on.evals == off.evals
-    on_state, off_state = on.model.state_dict(), off.model.state_dict()
-    assert all(torch.equal(on_state[k], off_state[k]) for k in off_state)
-    sharp = on.tables()["sharpness"].to_pandas()
-    assert list(sharp.step) == [0, 5, 10] and set(sharp.examples) == {32}
+def _c12(root):
+    import analysis
+
+    (c12,) = [c for c in analysis.check_claims(analysis.load(root)) if c.key == "C12"]
+    return c12
 
 
-def test_full_batch_sharpness_options_are_checked():
-    with pytest.raises(BnsweepError, match="sharpness_batch=.*set --train-subset N"):
-        make_config({"arch": "mlp", "probes": "sharpness", "sharpness_batch": "train"})
-    with pytest.raises(BnsweepError, match="sharpness_batch=.*noisy_batch"):
-        make_config({"norm": "noisy_batch", "probes": "sharpness", "sharpness_batch": "train", "train_subset": 512})
-    assert make_config({"train_subset": 512, "sharpness_batch": "train"}).sharpness_batch == "train"
+def test_c12_prints_yang_et_al_theory_factor(tmp_path):
+    from analysis.claims_dynamics import YANG_FACTOR
+
+    assert YANG_FACTOR == pytest.approx(1.211, abs=5e-4)  # sqrt(pi / (pi - 1))
+    c12 = _c12(_depth_results(tmp_path, {"none": 20, "batch": 8}, factor=1.3))
+    fits = [c for c in c12.cases if c["norm"] == "batch" and "factor" in c]
+    assert fits and all(c["factor_over_theory"] == pytest.approx(1.3 / YANG_FACTOR) for c in fits)
+    assert "theory 1.211" in c12.summary and "ratio 1.07" in c12.summary
+    assert c12.verdict == "supported"  # batch explodes and stops training at 8 while none trains at 20
+
+
+def test_c12_trainability_against_none_not_the_deepest(tmp_path):
+    # none fails beyond depth 8 as well: batch's limit is no sign of BatchNorm's explosion. The old rule (batch's
+    # largest below the deepest tried) called this supported.
+    c12 = _c12(_depth_results(tmp_path, {"none": 8, "batch": 8}))
+    (case,) = [c for c in c12.cases if c["setting"] == "trainability"]
+    assert case["verdict"] == "contradicted" and case["none_largest"] == 8
+    assert "none up to 8" in case["why"]
+
+
+def test_c12_trainability_needs_none(tmp_path):
+    c12 = _c12(_depth_results(tmp_path, {"batch": 8, "layer": 20}))
+    (case,) = [c for c in c12.cases if c["setting"] == "trainability"]
+    assert case["verdict"] == "not enough data"

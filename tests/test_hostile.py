@@ -628,7 +628,7 @@ def test_the_python_api_checks_the_same_ranges(kwargs, word):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("command", ["trial", "run", "sweeps", "status", "figures", "check"])
+@pytest.mark.parametrize("command", ["trial", "run", "sweeps", "status", "figures", "check", "compare"])
 def test_help_texts_render(command):
     """argparse %-formats help texts: a literal % in a field's help ("~25% faster") must not break --help."""
     with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit) as e:

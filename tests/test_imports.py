@@ -17,8 +17,8 @@ LAYERS = {
     "base": ["errors", "variants", "rules", "memory"],  # no torch, no Ray: what every layer reads
     "config": ["config", "schema"],  # a trial's options and the tables' columns
     "storage": ["records", "lock", "checkpoints"],  # the results directory
-    "training": ["ghost", "norms", "data", "models", "optim", "losses", "dynamics", "curvature", "probes", "provenance",
-                 "trial"],  # torch: one trial, in one process
+    "training": ["ghost", "norms", "data", "models", "optim", "losses", "dynamics", "curvature", "numerics", "probes",
+                 "provenance", "trial", "fused"],  # torch: one trial (or a fused cohort), in one process
     "planning": ["sweep", "plan", "estimate", "schedule"],  # which trials, in what order, how long
     "running": ["worker", "executor"],  # Ray: the one executor and the function its workers run
     "reporting": ["status"],  # what a person reads of the records

@@ -306,6 +306,18 @@ def test_fixup_follows_zhang_et_al():
     assert net.layer_params(3) == [c2.layer.weight, c2.layer.pre_bias, c2.norm.scale, c2.norm.bias]
 
 
+def test_fixup_downsampling_shortcut_reads_bias1a():
+    # The authors' fixup_resnet_cifar.py: identity = self.downsample(x + self.bias1a) in a shape-changing unit, so
+    # its bias1a (our conv1's pre_bias) reaches the output through the shortcut even while the branch's last
+    # convolution is zero; a unit that keeps its shape reads x alone.
+    net = _build("resnet20", width=0.5, norm="fixup")
+    nn.init.normal_(net.block(net.num_layers).layer.weight)  # a live head, so gradients reach the body
+    net(torch.randn(4, 3, 32, 32)).square().sum().backward()
+    for u in net.units:
+        grad = net.blocks[u.first].layer.pre_bias.grad
+        assert (torch.count_nonzero(grad) > 0) == u.reshapes, u
+
+
 @pytest.mark.parametrize("norm", ["skipinit", "nf"])
 def test_skipinit_and_nf_branches_output_zero_at_init(norm):
     net = _build("resnet20", width=0.5, norm=norm)

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHES = ("trial", "probes", "sweep", "figures", "paper")
+BENCHES = ("trial", "probes", "sweep", "figures", "paper", "gpu")
 
 
 def main() -> int:
