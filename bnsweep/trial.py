@@ -109,12 +109,18 @@ class Trial:
         if not self.config.probe_every:
             return None
         from bnsweep.probes import Probes  # probes are optional; the plain loop never imports them
+        sgd = not self.sampler.full_batch
         return Probes(self.config, self.model, self.loss_fn, self.optimizer, self.device, self.task,
-                      draw_batch=None if self.sampler.full_batch else self.draw_batch)
+                      draw_batch=self.draw_batch if sgd else None, train_set=self.train_set if sgd else None)
 
     def draw_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A minibatch for a probe (batch sharpness): the step's size, its own generator, no augmentation."""
         return self.batch_of(self.sampler.draw(generator))
+
+    def train_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every training example (of the train subset, if any), in order, without augmentation: the full-batch
+        sharpness under SGD (full_batch_sharpness)."""
+        return self.batch_of(torch.arange(self.sampler.n, device=self.device))
 
     def batch_of(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training examples at sampler positions `index` (of the train subset, if any), as the model takes."""
