@@ -174,6 +174,13 @@ def test_c14_not_enough_data(tmp_path):
     assert one.verdict == NO_DATA  # one batch size: the gap's widening is not judged
     low = claim(write_sgd(tmp_path / "c", {16: 0.4, 256: 0.8}, batch_ratio=0.5), "C14")
     assert low.verdict == NO_DATA and "never reached 2/lr" in low.summary
+    # A catapult (batch at 0.1 on sgd_eos's cpu network): far above 2/lr at step 0, below it from then on.
+    rows = sharpness_rows(0.1, 0.5, 0.4)
+    rows[0]["batch_sharpness"] = 7.5 * 20
+    write_trial(tmp_path / "e", MLP, "batch", 0.1, {"sharpness": rows}, batch_size=16)
+    catapult = claim(tmp_path / "e", "C14")
+    assert catapult.verdict == NO_DATA
+    assert "started at 7.5 x 2/lr, fell below it by step 50 and never reached it again" in catapult.summary
     full_batch_only = tmp_path / "d"
     write_trial(full_batch_only, MLP, "batch", 0.1, {"sharpness": sharpness_rows(0.1, 1.0, 1.0)}, batch_size=0)
     assert claim(full_batch_only, "C14").verdict == NO_DATA  # gradient descent is C10's
