@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -16,6 +17,7 @@ from analysis import check_claims, load
 from analysis.claims import CONTRADICTED, NO_DATA, SEEDS_DISAGREE, SUPPORTED
 from analysis.claims_curvature import FULL_BATCH
 from analysis.figures import EXTRA_FIGURES
+from analysis.figures_curvature import DENSITY_FLOOR, DENSITY_POINTS
 from bnsweep import records
 from bnsweep.config import make_config
 from bnsweep.records import trials_table
@@ -205,7 +207,11 @@ def test_curvature_figures_draw_from_synthetic_tables(tmp_path):
     figures = {f.name: f for f in EXTRA_FIGURES}
     density = figures["fig_spectrum_density"].build(results).to_dict()
     assert density["spec"]["encoding"]["y"]["scale"]["type"] == "log"
-    assert sorted({r["step"] for r in density["datasets"][next(iter(density["datasets"]))]}) == [0, 200, 400]
+    rows = density["datasets"][next(iter(density["datasets"]))]
+    assert sorted({r["step"] for r in rows}) == [0, 200, 400]
+    # Every grid point drawn, the gaps between the nodes' bumps on the floor: no line joins a gap's two sides.
+    per_line = pd.DataFrame(rows).groupby(["norm", "lr_label", "step"]).size()
+    assert (per_line == DENSITY_POINTS).all() and min(r["density"] for r in rows) == DENSITY_FLOOR
     sharp = figures["fig_batch_sharpness"].build(results).to_dict()
     series = {r["series"] for r in sharp["datasets"][next(iter(sharp["datasets"]))]}
     assert {"batch sharpness g'Hg/|g|^2", "full-batch sharpness", "2/lr"} <= series
