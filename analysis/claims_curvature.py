@@ -109,7 +109,8 @@ def _sgd_course(df: pd.DataFrame, th) -> dict:
     limit = float(df["eos_threshold"].iloc[0])
     course = eos_course(df["step"], df["batch_sharpness"], limit, th.eos_reach)
     out = {"limit": limit, "batch_median_ratio": course["median_ratio"], "reached_step": course["reached_step"],
-           "batch_max_ratio": course["max_ratio"], "full_median_ratio": math.nan, "gap": math.nan}
+           "batch_max_ratio": course["max_ratio"], "full_median_ratio": math.nan, "gap": math.nan,
+           "starts_above": course["starts_above"], "start_step": course["start_step"]}
     if FULL_BATCH in df and not math.isnan(course["reached_step"]):
         window = df[df["step"] >= course["reached_step"]]
         full = window[FULL_BATCH].to_numpy(dtype=float) / limit
@@ -124,6 +125,10 @@ def _sgd_case(case: dict, course: dict, th) -> dict:
     """Batch sharpness within the band around 2/lr, and full-batch sharpness below it (and below batch's)."""
     label = f"batch {case['batch_size']:g} lr {case['lr']:g}"
     out = {**case, **course}
+    if math.isnan(course["reached_step"]) and course["starts_above"]:  # a catapult, then below for good
+        return {**out, "verdict": NO_DATA,
+                "why": f"{label}: batch sharpness started at {fmt(course['batch_max_ratio'])} x 2/lr, fell below it "
+                       f"by step {course['start_step']:g} and never reached it again"}
     if math.isnan(course["reached_step"]):
         return {**out, "verdict": NO_DATA,
                 "why": f"{label}: batch sharpness never reached 2/lr (max {fmt(course['batch_max_ratio'])} x)"}

@@ -170,6 +170,10 @@ class TrialConfig:
                                          "draws from the training examples) whose batch sharpness g'Hg/|g|^2 is "
                                          "averaged (full batch: the step's batch alone)", _n(int, 1, 1000),
                                       omit_default=True)
+    full_batch_sharpness: bool = _f(False, "sharpness probe under SGD: also the top Hessian eigenvalue of the whole "
+                                           "training subset's loss (column full_batch_sharpness, beside batch "
+                                           "sharpness, as Andreyev & Beneventano 2024 measure it); needs "
+                                           "--train-subset", Flag(), omit_default=True)
     # The spectrum probe (bnsweep/curvature.py). Its default cadence keeps it under 10% of training: at the
     # defaults it costs (1 + 11 layers) x (slq_runs x slq_iters + hutchinson_samples - slq_runs) = 276
     # Hessian-vector products on the cpu VGG-11 (width 0.25, batch 128), each at most ~6 training steps (double
@@ -344,6 +348,12 @@ def _cross_field_problems(c: TrialConfig) -> list[tuple[str, str]]:
     spectrum_layers = c.spectrum_layers if c.spectrum_layers == "all" else tuple(i for i in c.spectrum_layers if i)
     if spectrum_layers and layer_problem(c.arch, spectrum_layers, c.depth):
         out.append(("spectrum_layers", layer_problem(c.arch, spectrum_layers, c.depth) + " (0: the whole network)"))
+    if c.full_batch_sharpness and c.train_subset is None:
+        out.append(("full_batch_sharpness", "takes the Hessian of the whole training set at every probe: set "
+                                            "--train-subset N (a few thousand examples)"))
+    if c.full_batch_sharpness and c.norm == "noisy_batch":
+        out.append(("full_batch_sharpness", "needs the step's noise on other examples, which noisy_batch does not "
+                                            "have: leave it off"))
     if c.spectrum_k > c.slq_iters:
         out.append(("spectrum_k", f"more top eigenvalues than the {c.slq_iters} Lanczos steps (slq_iters) give: use "
                                   f"at most {c.slq_iters}, or raise slq_iters"))

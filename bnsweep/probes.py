@@ -119,6 +119,9 @@ probe-only generator (bnsweep/dynamics.py).
     batch_sharpness_batches  how many minibatches (config.batch_sharpness_batches; 1 in full-batch mode, where
                      the minibatch is the step's batch)
     batch_sharpness_se  its standard error over the minibatches (NaN for one)
+    full_batch_sharpness  the top eigenvalue of the whole training subset's loss (Lanczos, sharpness_iters steps):
+                     `sharpness` itself in full-batch mode; under SGD with config.full_batch_sharpness, over parts
+                     of the step's size where a layer normalizes over the batch; NaN otherwise
 
 spectrum (probe "spectrum"): one row per (step, block), at its own cadence (config.spectrum_every from
 spectrum_start, on steps of the trial's probe machinery: probe_every 0 switches it off too). The Hessian of the
@@ -179,7 +182,7 @@ from torch.func import functional_call
 
 from bnsweep import curvature, dynamics, ghost
 from bnsweep.config import TrialConfig, stream_seed
-from bnsweep.norms import BatchNorm, NoisyBatchNorm
+from bnsweep.norms import BatchNorm, LpBatchNorm, NoisyBatchNorm
 from bnsweep.schema import LAYER, PROBE_SCHEMAS, QUANTILE_COLUMNS
 
 QUANTILE_SAMPLE = 2**18  # quantiles on a subsample: torch.quantile sorts (and fails above 2**24 elements)
@@ -393,6 +396,7 @@ class Setup:
     trial_id: str
     generators: dict[str, torch.Generator]
     draw_batch: BatchDraw | None = None  # a fresh minibatch of the step's size (probe-only generator), if any
+    train_loss: Callable[[], LossOf] | None = None  # loss_of on the whole training set (under SGD), if any
 
     def weight_name(self, layer: int) -> str:
         return self.name_of[id(self.model.block(layer).layer.weight)]
@@ -697,11 +701,15 @@ class Sharpness(Probe):
     """The Hessian's extreme eigenvalues by Lanczos (the edge of stability, bnsweep/dynamics.py), and the batch
     sharpness of the step's minibatch and of further minibatches of its size (bnsweep/curvature.py)."""
 
-    name, options, table, stream = "sharpness", ("sharpness_iters", "batch_sharpness_batches"), "sharpness", "sharpness"
+    name, table, stream = "sharpness", "sharpness", "sharpness"
+    options = ("sharpness_iters", "batch_sharpness_batches", "full_batch_sharpness")
 
-    def __init__(self, setup: Setup, sharpness_iters: int, batch_sharpness_batches: int):
+    def __init__(self, setup: Setup, sharpness_iters: int, batch_sharpness_batches: int, full_batch_sharpness: bool):
         super().__init__(setup)
         self.iters, self.generator = sharpness_iters, setup.generators[self.stream]
+        # Under SGD, the whole training set's top eigenvalue on request; in full-batch mode the step's batch is it.
+        self.full_batch = setup.draw_batch is None
+        self.train_loss = setup.train_loss if full_batch_sharpness else None
         # Full batch (or no way to draw another batch): every minibatch would be the step's own.
         self.batches = batch_sharpness_batches if setup.draw_batch is not None else 1
         self.draw_batch, self.batch_generator = setup.draw_batch, setup.generators[BATCH_STREAM]
@@ -713,11 +721,14 @@ class Sharpness(Probe):
             x, y = self.draw_batch(self.batch_generator)
             values.append(curvature.batch_sharpness(ctx.loss_on(x, y), ctx.params))
         batch, batch_se = curvature.mean_se(values)
+        full = spec.top if self.full_batch else math.nan
+        if self.train_loss is not None and not self.full_batch:
+            full = dynamics.hessian_spectrum(self.train_loss(), ctx.params, self.iters, self.generator).top
         self.row(ctx.t, sharpness=spec.top, min_eigenvalue=spec.bottom, residual=spec.residual, iters=spec.steps,
                  two_over_lr=2.0 / ctx.lr, eos_threshold=dynamics.eos_threshold(ctx.lr, ctx.momentum),
                  lr_sharpness=ctx.lr * spec.top, loss=float(ctx.loss), examples=int(ctx.x.shape[0]),
                  ghost_batch=int(ctx.ghost_batch or 0), noise_in_probes=ctx.noise_mode, batch_sharpness=batch,
-                 batch_sharpness_batches=len(values), batch_sharpness_se=batch_se)
+                 batch_sharpness_batches=len(values), batch_sharpness_se=batch_se, full_batch_sharpness=full)
 
 
 @register
@@ -916,7 +927,8 @@ class Probes:
     steps, finish() at the end; tables(diverged_step) gives the tables, state_dict() the checkpoint entry."""
 
     def __init__(self, config: TrialConfig, model: nn.Module, loss_fn: Callable, optimizer: Any,
-                 device: torch.device, task: str, draw_batch: BatchDraw | None = None):
+                 device: torch.device, task: str, draw_batch: BatchDraw | None = None,
+                 train_set: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None):
         c = self.config = config
         self.model, self.loss_fn, self.optimizer, self.task = model, loss_fn, optimizer, task
         self.every = c.probe_every
@@ -931,7 +943,10 @@ class Probes:
             self.generators["noise"] = torch.Generator(device).manual_seed(stream_seed(c.seed, "probes-noise"))
         self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in dict.fromkeys(PROBES[p].table for p in c.probes)}
         name_of = {id(p): n for n, p in self.named}
-        self.probes = [cls(Setup(model, name_of, self.rows[cls.table], c.trial_id, self.generators, draw_batch),
+        self.train_set = train_set  # every training example as a step prepares them (None: the step's batch is)
+        train_loss = None if train_set is None else self._train_loss
+        self.probes = [cls(Setup(model, name_of, self.rows[cls.table], c.trial_id, self.generators, draw_batch,
+                                 train_loss),
                            **{o: getattr(c, o) for o in cls.options})
                        for name, cls in PROBES.items() if name in c.probes]  # in PROBES' order, whatever the config's
         self._handles: list[Any] = []
@@ -976,17 +991,26 @@ class Probes:
             for probe in self._due:
                 probe.after_update(ctx)
 
-    def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> LossOf:
+    def _loss_of(self, x: torch.Tensor, y: torch.Tensor, parts: int | None = None) -> LossOf:
         """L(params) on the step's batch, BatchNorm in training mode on cloned buffers (running stats kept),
-        over the step's ghost batches when it has them."""
+        over the step's ghost batches when it has them (or over parts of `parts` examples)."""
         buffers = dict(self.model.named_buffers())
-        ghost_batch, summed = self.config.ghost_batch, self.task == "regression"
+        ghost_batch, summed = parts or self.config.ghost_batch, self.task == "regression"
 
         def loss_of(params: Params) -> torch.Tensor:
             state = {**params, **{n: b.clone() for n, b in buffers.items()}}
             return ghost.chunked_loss(lambda inputs: functional_call(self.model, state, (inputs,)),
                                       self.loss_fn, x, y, ghost_batch, summed)
         return loss_of
+
+    def _train_loss(self) -> LossOf:
+        """L(params) on the whole training set (train subset): the mean of its parts of the step's ghost-batch or
+        batch size where a layer normalizes over the batch (BatchNorm, the lp variants), so its statistics are over
+        as many examples as in a step; one part otherwise (every example on its own: the same loss, cheaper)."""
+        x, y = self.train_set()
+        batch_statistics = any(isinstance(m, BatchNorm | LpBatchNorm) for m in self.model.modules())
+        parts = (self.config.ghost_batch or self.config.batch_size) if batch_statistics else int(x.shape[0])
+        return self._loss_of(x, y, parts)
 
     @contextmanager
     def _probe_noise(self):

@@ -100,7 +100,7 @@ PROBE_SCHEMAS: dict[str, pa.Schema] = {
         ("sharpness", _F), ("min_eigenvalue", _F), ("residual", _F), ("iters", _I), ("two_over_lr", _F),
         ("eos_threshold", _F), ("lr_sharpness", _F), ("loss", _F), ("examples", _I), ("ghost_batch", _I),
         ("noise_in_probes", _S), ("batch_sharpness", _F), ("batch_sharpness_batches", _I),
-        ("batch_sharpness_se", _F)]),
+        ("batch_sharpness_se", _F), ("full_batch_sharpness", _F)]),
     "spectrum": pa.schema(_ID + [
         ("layer", _I), ("block", _S), ("params", _I), ("top_eigenvalues", pa.list_(_F)), ("top", _F), ("bottom", _F),
         ("trace", _F), ("trace_se", _F), ("slq_nodes", pa.list_(_F)), ("slq_weights", pa.list_(_F)),

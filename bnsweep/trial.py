@@ -109,12 +109,12 @@ class Trial:
         if not self.config.probe_every:
             return None
         from bnsweep.probes import Probes  # probes are optional; the plain loop never imports them
+        # Under SGD a probe may draw minibatches (batch sharpness) and read the whole subset (full_batch_sharpness).
+        sgd = not self.sampler.full_batch
         return Probes(self.config, self.model, self.loss_fn, self.optimizer, self.device, self.task,
-                      draw_batch=None if self.sampler.full_batch else self.draw_batch)
-
-    def draw_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A minibatch for a probe (batch sharpness): the step's size, its own generator, no augmentation."""
-        return self.batch_of(self.sampler.draw(generator))
+                      draw_batch=(lambda gen: self.batch_of(self.sampler.draw(gen))) if sgd else None,
+                      train_set=(lambda: self.batch_of(torch.arange(self.sampler.n, device=self.device))) if sgd
+                      else None)
 
     def batch_of(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training examples at sampler positions `index` (of the train subset, if any), as the model takes."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -16,6 +17,7 @@ from analysis import check_claims, load
 from analysis.claims import CONTRADICTED, NO_DATA, SEEDS_DISAGREE, SUPPORTED
 from analysis.claims_curvature import FULL_BATCH
 from analysis.figures import EXTRA_FIGURES
+from analysis.figures_curvature import DENSITY_FLOOR, DENSITY_POINTS
 from bnsweep import records
 from bnsweep.config import make_config
 from bnsweep.records import trials_table
@@ -174,6 +176,13 @@ def test_c14_not_enough_data(tmp_path):
     assert one.verdict == NO_DATA  # one batch size: the gap's widening is not judged
     low = claim(write_sgd(tmp_path / "c", {16: 0.4, 256: 0.8}, batch_ratio=0.5), "C14")
     assert low.verdict == NO_DATA and "never reached 2/lr" in low.summary
+    # A catapult (batch at 0.1 on sgd_eos's cpu network): far above 2/lr at step 0, below it from then on.
+    rows = sharpness_rows(0.1, 0.5, 0.4)
+    rows[0]["batch_sharpness"] = 7.5 * 20
+    write_trial(tmp_path / "e", MLP, "batch", 0.1, {"sharpness": rows}, batch_size=16)
+    catapult = claim(tmp_path / "e", "C14")
+    assert catapult.verdict == NO_DATA
+    assert "started at 7.5 x 2/lr, fell below it by step 50 and never reached it again" in catapult.summary
     full_batch_only = tmp_path / "d"
     write_trial(full_batch_only, MLP, "batch", 0.1, {"sharpness": sharpness_rows(0.1, 1.0, 1.0)}, batch_size=0)
     assert claim(full_batch_only, "C14").verdict == NO_DATA  # gradient descent is C10's
@@ -198,7 +207,11 @@ def test_curvature_figures_draw_from_synthetic_tables(tmp_path):
     figures = {f.name: f for f in EXTRA_FIGURES}
     density = figures["fig_spectrum_density"].build(results).to_dict()
     assert density["spec"]["encoding"]["y"]["scale"]["type"] == "log"
-    assert sorted({r["step"] for r in density["datasets"][next(iter(density["datasets"]))]}) == [0, 200, 400]
+    rows = density["datasets"][next(iter(density["datasets"]))]
+    assert sorted({r["step"] for r in rows}) == [0, 200, 400]
+    # Every grid point drawn, the gaps between the nodes' bumps on the floor: no line joins a gap's two sides.
+    per_line = pd.DataFrame(rows).groupby(["norm", "lr_label", "step"]).size()
+    assert (per_line == DENSITY_POINTS).all() and min(r["density"] for r in rows) == DENSITY_FLOOR
     sharp = figures["fig_batch_sharpness"].build(results).to_dict()
     series = {r["series"] for r in sharp["datasets"][next(iter(sharp["datasets"]))]}
     assert {"batch sharpness g'Hg/|g|^2", "full-batch sharpness", "2/lr"} <= series

@@ -666,3 +666,68 @@ def test_c12_trainability_needs_none(tmp_path):
     c12 = _c12(_depth_results(tmp_path, {"batch": 8, "layer": 20}))
     (case,) = [c for c in c12.cases if c["setting"] == "trainability"]
     assert case["verdict"] == "not enough data"
+
+
+def test_full_batch_sharpness_under_sgd_matches_the_dense_hessian():
+    """full_batch_sharpness (C14's full-batch sharpness under SGD): the top eigenvalue of the whole training set's
+    loss, in parts of the step's size (BatchNorm's statistics per part, as in a step), beside the step's batch's
+    `sharpness`; NaN when not asked for. A tiny float64 BatchNorm MLP, Lanczos run to the parameter count."""
+    model = _tiny_bn_mlp()
+    g = _gen(4)
+    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(2, (12,), generator=g)
+    n_all = sum(p.numel() for p in model.parameters())
+    whole, _, _, _ = _dense_hessian(model, x, y, 6)
+    step, _, _, _ = _dense_hessian(model, x[:6], y[:6], 6)
+    for asked in (True, False):
+        config = make_config({"arch": "mlp", "depth": 3, "norm": "batch", "lr": 0.1, "probe_every": 1,
+                              "probes": "sharpness", "sharpness_iters": n_all, "batch_size": 6, "train_subset": 12,
+                              "full_batch_sharpness": asked, "batch_sharpness_batches": 1})
+        trial = _fake_trial(model, config)
+        probes = P.Probes(trial.config, trial.model, trial.loss_fn, trial.optimizer, trial.device, trial.task,
+                          draw_batch=lambda gen: (x[6:], y[6:]), train_set=lambda: (x, y))
+        assert probes.begin(0)
+        loss = F.cross_entropy(model(x[:6]), y[:6])
+        trial.optimizer.zero_grad()
+        loss.backward()
+        probes.before_update(0, x[:6], y[:6], loss)
+        row = probes.tables()["sharpness"].to_pylist()[0]
+        assert row["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(step)[-1]), rel=1e-7)
+        assert row["examples"] == 6
+        if asked:
+            assert row["full_batch_sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(whole)[-1]), rel=1e-7)
+        else:
+            assert math.isnan(row["full_batch_sharpness"])
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_full_batch_sharpness_under_sgd_does_not_perturb_training(norm):
+    """The whole training set read at every probe step moves no random stream and no running statistic; in
+    full-batch mode the column is the sharpness itself."""
+    data = _images(n=48)
+    base = {"arch": "mlp", "width": 1 / 32, "norm": norm, "lr": 0.1, "steps": 12, "batch_size": 8,
+            "train_subset": 32, "eval_every": 6, "eval_subset": 16, "device": "cpu", "seed": 1}
+    on = Trial(make_config({**base, "probe_every": 5, "probes": "sharpness", "sharpness_iters": 3,
+                            "full_batch_sharpness": True}), data)
+    off = Trial(make_config({**base, "probe_every": 0}), data)
+    on.run()
+    off.run()
+    assert on.status == off.status == "completed"
+    assert torch.equal(on.history, off.history) and on.evals == off.evals
+    on_state, off_state = on.model.state_dict(), off.model.state_dict()
+    assert all(torch.equal(on_state[k], off_state[k]) for k in off_state)
+    sharp = on.tables()["sharpness"].to_pandas()
+    assert list(sharp.step) == [0, 5, 10] and sharp.full_batch_sharpness.notna().all()
+    full = Trial(make_config({**base, "batch_size": 0, "probe_every": 5, "probes": "sharpness",
+                              "sharpness_iters": 3}), data)
+    full.run()
+    sharp = full.tables()["sharpness"].to_pandas()
+    assert (sharp.full_batch_sharpness == sharp.sharpness).all() and set(sharp.examples) == {32}
+
+
+def test_full_batch_sharpness_options_are_checked():
+    with pytest.raises(BnsweepError, match="full_batch_sharpness=.*set --train-subset N"):
+        make_config({"arch": "mlp", "probes": "sharpness", "full_batch_sharpness": True})
+    with pytest.raises(BnsweepError, match="full_batch_sharpness=.*noisy_batch"):
+        make_config({"norm": "noisy_batch", "probes": "sharpness", "full_batch_sharpness": True,
+                     "train_subset": 512})
+    assert make_config({"train_subset": 512, "full_batch_sharpness": True}).full_batch_sharpness is True

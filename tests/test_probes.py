@@ -340,7 +340,8 @@ def test_batch_sharpness_draws_minibatches_of_the_step_from_the_train_subset():
             "eval_subset": 16, "device": "cpu", "probe_every": 1, "probes": "sharpness", "train_subset": 40}
     trial = Trial(make_config({**base, "batch_size": 8}), data)
     sampler = copy.deepcopy(trial.sampler.state_dict())
-    x, y = trial.draw_batch(torch.Generator().manual_seed(0))
+    (sharpness,) = trial.probes.probes  # the draw the trial hands its probes
+    x, y = sharpness.draw_batch(torch.Generator().manual_seed(0))
     assert x.shape == (8, 1, 8, 8) and y.shape == (8,)
     subset, labels = data.inputs(data.train_x[trial.train_index]), data.train_y[trial.train_index]
     rows = [int(((subset - xi).abs().sum((1, 2, 3)) == 0).nonzero()) for xi in x]
