@@ -367,16 +367,39 @@ def _parse_sequences(df: pd.DataFrame) -> None:
 
 # Axes a sweep varies within one network: each becomes part of the panel label where it takes several values, so
 # the paper's figures and claims never pool them as if they were seeds. `network` is the label without them: the
-# claims beyond the paper that compare across an axis (C8, C9 across batch sizes; C12 across depths) group by it.
-AXES = (("batch_size", lambda v: "full batch" if v == 0 else f"batch {v:g}"), ("depth", "depth {:g}".format),
-        ("loss", "{}".format))
+# claims beyond the paper that compare across an axis (C8 across batch sizes, C9 across ghost batches, C12 across
+# depths) group by it. The ghost batch is read as the batch the normalization statistics see (statistics_batch).
+AXES = (("batch_size", lambda v: "full batch" if v == 0 else f"batch {v:g}"),
+        ("ghost_batch", lambda v: "statistics over the full batch" if v == 0 else f"statistics over {v:g}"),
+        ("depth", "depth {:g}".format), ("loss", "{}".format))
+
+
+def statistics_batch(trials: pd.DataFrame) -> pd.Series:
+    """Per trial: how many examples each normalization statistic is computed over in training: the ghost batch
+    where one is set and smaller than the batch, else the whole batch (0: full batch; NaN where the results record
+    no batch size). A trial without ghost batches is a value of its own, never pooled with a ghost-batch one."""
+    index = trials.index
+    batch = pd.to_numeric(trials["batch_size"], errors="coerce") if "batch_size" in trials else pd.Series(
+        np.nan, index=index)
+    ghost = pd.to_numeric(trials["ghost_batch"], errors="coerce") if "ghost_batch" in trials else pd.Series(
+        np.nan, index=index)
+    smaller = ghost.notna() & ((batch <= 0) | batch.isna() | (ghost < batch))
+    return ghost.where(smaller, batch).astype("float64")
+
+
+def _axis(trials: pd.DataFrame, column: str) -> pd.Series | None:
+    """An axis's value per trial (the ghost batch as statistics_batch), or None when the results lack it."""
+    if column == "ghost_batch":
+        return statistics_batch(trials) if "ghost_batch" in trials else None
+    return trials[column] if column in trials else None
 
 
 def _varies(trials: pd.DataFrame, by: pd.Series, column: str) -> pd.Series:
     """Per trial: whether `column` takes several values among the trials of its group `by`."""
-    if column not in trials:
+    values = _axis(trials, column)
+    if values is None:
         return pd.Series(False, index=trials.index)
-    return trials[column].groupby(by).transform("nunique") > 1
+    return values.groupby(by).transform("nunique") > 1
 
 
 def _ordered_labels(trials: pd.DataFrame, labels: pd.Series, width: pd.Series) -> pd.Series:
@@ -384,8 +407,9 @@ def _ordered_labels(trials: pd.DataFrame, labels: pd.Series, width: pd.Series) -
     key = pd.DataFrame({"a": trials["arch"].cat.codes, "w": width.fillna(0), "label": labels})
     sort = ["a", "w"]
     for column, _ in AXES:
-        if column in trials and pd.api.types.is_numeric_dtype(trials[column]):
-            key[column] = trials[column].fillna(-1)
+        values = _axis(trials, column)
+        if values is not None and pd.api.types.is_numeric_dtype(values):
+            key[column] = values.fillna(-1)
             sort.append(column)
     order = tuple(key.sort_values([*sort, "label"])["label"].drop_duplicates())
     return ordered(labels, order)
@@ -403,10 +427,14 @@ def _setting_labels(trials: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     labels = labels.where(~many_widths, labels + " ×" + width.map("{:g}".format))
     network = labels.where(~many_data, labels + " " + dataset)
     setting = network
+    batch = trials["batch_size"].astype(str) if "batch_size" in trials else pd.Series("", index=trials.index)
     for column, text in AXES:
-        many = _varies(trials, network, column)
+        # The statistics batch is an axis of its own only where it varies at one SGD batch (the batch size
+        # already names a panel whose statistics see the whole batch).
+        many = _varies(trials, network + " " + batch if column == "ghost_batch" else network, column)
         if many.any():
-            setting = setting.where(~many, setting + " " + trials[column].map(text, na_action="ignore").fillna(""))
+            values = _axis(trials, column)
+            setting = setting.where(~many, setting + " " + values.map(text, na_action="ignore").fillna(""))
     return _ordered_labels(trials, setting, width), _ordered_labels(trials, network, width)
 
 def type_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -465,9 +493,9 @@ def load(results: str | os.PathLike) -> Results:
     `trials` has one row per finished trial with its config typed (lr float, norm an ordered categorical
     none < batch < noisy_batch < l1_batch < l2_batch < linf_batch < layer < group < ws_group < fixup <
     skipinit < nf, sequences as tuples), a `setting` column naming its panel (the architecture, with its width,
-    data set, batch size, depth or loss where the results hold several) and `network` (the panel without batch
-    size, depth and loss). Every other per-trial table gains the key columns (setting, network, arch, width,
-    dataset, task, norm, lr, seed). Raises AnalysisError when the location is missing or is not results.
+    data set, batch size, statistics batch (ghost batches), depth or loss where the results hold several) and
+    `network` (the panel without them). Every other per-trial table gains the key columns (setting, network, arch,
+    width, dataset, task, norm, lr, seed). Raises AnalysisError when the location is missing or is not results.
     """
     fs, root = filesystem(results)
     try:

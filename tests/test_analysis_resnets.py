@@ -30,9 +30,10 @@ COMMON = {"arch": "resnet20", "width": 0.25, "dataset": "fashion-mnist", "steps"
 
 
 def write_trial(root: Path, norm: str, lr: float, trained: bool, acc: float | None = None, batch_size: int = 128,
-                seed: int = 0) -> None:
-    """One finished resnet20 trial: trained at `acc` (default 0.85), or diverged at chance."""
-    config = make_config({**COMMON, "norm": norm, "lr": lr, "batch_size": batch_size, "seed": seed})
+                seed: int = 0, **options) -> None:
+    """One finished resnet20 trial: trained at `acc` (default 0.85), or diverged at chance; `options` are more
+    of its config (ghost_batch)."""
+    config = make_config({**COMMON, "norm": norm, "lr": lr, "batch_size": batch_size, "seed": seed, **options})
     acc = (0.85 if trained else 0.1) if acc is None else acc
     outcome = {"trial_id": config.trial_id, "status": "completed" if trained else "diverged", "trained": trained,
                "trained_rule": "final_train_acc >= 0.5", "steps_done": 100, "task": "classification",
@@ -120,7 +121,7 @@ def test_c7_prefers_the_search_brackets(tmp_path):
     assert "overlap" in c7.cases[0]["why"]
 
 
-# -- C8: BatchNorm's advantage grows with the batch size ---------------------------------------------------------
+# -- C8: BatchNorm's larger rates pay off only at large batch (De & Smith 2020) ----------------------------------
 
 def search(root: Path, none: dict, batch: dict) -> Path:
     """A batch-size search's brackets, {batch size: (lower, upper)} per variant, and a trial per cell."""
@@ -132,25 +133,85 @@ def search(root: Path, none: dict, batch: dict) -> Path:
 
 
 NONE = {16: (0.2, 0.4), 64: (0.2, 0.4), 256: (0.2, 0.4)}
+RATES = (0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
 
-@pytest.mark.parametrize("batch, verdict, words", [
-    ({16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)}, SUPPORTED, "1 at batch 16, 2 at batch 64, 8 at batch 256"),
-    ({16: (1.6, 3.2), 64: (1.6, 3.2), 256: (1.6, 3.2)}, CONTRADICTED, "8 at batch 16"),  # large everywhere
-    ({16: (0.2, 0.4), 64: (0.2, 0.4), 256: (0.2, 0.4)}, CONTRADICTED, "growth 1"),  # small everywhere
-    ({16: (0.4, None), 64: (0.4, 0.8), 256: (1.6, 3.2)}, NO_DATA, ">= 1.41 at batch 16"),  # open at the smallest
-])
-def test_c8(tmp_path, batch, verdict, words):
-    c8 = claim(search(tmp_path, NONE, batch), "C8")
-    assert c8.verdict == verdict and words in c8.summary, c8.summary
+def peak(optimum: float, best: float, largest: float = 1.6) -> dict[float, float | None]:
+    """Accuracy over RATES peaking at `optimum` (0.02 lower per factor 2 away), None (diverged) above `largest`."""
+    return {lr: None if lr > largest else best - 0.02 * abs(math.log2(lr / optimum)) for lr in RATES}
+
+
+def optimal_grid(root: Path, curves: dict[str, dict[int, dict[float, float | None]]], seeds: int = 1) -> Path:
+    """An optimal_lr-like grid: {norm: {batch size: {lr: final test accuracy, None: diverged}}}."""
+    for norm, by_size in curves.items():
+        for size, by_lr in by_size.items():
+            for lr, acc in by_lr.items():
+                for seed in range(seeds):
+                    write_trial(root, norm, lr, acc is not None, acc=None if acc is None else acc + 0.001 * seed,
+                                batch_size=size, seed=seed)
+    return root
+
+
+# The paper's picture: batch trains at 16x skipinit's largest rate at every batch size, yet at batch 16 both are
+# best at 0.05; at 256 batch is best at 0.8 and 0.04 more accurate.
+PAPER = {"batch": {16: peak(0.05, 0.86), 256: peak(0.8, 0.88)},
+         "skipinit": {16: peak(0.05, 0.855, largest=0.1), 256: peak(0.1, 0.84, largest=0.1)}}
+
+
+def test_c8_judges_optimal_rates_not_critical_rates(tmp_path):
+    """Fails with the old rule (batch's critical rate over none's, small at small batch): here the critical-rate
+    ratio is 16 at every batch size, which the old rule called contradicted; the paper's claim is about optimal
+    rates, and those are alike at batch 16 and 8x apart at 256."""
+    curves = {**PAPER, "none": {16: peak(0.05, 0.85, largest=0.1), 256: peak(0.1, 0.83, largest=0.1)}}
+    c8 = claim(optimal_grid(tmp_path, curves), "C8")
+    assert c8.verdict == SUPPORTED, c8.summary
+    assert "batch 16: batch 0.860 at lr 0.05, skipinit 0.855 at lr 0.05, optimal-rate ratio 1, gap +0.005" in c8.summary
+    assert "batch 256: batch 0.880 at lr 0.8, skipinit 0.840 at lr 0.1, optimal-rate ratio 8, gap +0.040" in c8.summary
+    assert "(critical-rate ratio 16, not judged)" in c8.summary  # sqrt(1.6 x 3.2) / sqrt(0.1 x 0.2)
     (case,) = c8.cases
-    assert case["batch_sizes"] == [16, 64, 256] and case["source"] == "boundaries"
+    assert case["batch_sizes"] == [16, 256] and case["source"] == "grid"
+    assert case["numbers"]["batch/skipinit optimal-rate ratio at batch 256"] == pytest.approx(8.0)
+    assert case["numbers"]["batch/skipinit critical-rate ratio at batch 16"] == pytest.approx(16.0)
+    assert "optimal_rate_similar" in c8.statement or "factor 2" in c8.statement
 
 
-def test_c8_needs_two_batch_sizes(tmp_path):
-    c8 = claim(search(tmp_path, {128: (0.2, 0.4)}, {128: (1.6, 3.2)}), "C8")
-    assert c8.verdict == NO_DATA and "2 batch sizes or more" in c8.summary
+@pytest.mark.parametrize("change, verdict, words", [
+    # The effect absent: at 256 too, batch is best where skipinit is, and no more accurate.
+    ({"batch": {256: peak(0.1, 0.845)}}, CONTRADICTED, "batch 256: batch 0.845 at lr 0.1, skipinit 0.840"),
+    # At batch 16 batch's optimum is 4x skipinit's: not "similar optimal rates".
+    ({"batch": {16: peak(0.2, 0.86)}}, CONTRADICTED, "optimal-rate ratio 4, gap +0.005"),
+    # At batch 16 batch is 0.05 more accurate: more than a minimal benefit.
+    ({"batch": {16: peak(0.05, 0.905)}}, CONTRADICTED, "gap +0.050"),
+    # A better accuracy alone (same optimal rate) shows the benefit at 256.
+    ({"batch": {256: peak(0.1, 0.88)}}, SUPPORTED, "optimal-rate ratio 1, gap +0.040"),
+    # batch's optimum at the top of 256's grid: its ratio is at least 32, a range that decides it anyway.
+    ({"batch": {256: peak(3.2, 0.88, largest=3.2)}}, SUPPORTED, "0.880 at lr 3.2 (the grid's top)"),
+    # Both best at the bottom of batch 16's grid: either optimum may lie lower, their ratio is unknown.
+    ({"batch": {16: peak(0.003, 0.86)}, "skipinit": {16: peak(0.003, 0.855, largest=0.1)}}, NO_DATA,
+     "the grid's bottom"),
+    # skipinit trains at no rate at 256 within the budget.
+    ({"skipinit": {256: dict.fromkeys(RATES)}}, NO_DATA, "skipinit trains at no rate of the grid (budget)"),
+])
+def test_c8_cases(tmp_path, change, verdict, words):
+    curves = {norm: {**by_size, **change.get(norm, {})} for norm, by_size in PAPER.items()}
+    c8 = claim(optimal_grid(tmp_path, curves), "C8")
+    assert c8.verdict == verdict and words in c8.summary, c8.summary
+
+
+def test_c8_per_seed(tmp_path):
+    c8 = claim(optimal_grid(tmp_path, PAPER, seeds=2), "C8")
+    assert c8.verdict_text() == "supported, 2 of 2 seeds"
+    (case,) = c8.cases
+    assert case["over_seeds"]["batch/skipinit optimal-rate ratio at batch 256"].seeds == 2
+
+
+def test_c8_needs_a_grid_at_two_batch_sizes(tmp_path):
+    one = claim(optimal_grid(tmp_path / "one", {n: {16: c[16]} for n, c in PAPER.items()}), "C8")
+    assert one.verdict == NO_DATA and "at 2 batch sizes or more (bnsweep run optimal_lr)" in one.summary
     assert claim(write_grid(tmp_path / "grid", NF_TRAIN), "C8").verdict == NO_DATA
+    # A critical-rate search's rates bracket the largest rate that trains: no optimum is read from them.
+    searched = claim(search(tmp_path / "search", NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)}), "C8")
+    assert searched.verdict == NO_DATA and "critical-rate search" in searched.summary
 
 
 def test_each_batch_size_is_a_panel_of_its_own(tmp_path):
@@ -170,12 +231,26 @@ def test_each_batch_size_is_a_panel_of_its_own(tmp_path):
     assert set(load(write_grid(tmp_path / "one", NF_TRAIN)).trials["setting"].astype(str)) == {"resnet20"}
 
 
-# -- C9: small batches ------------------------------------------------------------------------------------------
+# -- C9: the batch the statistics see ----------------------------------------------------------------------------
 
-FLAT = {256: {0.1: 0.88, 0.4: 0.9}, 16: {0.1: 0.89, 0.4: 0.885}}
+FLAT = {64: {0.1: 0.88, 0.4: 0.9}, 2: {0.1: 0.89, 0.4: 0.885}}  # {ghost batch: {lr: accuracy}}
+FALLS = {64: {0.1: 0.85, 0.4: 0.9}, 2: {0.1: 0.8, 0.4: 0.7}}
+
+
+def ghost_batches(root: Path, accuracies: dict[str, dict[int, dict[float, float]]], seeds: int = 1,
+                  batch_size: int = 64) -> Path:
+    """Trials at one SGD batch over ghost batches: {norm: {ghost batch: {lr: final test accuracy}}}."""
+    for norm, by_ghost in accuracies.items():
+        for ghost, by_lr in by_ghost.items():
+            for lr, acc in by_lr.items():
+                for seed in range(seeds):
+                    write_trial(root, norm, lr, True, acc=acc + 0.002 * seed, batch_size=batch_size, seed=seed,
+                                ghost_batch=ghost)
+    return root
 
 
 def small_batch(root: Path, accuracies: dict[str, dict[int, dict[float, float]]], seeds: int = 1) -> Path:
+    """The batch_size sweep's comparison: SGD batch sizes, no ghost batches ({norm: {batch size: {lr: acc}}})."""
     for norm, by_size in accuracies.items():
         for size, by_lr in by_size.items():
             for lr, acc in by_lr.items():
@@ -184,51 +259,92 @@ def small_batch(root: Path, accuracies: dict[str, dict[int, dict[float, float]]]
     return root
 
 
-def test_c9_supported_per_seed(tmp_path):
-    falls = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.8, 0.4: 0.7}}
-    c9 = claim(small_batch(tmp_path, {"batch": falls, "group": FLAT, "ws_group": FLAT}, seeds=2), "C9")
+def test_c9_over_ghost_batches_per_seed(tmp_path):
+    c9 = claim(ghost_batches(tmp_path, {"batch": FALLS, "group": FLAT, "ws_group": FLAT}, seeds=2), "C9")
     assert c9.verdict == SUPPORTED and c9.verdict_text() == "supported, 2 of 2 seeds"
-    assert "batch: 0.801 at 16, 0.901 at 256, falls +0.100" in c9.summary, c9.summary  # means over 2 seeds
+    assert "resnet20 (batch 64, 100 steps) batch: 0.801 over 2, 0.901 over 64, falls +0.100" in c9.summary, c9.summary
     (batch,) = [c for c in c9.cases if c["norm"] == "batch"]
-    assert batch["lr_by_batch_size"] == {16: 0.1, 256: 0.4}  # each batch size at its best rate
-    assert batch["over_seeds"]["fall at the smallest batch size"].seeds == 2
+    assert batch["lr_by_statistics_batch"] == {2: 0.1, 64: 0.4}  # each ghost batch at its best rate
+    assert batch["over_seeds"]["fall at the smallest ghost batch"].seeds == 2
+    assert "fixed SGD batch and number of steps" in c9.statement
 
 
-def test_c9_contradicted_when_group_degrades_too(tmp_path):
+def test_c9_no_longer_judged_across_sgd_batch_sizes(tmp_path):
+    """Fails with the old rule, which judged C9 across SGD batch sizes at a fixed budget of examples (supported
+    here): the statistics batch and the number of steps move together there, so C9 no longer reads it."""
     falls = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.8, 0.4: 0.7}}
-    c9 = claim(small_batch(tmp_path, {"batch": falls, "group": falls}), "C9")
-    assert c9.verdict == CONTRADICTED and "group: 0.800 at 16, 0.900 at 256, falls at most +0.100" in c9.summary
+    flat = {256: {0.1: 0.88, 0.4: 0.9}, 16: {0.1: 0.89, 0.4: 0.885}}
+    c9 = claim(small_batch(tmp_path, {"batch": falls, "group": flat, "ws_group": flat}), "C9")
+    assert c9.verdict == NO_DATA and c9.cases == []
+    assert "bnsweep run ghost_batch" in c9.summary and "C9 does not judge" in c9.summary
+
+
+def test_c9_holds_the_sgd_batch_and_the_steps_fixed(tmp_path):
+    # Ghost batches of 2 at SGD batch 64, none at SGD batch 128: two groups of one statistics batch each.
+    ghost_batches(tmp_path, {"batch": {2: FALLS[2]}, "group": {2: FLAT[2]}})
+    ghost_batches(tmp_path, {"batch": {128: FALLS[64]}, "group": {128: FLAT[64]}}, batch_size=128)
+    assert claim(tmp_path, "C9").verdict == NO_DATA
+
+
+@pytest.mark.parametrize("accuracies, words", [
+    # The effect absent: batch holds up with statistics over 2 examples.
+    ({"batch": FLAT, "group": FLAT}, "batch: 0.890 over 2, 0.900 over 64, falls +0.010"),
+    # The control fails: group degrades as much as batch.
+    ({"batch": FALLS, "group": FALLS}, "group: 0.800 over 2, 0.900 over 64, falls at most +0.100"),
+])
+def test_c9_contradicted(tmp_path, accuracies, words):
+    c9 = claim(ghost_batches(tmp_path, accuracies), "C9")
+    assert c9.verdict == CONTRADICTED and words in c9.summary, c9.summary
 
 
 def test_c9_best_or_matched_rates(tmp_path):
-    # batch's best rate moves with the batch size: at its best rates it holds up, at 256's best rate it falls.
-    moves = {256: {0.1: 0.85, 0.4: 0.9}, 16: {0.1: 0.88, 0.4: 0.7}}
-    small_batch(tmp_path, {"batch": moves, "group": FLAT})
+    # batch's best rate moves with the ghost batch: at its best rates it holds up, at 64's best rate it falls.
+    moves = {64: {0.1: 0.85, 0.4: 0.9}, 2: {0.1: 0.88, 0.4: 0.7}}
+    ghost_batches(tmp_path, {"batch": moves, "group": FLAT})
     assert claim(tmp_path, "C9").verdict == CONTRADICTED
     matched = claim(tmp_path, "C9", Thresholds(small_batch_compare="matched"))
     assert matched.verdict == SUPPORTED and "matched" in matched.statement
     (batch,) = [c for c in matched.cases if c["norm"] == "batch"]
-    assert batch["lr_by_batch_size"] == {16: 0.4, 256: 0.4}
+    assert batch["lr_by_statistics_batch"] == {2: 0.4, 64: 0.4}
     with pytest.raises(ValueError, match="small_batch_compare"):
         claim(tmp_path, "C9", Thresholds(small_batch_compare="median"))
 
 
 def test_c9_without_enough_data(tmp_path):
-    # batch alone at two batch sizes: nothing to compare it with.
-    only = claim(small_batch(tmp_path / "a", {"batch": FLAT}), "C9")
+    # batch alone over two ghost batches: nothing to compare it with.
+    only = claim(ghost_batches(tmp_path / "a", {"batch": FLAT}), "C9")
     assert only.verdict == NO_DATA and "needs batch and group or ws_group" in only.summary
-    # One batch size: no case at all.
+    # One batch size, no ghost batches: no case at all.
     one = claim(write_grid(tmp_path / "b", {"batch": 1.6, "group": 1.6}), "C9")
     assert one.verdict == NO_DATA and one.cases == []
+
+
+def test_each_ghost_batch_is_a_panel_of_its_own(tmp_path):
+    """Fails before ghost_batch was an axis of `setting`: C1..C6 pooled ghost batches as if they were seeds. A
+    trial without ghost batches (statistics over its whole batch of 64) is a panel of its own too."""
+    data = load(ghost_batches(tmp_path, {"batch": {2: FALLS[2], 16: FALLS[2], 64: FALLS[64]}, "none": FLAT}))
+    t = data.trials
+    assert list(t["setting"].cat.categories) == ["resnet20 statistics over 2", "resnet20 statistics over 16",
+                                                 "resnet20 statistics over 64"]
+    assert set(t["network"].astype(str)) == {"resnet20"}
+    c1 = {c.key: c for c in check_claims(data)}["C1"]
+    assert {case["setting"] for case in c1.cases} == set(t["setting"].astype(str))
+    # Ghost batches of the whole batch (64 of 64) and none at all are the same statistics: one panel.
+    write_trial(tmp_path / "same", "batch", 0.1, True, batch_size=64, ghost_batch=64)
+    write_trial(tmp_path / "same", "batch", 0.4, True, batch_size=64)
+    assert set(load(tmp_path / "same").trials["setting"].astype(str)) == {"resnet20"}
+    # SGD batch sizes without ghost batches keep their labels (the batch_size sweep).
+    sizes = load(small_batch(tmp_path / "sizes", {"batch": {16: {0.1: 0.8}, 256: {0.1: 0.9}}})).trials
+    assert set(sizes["setting"].astype(str)) == {"resnet20 batch 16", "resnet20 batch 256"}
 
 
 # -- the command and the figures --------------------------------------------------------------------------------
 
 def test_check_writes_c7_to_c9_in_order(tmp_path, capsys):
-    search(tmp_path, NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)})
+    optimal_grid(tmp_path, PAPER)
     assert check(str(tmp_path)) == 0
     printed = capsys.readouterr().out
-    assert "C8    supported, 1 seed" in printed and "advantage_growth = 2: C8" in printed
+    assert "C8    supported, 1 seed" in printed and "optimal_rate_similar = 2: C8" in printed
     document = json.loads((tmp_path / "claims.json").read_text())
     keys = [k for k in document if k[0] == "C"]
     assert keys == [f"C{i}" for i in range(1, 13)]
