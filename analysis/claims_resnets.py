@@ -420,6 +420,12 @@ def c9_small_batch(ctx: Context) -> Claim:
             if len(stats) < 2:
                 mine.append({**case, "verdict": NO_DATA, "why": f"{norm}: one statistics batch ({shown})"})
                 continue
+            reference = rows[(rows["norm"] == norm) & (rows["stats"] == stats[-1])]
+            if not (reference.groupby("lr")["trained"].mean() >= th.seed_quorum).any():
+                # No fall can be measured from chance: the budget did not train even the reference.
+                mine.append({**case, "verdict": NO_DATA, "why": f"{norm}: {shown}, trains at no rate with "
+                                                                f"statistics over {stats[-1]} (budget)"})
+                continue
             drops = {s: acc[stats[-1]] - acc[s] for s in stats[:-1]}
             if norm == "batch":
                 fall = drops[stats[0]]

@@ -319,6 +319,15 @@ def test_c9_without_enough_data(tmp_path):
     assert one.verdict == NO_DATA and one.cases == []
 
 
+def test_c9_needs_the_reference_to_train(tmp_path):
+    # batch trains at no rate even with statistics over the whole batch: a fall from chance says nothing.
+    for ghost in (2, 64):
+        write_trial(tmp_path, "batch", 0.1, False, acc=0.1, batch_size=64, ghost_batch=ghost)
+    ghost_batches(tmp_path, {"group": FLAT})
+    c9 = claim(tmp_path, "C9")
+    assert c9.verdict == NO_DATA and "trains at no rate with statistics over 64 (budget)" in c9.summary, c9.summary
+
+
 def test_each_ghost_batch_is_a_panel_of_its_own(tmp_path):
     """Fails before ghost_batch was an axis of `setting`: C1..C6 pooled ghost batches as if they were seeds. A
     trial without ghost batches (statistics over its whole batch of 64) is a panel of its own too."""
@@ -426,3 +435,41 @@ def test_the_claim_and_its_figure_follow_one_definition_of_the_critical_rate(tmp
 
 def _closed(lower: float | None, upper: float | None) -> bool:
     return lower is not None and upper is not None and not (math.isnan(lower) or math.isnan(upper))
+
+
+def _rows(drawn, name: str) -> list[dict]:
+    return [r for rows in drawn[name].spec["datasets"].values() for r in rows]
+
+
+def test_the_optimal_rate_figure_reads_the_claims_optima(tmp_path):
+    """fig_optimal_lr_batch_size, C8's figure, plots the claim's own optima (claims_resnets.optima): the same rate
+    and accuracy per variant and batch size, an optimum at the grid's edge marked as such, the critical rate beside."""
+    curves = {**PAPER, "batch": {16: PAPER["batch"][16], 256: peak(3.2, 0.88, largest=3.2)}}
+    data = load(optimal_grid(tmp_path, curves))
+    drawn = {d.figure.name: d for d in build_all(data, validate=True)}
+    rows = {(r["norm"], r["batch_size"]): r for r in _rows(drawn, "fig_optimal_lr_batch_size") if "edge" in r}
+    assert set(rows) == {(n, s) for n in ("batch", "skipinit") for s in (16, 256)}
+    assert rows[("batch", 16)]["optimal_lr"] == rows[("skipinit", 16)]["optimal_lr"] == 0.05
+    assert rows[("batch", 256)]["optimal_lr"] == 3.2 and rows[("batch", 256)]["edge"] == "top"
+    assert rows[("skipinit", 256)]["best_acc"] == pytest.approx(0.84) and rows[("skipinit", 256)]["edge"] == "inside"
+    assert rows[("skipinit", 16)]["critical"] == pytest.approx(math.sqrt(0.1 * 0.2))
+    (case,) = claim(tmp_path, "C8").cases
+    assert case["numbers"]["skipinit optimal rate at batch 256"] == rows[("skipinit", 256)]["optimal_lr"]
+    # Left out where there is no grid at several batch sizes, and for a critical-rate search.
+    assert "fig_optimal_lr_batch_size" not in {d.figure.name for d in build_all(load(write_grid(
+        tmp_path / "one", NF_TRAIN)))}
+    searched = search(tmp_path / "search", NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)})
+    assert "fig_optimal_lr_batch_size" not in {d.figure.name for d in build_all(load(searched))}
+
+
+def test_the_ghost_batch_figure_draws_accuracy_against_the_statistics_batch(tmp_path):
+    data = load(ghost_batches(tmp_path, {"batch": {**FALLS, 16: {0.1: 0.86}}, "group": FLAT}))
+    drawn = {d.figure.name: d for d in build_all(data, validate=True)}
+    rows = {(r["norm"], r["statistics_batch"]): r for r in _rows(drawn, "fig_ghost_batch") if "accuracy" in r}
+    assert rows[("batch", 2)]["accuracy"] == pytest.approx(0.8) and rows[("batch", 2)]["lr"] == 0.1
+    assert rows[("batch", 64)]["accuracy"] == pytest.approx(0.9) and rows[("batch", 16)]["accuracy"] == 0.86
+    assert rows[("group", 2)]["accuracy"] == pytest.approx(0.89)
+    assert {r["panel"] for r in rows.values()} == {"resnet20 (batch 64, 100 steps)"}
+    # SGD batch sizes without ghost batches (the batch_size sweep): left out.
+    sizes = small_batch(tmp_path / "sizes", {"batch": {16: {0.1: 0.8}, 256: {0.1: 0.9}}})
+    assert "fig_ghost_batch" not in {d.figure.name for d in build_all(load(sizes))}
