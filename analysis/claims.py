@@ -115,7 +115,7 @@ class Thresholds:
     nf_critical_factor: float = field(default=4.0, metadata={
         "help": "C7: a normalizer-free variant's critical rate must be at least batch's / this (above batch's "
                 "holds too)"})
-    # C8 (De & Smith 2020, NeurIPS, sec. 5: "we only benefit from using large learning rates in practice if the
+    # C8 (De & Smith 2020, NeurIPS, introduction: "we only benefit from using large learning rates in practice if the
     # batch size is also large. When the batch size is small, both normalized and unnormalized networks have
     # similar optimal learning rates"). The paper states the shape, not these numbers: they are issue 20's.
     optimal_rate_similar: float = field(default=2.0, metadata={

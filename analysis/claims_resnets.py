@@ -292,12 +292,13 @@ def _both(parts: list[bool | None]) -> bool | None:
 def c8_batch_advantage(ctx: Context) -> Claim:
     th = ctx.th
     statement = ("BatchNorm's larger learning rates pay off only when the batch is large (De & Smith 2020, "
-                 "NeurIPS, sec. 5): on a rate grid, batch's and skipinit's optimal rates (best final test accuracy) "
+                 "NeurIPS, introduction and empirical study): on a rate grid, batch's and skipinit's optimal rates "
+                 "(best final test accuracy) "
                  f"are within a factor {th.optimal_rate_similar:g} of each other at the smallest batch size and "
                  f"batch's best accuracy is at most {th.optimal_gap_small:g} above skipinit's; at the largest, "
                  f"batch's is at least {th.optimal_gap_large:g} above or its optimal rate at least "
                  f"{th.optimal_rate_large:g} x skipinit's (the critical-rate ratio is reported, not judged)")
-    if ctx.data.has("boundaries"):
+    if "boundaries" in ctx.data.tables:  # also a seed's own (empty) share of a search's table
         # A search's rates crowd the critical rate: the best accuracy among them is no optimum of a grid.
         return Claim("C8", statement, NO_DATA, "the results are a critical-rate search, whose rates bracket the "
                      "largest rate that trains, not the optimal one (bnsweep run optimal_lr)")

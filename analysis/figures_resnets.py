@@ -214,7 +214,7 @@ def _optima_by_size(results: Results) -> pd.DataFrame:
                                       "critical"])
     several = out.groupby("setting")["batch_size"].transform("nunique") > 1 if len(out) else out["setting"]
     out = out[several.astype(bool)] if len(out) else out
-    if out.empty or results.has("boundaries"):
+    if out.empty or "boundaries" in results.tables:
         raise MissingData("needs batch and skipinit on a rate grid at several batch sizes (bnsweep run optimal_lr)")
     return out
 

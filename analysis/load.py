@@ -399,7 +399,8 @@ def _varies(trials: pd.DataFrame, by: pd.Series, column: str) -> pd.Series:
     values = _axis(trials, column)
     if values is None:
         return pd.Series(False, index=trials.index)
-    return values.groupby(by).transform("nunique") > 1
+    # A statistics batch unknown (the default batch size, not recorded) is still a value apart from a ghost batch.
+    return values.groupby(by).transform("nunique", dropna=column != "ghost_batch") > 1
 
 
 def _ordered_labels(trials: pd.DataFrame, labels: pd.Series, width: pd.Series) -> pd.Series:
@@ -409,7 +410,7 @@ def _ordered_labels(trials: pd.DataFrame, labels: pd.Series, width: pd.Series) -
     for column, _ in AXES:
         values = _axis(trials, column)
         if values is not None and pd.api.types.is_numeric_dtype(values):
-            key[column] = values.fillna(-1)
+            key[column] = values.fillna(math.inf if column == "ghost_batch" else -1)
             sort.append(column)
     order = tuple(key.sort_values([*sort, "label"])["label"].drop_duplicates())
     return ordered(labels, order)
@@ -434,7 +435,9 @@ def _setting_labels(trials: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         many = _varies(trials, network + " " + batch if column == "ghost_batch" else network, column)
         if many.any():
             values = _axis(trials, column)
-            setting = setting.where(~many, setting + " " + values.map(text, na_action="ignore").fillna(""))
+            shown = values.map(text, na_action="ignore").fillna(
+                "statistics over the whole batch" if column == "ghost_batch" else "")
+            setting = setting.where(~many, setting + " " + shown)
     return _ordered_labels(trials, setting, width), _ordered_labels(trials, network, width)
 
 def type_trials(trials: pd.DataFrame) -> pd.DataFrame:

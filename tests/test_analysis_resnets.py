@@ -12,6 +12,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -19,6 +20,7 @@ from analysis import Thresholds, aggregate, check_claims, critical_lr, load
 from analysis.claims import CONTRADICTED, NO_DATA, SUPPORTED, Context, claims_table
 from analysis.claims_resnets import Critical, Span, critical_rates
 from analysis.commands import build_all, check
+from analysis.load import type_trials
 from bnsweep import records
 from bnsweep.bench.figures import FakeTrial, write_fake_trial
 from bnsweep.config import make_config
@@ -342,6 +344,10 @@ def test_each_ghost_batch_is_a_panel_of_its_own(tmp_path):
     write_trial(tmp_path / "same", "batch", 0.1, True, batch_size=64, ghost_batch=64)
     write_trial(tmp_path / "same", "batch", 0.4, True, batch_size=64)
     assert set(load(tmp_path / "same").trials["setting"].astype(str)) == {"resnet20"}
+    # A batch size the results do not record (older results): no ghost batch is still a panel of its own.
+    typed = type_trials(pd.DataFrame({"trial_id": ["a", "b"], "arch": "resnet20", "norm": "batch", "lr": 0.1,
+                                      "seed": 0, "ghost_batch": [None, 32.0]}))
+    assert list(typed["setting"]) == ["resnet20 statistics over the whole batch", "resnet20 statistics over 32"]
     # SGD batch sizes without ghost batches keep their labels (the batch_size sweep).
     sizes = load(small_batch(tmp_path / "sizes", {"batch": {16: {0.1: 0.8}, 256: {0.1: 0.9}}})).trials
     assert set(sizes["setting"].astype(str)) == {"resnet20 batch 16", "resnet20 batch 256"}
