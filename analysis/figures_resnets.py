@@ -229,8 +229,7 @@ EDGE_SHAPES = {"inside": "circle", "top": "triangle-up", "bottom": "triangle-dow
         "grid's edge (pointing where the true optimum may lie), and the grid's critical rate dashed for reference "
         "(not judged); right, the best final test accuracy. The paper: similar optimal rates and accuracies at "
         "small batch, batch's advantage only at large batch.",
-        needs="batch and skipinit on a rate grid at several batch sizes (bnsweep run optimal_lr)", extra=True,
-        band="trials")
+        needs="batch and skipinit on a rate grid at several batch sizes (bnsweep run optimal_lr)", extra=True)
 def fig_optimal_lr_batch_size(results: Results) -> alt.TopLevelMixin:
     b = _optima_by_size(results)
     color = norm_color(b["norm"])
@@ -288,8 +287,7 @@ def _by_statistics_batch(results: Results) -> pd.DataFrame:
         "statistic is computed over (log axis; the largest is the whole batch). Wu & He 2018 (the claim C9): "
         "BatchNorm's accuracy falls as its statistics see fewer examples; GroupNorm and WS + GroupNorm, whose "
         "statistics never span examples, are the controls and must stay flat.",
-        needs="trials over several ghost-batch sizes at one SGD batch (bnsweep run ghost_batch)", extra=True,
-        band="trials")
+        needs="trials over several ghost-batch sizes at one SGD batch (bnsweep run ghost_batch)", extra=True)
 def fig_ghost_batch(results: Results) -> alt.TopLevelMixin:
     d = _by_statistics_batch(results)
     color = norm_color(d["norm"])
