@@ -268,32 +268,134 @@ def c7_normalizer_free(ctx: Context) -> Claim:
     return Claim("C7", statement, combine(cases, th.case_quorum), summary, cases)
 
 
-# -- C8: BatchNorm's advantage grows with the batch size -----------------------------------------------------------
+# -- C8: BatchNorm's larger rates pay off only at large batch (De & Smith 2020) -------------------------------------
+
+OPTIMUM_METRIC = "final_test_acc"  # De & Smith 2020 pick the rate of the best final test accuracy on a grid
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """A variant's best `OPTIMUM_METRIC` on a learning-rate grid at one batch size (mean over seeds per rate, among
+    the rates where it trains), the rate of it, and the grid. An optimum at the grid's edge is a half-line: the
+    best rate may lie beyond the grid, so a ratio of optimal rates is then a range (`Span`)."""
+
+    accuracy: float
+    lr: float
+    rates: tuple[float, ...]
+
+    @property
+    def edge(self) -> str:
+        return "top" if self.lr >= max(self.rates) else "bottom" if self.lr <= min(self.rates) else ""
+
+    @property
+    def span(self) -> Span:
+        top, bottom = self.lr >= max(self.rates), self.lr <= min(self.rates)
+        return Span(0.0 if bottom else self.lr, math.inf if top else self.lr)
+
+    def text(self) -> str:
+        where = {"top": " (the grid's top)", "bottom": " (the grid's bottom)"}.get(self.edge, "")
+        return f"{self.accuracy:.3f} at lr {self.lr:g}{where}"
+
+
+def optima(ctx: Context, norms: tuple[str, ...] = ("batch", "skipinit")) -> dict[Key, Optimum | None]:
+    """Per (network, batch size, variant) run on a rate grid without ghost batches: its Optimum, or None where it
+    trains at no rate of the grid (a variant trains at a rate when at least seed_quorum of its seeds trained).
+    The claim C8 and fig_optimal_lr_batch_size read this one function."""
+    t = ctx.trials
+    if OPTIMUM_METRIC not in t:
+        return {}
+    stats = statistics_batch(t)
+    sizes = batch_sizes(t)
+    plain = stats.isna() | (stats == sizes) | (sizes <= 0)  # no ghost batches: the statistics see the whole batch
+    frame = pd.DataFrame({"setting": network(t), "batch_size": sizes, "norm": t["norm"].astype(str), "lr": t["lr"],
+                          "trained": t["trained"].astype(float), "accuracy": t[OPTIMUM_METRIC]})[plain]
+    frame = frame[frame["norm"].isin(norms) & (frame["batch_size"] >= 0)]
+    out: dict[Key, Optimum | None] = {}
+    for (setting, size, norm), rows in frame.groupby(["setting", "batch_size", "norm"], sort=False):
+        per_lr = rows.groupby("lr").agg(share=("trained", "mean"), accuracy=("accuracy", "mean"))
+        trains = per_lr[(per_lr["share"] >= ctx.th.seed_quorum) & per_lr["accuracy"].notna()]
+        rates = tuple(float(r) for r in per_lr.index)
+        key = (str(setting), int(size), str(norm))
+        if trains.empty:
+            out[key] = None
+            continue
+        lr = float(trains["accuracy"].idxmax())
+        out[key] = Optimum(float(trains["accuracy"].max()), lr, rates)
+    return out
+
+
+def _either(parts: list[bool | None]) -> bool | None:
+    """Three-valued or: true when one part holds, false when none can, unknown otherwise."""
+    return True if True in parts else None if None in parts else False
+
+
+def _both(parts: list[bool | None]) -> bool | None:
+    return False if False in parts else None if None in parts else True
+
 
 def c8_batch_advantage(ctx: Context) -> Claim:
     th = ctx.th
-    statement = ("BatchNorm's critical-rate advantage grows with the batch size (De & Smith 2020): the ratio of "
-                 f"batch's critical rate to none's is at most {th.advantage_small:g} at the smallest batch size and "
-                 f"at least {th.advantage_growth:g} x that at the largest")
-    rates = critical_rates(ctx)
+    statement = ("BatchNorm's larger learning rates pay off only when the batch is large (De & Smith 2020, "
+                 "NeurIPS, introduction and empirical study): on a rate grid, batch's and skipinit's optimal rates "
+                 "(best final test accuracy) "
+                 f"are within a factor {th.optimal_rate_similar:g} of each other at the smallest batch size and "
+                 f"batch's best accuracy is at most {th.optimal_gap_small:g} above skipinit's; at the largest, "
+                 f"batch's is at least {th.optimal_gap_large:g} above or its optimal rate at least "
+                 f"{th.optimal_rate_large:g} x skipinit's (the critical-rate ratio is reported, not judged)")
+    if "boundaries" in ctx.data.tables:  # also a seed's own (empty) share of a search's table
+        # A search's rates crowd the critical rate: the best accuracy among them is no optimum of a grid.
+        return Claim("C8", statement, NO_DATA, "the results are a critical-rate search, whose rates bracket the "
+                     "largest rate that trains, not the optimal one (bnsweep run optimal_lr)")
+    best = optima(ctx)
+    critical = critical_rates(ctx)
     cases = []
-    for setting in dict.fromkeys(s for s, _, _ in rates):
-        sizes = sorted({size for s, size, n in rates if s == setting and size >= 0
-                        and (s, size, "none") in rates and (s, size, "batch") in rates}, key=size_order)
+    for setting in dict.fromkeys(s for s, _, _ in best):
+        sizes = sorted({size for s, size, _ in best if s == setting
+                        and (s, size, "batch") in best and (s, size, "skipinit") in best}, key=size_order)
         if len(sizes) < 2:
             continue
-        ratios = {size: rates[(setting, size, "batch")].span / rates[(setting, size, "none")].span for size in sizes}
-        small, large = ratios[sizes[0]], ratios[sizes[-1]]
-        growth = large / small
-        parts = [small.at_most(th.advantage_small), growth.at_least(th.advantage_growth)]
-        sources = {rates[(setting, size, n)].source for size in sizes for n in ("none", "batch")}
-        why = ("batch/none critical rate " + ", ".join(f"{r.text()} at {size_text(size)}" for size, r in ratios.items())
-               + f"; growth {growth.text()}")
-        numbers = {f"batch/none critical-rate ratio at {size_text(size)}": _rate(r.point) for size, r in ratios.items()}
-        cases.append({"setting": setting, "source": "+".join(sorted(sources)), "batch_sizes": sizes,
-                      "numbers": {**numbers, "critical-rate ratio growth": _rate(growth.point)},
-                      "verdict": _parts_verdict(parts), "why": why})
-    summary = summarize(cases, "no critical rates of none and batch at 2 batch sizes or more (bnsweep run batch_size)")
+        numbers: dict[str, float | None] = {}
+        bits, spans, gaps = [], {}, {}
+        for size in sizes:
+            b, k = best[(setting, size, "batch")], best[(setting, size, "skipinit")]
+            where = size_text(size)
+            if b is None or k is None:
+                bits.append(f"{where}: {'batch' if b is None else 'skipinit'} trains at no rate of the grid (budget)")
+                spans[size], gaps[size] = None, None
+                continue
+            ratio, gap = b.span / k.span, b.accuracy - k.accuracy
+            spans[size], gaps[size] = ratio, gap
+            text = f"{where}: batch {b.text()}, skipinit {k.text()}, optimal-rate ratio {ratio.text()}, gap {gap:+.3f}"
+            cb, ck = critical.get((setting, size, "batch")), critical.get((setting, size, "skipinit"))
+            crit = cb.span / ck.span if cb is not None and ck is not None else None
+            if crit is not None:
+                text += f" (critical-rate ratio {crit.text()}, not judged)"
+            bits.append(text)
+            numbers.update({f"batch optimal rate at {where}": _rate(b.span.point),
+                            f"skipinit optimal rate at {where}": _rate(k.span.point),
+                            f"batch/skipinit optimal-rate ratio at {where}": _rate(ratio.point),
+                            f"accuracy gap batch - skipinit at {where}": gap,
+                            f"batch/skipinit critical-rate ratio at {where}": _rate(crit.point) if crit else None})
+        small, large = sizes[0], sizes[-1]
+        parts: list[bool | None] = []
+        if spans[small] is None:
+            parts.append(None)
+        else:
+            similar = _both([spans[small].at_most(th.optimal_rate_similar),
+                             spans[small].at_least(1 / th.optimal_rate_similar)])
+            parts += [similar, gaps[small] <= th.optimal_gap_small]
+        if spans[large] is None:
+            parts.append(None)
+        else:
+            parts.append(_either([gaps[large] >= th.optimal_gap_large, spans[large].at_least(th.optimal_rate_large)]))
+        verdict = _parts_verdict(parts)
+        why = "; ".join(bits)
+        if verdict == NO_DATA and any(s is not None and s.point is None for s in spans.values()):
+            why += " (an optimum at the grid's edge: widen the grid)"
+        cases.append({"setting": setting, "source": "grid", "batch_sizes": sizes, "metric": OPTIMUM_METRIC,
+                      "numbers": numbers, "verdict": verdict, "why": why})
+    summary = summarize(cases, "no batch and skipinit trials on a rate grid at 2 batch sizes or more "
+                               "(bnsweep run optimal_lr)")
     return Claim("C8", statement, combine(cases, th.case_quorum), summary, cases)
 
 

@@ -1,8 +1,9 @@
-"""Figures of the residual networks and the batch-size axis (issue 13): robustness to the learning rate per ResNet
-variant, and the critical learning rate against the batch size. Each is an extra figure
-(analysis.figures.EXTRA_FIGURES): drawn only when the results hold ResNet trials or a search over several batch
-sizes, left out silently otherwise, so `bnsweep figures` on the paper's sweeps skips nothing.
-Importing this module registers them (analysis/__init__.py does)."""
+"""Figures of the residual networks and the batch-size axis (issues 13, 20): robustness to the learning rate per ResNet
+variant, the critical learning rate against the batch size, the optimal learning rate and best accuracy of batch and
+skipinit against the batch size (C8), and the accuracy against the ghost batch the statistics see (C9). Each is an
+extra figure (analysis.figures.EXTRA_FIGURES): drawn only when the results hold ResNet trials or a search over
+several batch sizes, left out silently otherwise, so `bnsweep figures` on the paper's sweeps skips nothing. Importing
+this module registers them (analysis/__init__.py does)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import pandas as pd
 
 from analysis import critical_lr
 from analysis.aggregate import OUTCOMES, outcome
+from analysis.claims import Context, Thresholds
 from analysis.claims_resnets import (
     SMALL_BATCH_NORMS,
     accuracy_by_size,
     batch_sizes,
+    critical_rates,
     network,
+    optima,
     size_order,
     size_text,
     statistics_batch,
@@ -190,6 +194,71 @@ def _over_none(df: pd.DataFrame) -> pd.DataFrame:
     others = df[(df["norm"] != "none") & df["batch_size"].isin(none.index)]
     out = others.assign(ratio=others["critical"].to_numpy() / none.reindex(others["batch_size"]).to_numpy())
     return out[["norm", "batch_size", "ratio"]].dropna()
+
+
+# -- C8: the optimal learning rate and the best accuracy against the batch size ----------------------------------
+
+def _optima_by_size(results: Results) -> pd.DataFrame:
+    """One row per (network, variant, batch size) of batch and skipinit on a rate grid: the optimal rate (C8's own
+    claims_resnets.optima), where it sits in the grid (an open end: the optimum may lie beyond), the best accuracy
+    and, for reference, the grid's critical rate (None where its bracket is open)."""
+    ctx = Context(results, Thresholds())
+    best, critical = optima(ctx), critical_rates(ctx)
+    rows = []
+    for (setting, size, norm), o in best.items():
+        c = critical.get((setting, size, norm))
+        rows.append({"setting": setting, "norm": norm, "batch_size": size,
+                     "optimal_lr": o.lr if o else np.nan, "best_acc": o.accuracy if o else np.nan,
+                     "edge": (o.edge or "inside") if o else "trains at no rate",
+                     "critical": c.value if c is not None and c.value is not None else np.nan})
+    out = pd.DataFrame(rows, columns=["setting", "norm", "batch_size", "optimal_lr", "best_acc", "edge",
+                                      "critical"])
+    several = out.groupby("setting")["batch_size"].transform("nunique") > 1 if len(out) else out["setting"]
+    out = out[several.astype(bool)] if len(out) else out
+    if out.empty or "boundaries" in results.tables:
+        raise MissingData("needs batch and skipinit on a rate grid at several batch sizes (bnsweep run optimal_lr)")
+    return out
+
+
+EDGE_SHAPES = {"inside": "circle", "top": "triangle-up", "bottom": "triangle-down"}
+
+
+@figure("fig_optimal_lr_batch_size", "The optimal learning rate and the best accuracy against the batch size",
+        "Per network, batch and skipinit on a learning-rate grid at each batch size (De & Smith 2020, the claim C8): "
+        "left, the optimal rate (the rate of the best final test accuracy, mean over seeds, among the rates where "
+        "the variant trains) against the batch size, both on log axes, a triangle where the optimum is at the "
+        "grid's edge (pointing where the true optimum may lie), and the grid's critical rate dashed for reference "
+        "(not judged); right, the best final test accuracy. The paper: similar optimal rates and accuracies at "
+        "small batch, batch's advantage only at large batch.",
+        needs="batch and skipinit on a rate grid at several batch sizes (bnsweep run optimal_lr)", extra=True)
+def fig_optimal_lr_batch_size(results: Results) -> alt.TopLevelMixin:
+    b = _optima_by_size(results)
+    color = norm_color(b["norm"])
+    rows = []
+    for setting in b["setting"].unique():
+        df = plain(b[b["setting"] == setting])
+        sizes = sorted(int(s) for s in df["batch_size"].unique())
+        x = alt.X("batch_size:Q", title=f"{setting}: batch size", axis=alt.Axis(values=sizes, format="d"),
+                  scale=alt.Scale(type="log", base=2, nice=False, padding=12))
+        tooltip = ["norm:N", "batch_size:Q", alt.Tooltip("optimal_lr:Q", format=".3g"),
+                   alt.Tooltip("best_acc:Q", format=".3f"), "edge:N", alt.Tooltip("critical:Q", format=".3g")]
+        base = alt.Chart(df).encode(x=x, color=color, tooltip=tooltip)
+        shape = alt.Shape("edge:N", title="optimum", scale=alt.Scale(domain=list(EDGE_SHAPES),
+                                                                      range=list(EDGE_SHAPES.values())))
+        rate_y = alt.Y("optimal_lr:Q", title="optimal learning rate", scale=alt.Scale(type="log"),
+                       axis=log_axis())
+        rate = alt.layer(
+            base.transform_filter("isValid(datum.optimal_lr)").mark_line().encode(y=rate_y),
+            base.transform_filter("isValid(datum.optimal_lr)").mark_point(size=80, filled=True).encode(
+                y=rate_y, shape=shape),
+            base.transform_filter("isValid(datum.critical)").mark_line(strokeDash=[4, 3], opacity=0.6).encode(
+                y=alt.Y("critical:Q", scale=alt.Scale(type="log")))).properties(width=W, height=H)
+        acc = alt.layer(
+            base.transform_filter("isValid(datum.best_acc)").mark_line(point=True).encode(
+                y=alt.Y("best_acc:Q", title="best final test accuracy", scale=alt.Scale(zero=False)))
+        ).properties(width=W, height=H)
+        rows.append(alt.hconcat(rate, acc))
+    return alt.vconcat(*rows).resolve_scale(color="shared", shape="shared")
 
 
 # -- the accuracy against the batch the statistics see (C9) ---------------------------------------------------

@@ -166,25 +166,85 @@ def search(root: Path, none: dict, batch: dict) -> Path:
 
 
 NONE = {16: (0.2, 0.4), 64: (0.2, 0.4), 256: (0.2, 0.4)}
+RATES = (0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
 
-@pytest.mark.parametrize("batch, verdict, words", [
-    ({16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)}, SUPPORTED, "1 at batch 16, 2 at batch 64, 8 at batch 256"),
-    ({16: (1.6, 3.2), 64: (1.6, 3.2), 256: (1.6, 3.2)}, CONTRADICTED, "8 at batch 16"),  # large everywhere
-    ({16: (0.2, 0.4), 64: (0.2, 0.4), 256: (0.2, 0.4)}, CONTRADICTED, "growth 1"),  # small everywhere
-    ({16: (0.4, None), 64: (0.4, 0.8), 256: (1.6, 3.2)}, NO_DATA, ">= 1.41 at batch 16"),  # open at the smallest
-])
-def test_c8(tmp_path, batch, verdict, words):
-    c8 = claim(search(tmp_path, NONE, batch), "C8")
-    assert c8.verdict == verdict and words in c8.summary, c8.summary
+def peak(optimum: float, best: float, largest: float = 1.6) -> dict[float, float | None]:
+    """Accuracy over RATES peaking at `optimum` (0.02 lower per factor 2 away), None (diverged) above `largest`."""
+    return {lr: None if lr > largest else best - 0.02 * abs(math.log2(lr / optimum)) for lr in RATES}
+
+
+def optimal_grid(root: Path, curves: dict[str, dict[int, dict[float, float | None]]], seeds: int = 1) -> Path:
+    """An optimal_lr-like grid: {norm: {batch size: {lr: final test accuracy, None: diverged}}}."""
+    for norm, by_size in curves.items():
+        for size, by_lr in by_size.items():
+            for lr, acc in by_lr.items():
+                for seed in range(seeds):
+                    write_trial(root, norm, lr, acc is not None, acc=None if acc is None else acc + 0.001 * seed,
+                                batch_size=size, seed=seed)
+    return root
+
+
+# The paper's picture: batch trains at 16x skipinit's largest rate at every batch size, yet at batch 16 both are
+# best at 0.05; at 256 batch is best at 0.8 and 0.04 more accurate.
+PAPER = {"batch": {16: peak(0.05, 0.86), 256: peak(0.8, 0.88)},
+         "skipinit": {16: peak(0.05, 0.855, largest=0.1), 256: peak(0.1, 0.84, largest=0.1)}}
+
+
+def test_c8_judges_optimal_rates_not_critical_rates(tmp_path):
+    """Fails with the old rule (batch's critical rate over none's, small at small batch): here the critical-rate
+    ratio is 16 at every batch size, which the old rule called contradicted; the paper's claim is about optimal
+    rates, and those are alike at batch 16 and 8x apart at 256."""
+    curves = {**PAPER, "none": {16: peak(0.05, 0.85, largest=0.1), 256: peak(0.1, 0.83, largest=0.1)}}
+    c8 = claim(optimal_grid(tmp_path, curves), "C8")
+    assert c8.verdict == SUPPORTED, c8.summary
+    assert "batch 16: batch 0.860 at lr 0.05, skipinit 0.855 at lr 0.05, optimal-rate ratio 1, gap +0.005" in c8.summary
+    assert "batch 256: batch 0.880 at lr 0.8, skipinit 0.840 at lr 0.1, optimal-rate ratio 8, gap +0.040" in c8.summary
+    assert "(critical-rate ratio 16, not judged)" in c8.summary  # sqrt(1.6 x 3.2) / sqrt(0.1 x 0.2)
     (case,) = c8.cases
-    assert case["batch_sizes"] == [16, 64, 256] and case["source"] == "boundaries"
+    assert case["batch_sizes"] == [16, 256] and case["source"] == "grid"
+    assert case["numbers"]["batch/skipinit optimal-rate ratio at batch 256"] == pytest.approx(8.0)
+    assert case["numbers"]["batch/skipinit critical-rate ratio at batch 16"] == pytest.approx(16.0)
+    assert "optimal_rate_similar" in c8.statement or "factor 2" in c8.statement
 
 
-def test_c8_needs_two_batch_sizes(tmp_path):
-    c8 = claim(search(tmp_path, {128: (0.2, 0.4)}, {128: (1.6, 3.2)}), "C8")
-    assert c8.verdict == NO_DATA and "2 batch sizes or more" in c8.summary
+@pytest.mark.parametrize("change, verdict, words", [
+    # The effect absent: at 256 too, batch is best where skipinit is, and no more accurate.
+    ({"batch": {256: peak(0.1, 0.845)}}, CONTRADICTED, "batch 256: batch 0.845 at lr 0.1, skipinit 0.840"),
+    # At batch 16 batch's optimum is 4x skipinit's: not "similar optimal rates".
+    ({"batch": {16: peak(0.2, 0.86)}}, CONTRADICTED, "optimal-rate ratio 4, gap +0.005"),
+    # At batch 16 batch is 0.05 more accurate: more than a minimal benefit.
+    ({"batch": {16: peak(0.05, 0.905)}}, CONTRADICTED, "gap +0.050"),
+    # A better accuracy alone (same optimal rate) shows the benefit at 256.
+    ({"batch": {256: peak(0.1, 0.88)}}, SUPPORTED, "optimal-rate ratio 1, gap +0.040"),
+    # batch's optimum at the top of 256's grid: its ratio is at least 32, a range that decides it anyway.
+    ({"batch": {256: peak(3.2, 0.88, largest=3.2)}}, SUPPORTED, "0.880 at lr 3.2 (the grid's top)"),
+    # Both best at the bottom of batch 16's grid: either optimum may lie lower, their ratio is unknown.
+    ({"batch": {16: peak(0.003, 0.86)}, "skipinit": {16: peak(0.003, 0.855, largest=0.1)}}, NO_DATA,
+     "the grid's bottom"),
+    # skipinit trains at no rate at 256 within the budget.
+    ({"skipinit": {256: dict.fromkeys(RATES)}}, NO_DATA, "skipinit trains at no rate of the grid (budget)"),
+])
+def test_c8_cases(tmp_path, change, verdict, words):
+    curves = {norm: {**by_size, **change.get(norm, {})} for norm, by_size in PAPER.items()}
+    c8 = claim(optimal_grid(tmp_path, curves), "C8")
+    assert c8.verdict == verdict and words in c8.summary, c8.summary
+
+
+def test_c8_per_seed(tmp_path):
+    c8 = claim(optimal_grid(tmp_path, PAPER, seeds=2), "C8")
+    assert c8.verdict_text() == "supported, 2 of 2 seeds"
+    (case,) = c8.cases
+    assert case["over_seeds"]["batch/skipinit optimal-rate ratio at batch 256"].seeds == 2
+
+
+def test_c8_needs_a_grid_at_two_batch_sizes(tmp_path):
+    one = claim(optimal_grid(tmp_path / "one", {n: {16: c[16]} for n, c in PAPER.items()}), "C8")
+    assert one.verdict == NO_DATA and "at 2 batch sizes or more (bnsweep run optimal_lr)" in one.summary
     assert claim(write_grid(tmp_path / "grid", NF_TRAIN), "C8").verdict == NO_DATA
+    # A critical-rate search's rates bracket the largest rate that trains: no optimum is read from them.
+    searched = claim(search(tmp_path / "search", NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)}), "C8")
+    assert searched.verdict == NO_DATA and "critical-rate search" in searched.summary
 
 
 def test_each_batch_size_is_a_panel_of_its_own(tmp_path):
@@ -268,7 +328,7 @@ def test_c9_without_enough_data(tmp_path):
     # batch alone at two ghost batches: nothing to compare it with.
     only = claim(small_batch(tmp_path / "a", {"batch": FLAT}), "C9")
     assert only.verdict == NO_DATA and "needs batch and group or ws_group" in only.summary
-    # One batch size: no case at all.
+    # One batch size, no ghost batches: no case at all.
     one = claim(write_grid(tmp_path / "b", {"batch": 1.6, "group": 1.6}), "C9")
     assert one.verdict == NO_DATA and one.cases == []
 
@@ -300,10 +360,10 @@ def test_each_ghost_batch_is_a_panel_of_its_own(tmp_path):
 # -- the command and the figures --------------------------------------------------------------------------------
 
 def test_check_writes_c7_to_c9_in_order(tmp_path, capsys):
-    search(tmp_path, NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)})
+    optimal_grid(tmp_path, PAPER)
     assert check(str(tmp_path)) == 0
     printed = capsys.readouterr().out
-    assert "C8    supported, 1 seed" in printed and "advantage_growth = 2: C8" in printed
+    assert "C8    supported, 1 seed" in printed and "optimal_rate_similar = 2: C8" in printed
     document = json.loads((tmp_path / "claims.json").read_text())
     keys = [k for k in document if k[0] == "C"]
     assert keys == [f"C{i}" for i in range(1, 15)]  # C13, C14: analysis/claims_curvature.py
@@ -402,3 +462,28 @@ def test_the_ghost_batch_figure_draws_what_c9_judges(tmp_path):
     assert len(rows) == 8  # every rate tried is marked
     other = load(small_batch(tmp_path / "sizes", {"batch": FALLS, "group": FLAT}, axis="batch_size"))
     assert "fig_ghost_batch" not in {d.figure.name for d in build_all(other)}
+
+
+def _rows(drawn, name: str) -> list[dict]:
+    return [r for rows in drawn[name].spec["datasets"].values() for r in rows]
+
+
+def test_the_optimal_rate_figure_reads_the_claims_optima(tmp_path):
+    """fig_optimal_lr_batch_size, C8's figure, plots the claim's own optima (claims_resnets.optima): the same rate
+    and accuracy per variant and batch size, an optimum at the grid's edge marked as such, the critical rate beside."""
+    curves = {**PAPER, "batch": {16: PAPER["batch"][16], 256: peak(3.2, 0.88, largest=3.2)}}
+    data = load(optimal_grid(tmp_path, curves))
+    drawn = {d.figure.name: d for d in build_all(data, validate=True)}
+    rows = {(r["norm"], r["batch_size"]): r for r in _rows(drawn, "fig_optimal_lr_batch_size") if "edge" in r}
+    assert set(rows) == {(n, s) for n in ("batch", "skipinit") for s in (16, 256)}
+    assert rows[("batch", 16)]["optimal_lr"] == rows[("skipinit", 16)]["optimal_lr"] == 0.05
+    assert rows[("batch", 256)]["optimal_lr"] == 3.2 and rows[("batch", 256)]["edge"] == "top"
+    assert rows[("skipinit", 256)]["best_acc"] == pytest.approx(0.84) and rows[("skipinit", 256)]["edge"] == "inside"
+    assert rows[("skipinit", 16)]["critical"] == pytest.approx(math.sqrt(0.1 * 0.2))
+    (case,) = claim(tmp_path, "C8").cases
+    assert case["numbers"]["skipinit optimal rate at batch 256"] == rows[("skipinit", 256)]["optimal_lr"]
+    # Left out where there is no grid at several batch sizes, and for a critical-rate search.
+    assert "fig_optimal_lr_batch_size" not in {d.figure.name for d in build_all(load(write_grid(
+        tmp_path / "one", NF_TRAIN)))}
+    searched = search(tmp_path / "search", NONE, {16: (0.2, 0.4), 64: (0.4, 0.8), 256: (1.6, 3.2)})
+    assert "fig_optimal_lr_batch_size" not in {d.figure.name for d in build_all(load(searched))}
