@@ -22,7 +22,7 @@ from analysis.claims import (
     combine,
     fmt,
 )
-from analysis.dynamics import eos_course, eos_window_ends, growth_factor, tail, with_config
+from analysis.dynamics import eos_course, eos_window_ends, full_batch_ids, growth_factor, tail, with_config
 
 
 def _by_variant(cases: list[dict], quorum: float) -> tuple[str, dict[str, str]]:
@@ -59,6 +59,11 @@ def c10_edge_of_stability(ctx: Context) -> Claim:
     if not ctx.data.has("sharpness"):
         return Claim("C10", statement, NO_DATA, "no sharpness table (bnsweep run eos)")
     sharp = with_config(ctx.data["sharpness"], ctx.trials, ["loss"])
+    # Under minibatch SGD the probe's sharpness is the step's minibatch's, and the claim is C14's, not this one's.
+    sharp = sharp[sharp["trial_id"].astype(str).isin(full_batch_ids(ctx.trials))]
+    if sharp.empty:
+        return Claim("C10", statement, NO_DATA, "no sharpness of a full-batch trial (bnsweep run eos); minibatch "
+                     "SGD's sharpness is judged by C14")
     status = ctx.trials.set_index(ctx.trials["trial_id"].astype(str))["status"].astype(str)
     ends = eos_window_ends(ctx.data["curves"] if ctx.data.has("curves") else None, ctx.trials, th.eos_acc_goal)
     cases = []

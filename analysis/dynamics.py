@@ -49,6 +49,18 @@ def with_config(table: pd.DataFrame, trials: pd.DataFrame, columns: Sequence[str
     return out
 
 
+def full_batch_ids(trials: pd.DataFrame) -> set[str]:
+    """The trials trained by full-batch gradient descent: batch_size 0 (the whole training subset), or a batch at
+    least as large as the train subset. Results without a batch_size column count as full batch."""
+    ids = trials["trial_id"].astype(str)
+    if "batch_size" not in trials:
+        return set(ids)
+    size = pd.to_numeric(trials["batch_size"], errors="coerce")
+    subset = pd.to_numeric(trials["train_subset"], errors="coerce") if "train_subset" in trials else math.nan
+    full = (size <= 0) | size.isna() | (size >= subset)
+    return set(ids[full])
+
+
 def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (NaN for fewer than three points or a constant series)."""
     a, b = pd.Series(list(x), dtype=float), pd.Series(list(y), dtype=float)

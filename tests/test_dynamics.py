@@ -289,7 +289,7 @@ def test_eos_course():
 
 
 def _eos_trial(root, norm: str, sharpness: list[float], train_acc: dict[int, float], loss: str = "cross_entropy",
-               lr: float = 0.05, residual: float | list[float] = 1e-3) -> str:
+               lr: float = 0.05, residual: float | list[float] = 1e-3, batch_size: int = 0) -> str:
     """A finished full-batch trial in the real layout: a sharpness probe every 50 steps (2/lr = 40 at lr 0.05) and
     the training accuracy at the given evaluation steps."""
     import pyarrow as pa
@@ -298,8 +298,9 @@ def _eos_trial(root, norm: str, sharpness: list[float], train_acc: dict[int, flo
     from bnsweep.records import trials_table
     from bnsweep.schema import CURVES_SCHEMA, PROBE_SCHEMAS
 
-    config = make_config({"arch": "mlp", "norm": norm, "lr": lr, "loss": loss, "batch_size": 0, "train_subset": 64,
-                          "steps": 50 * (len(sharpness) - 1), "probes": "sharpness", "probe_every": 50})
+    config = make_config({"arch": "mlp", "norm": norm, "lr": lr, "loss": loss, "batch_size": batch_size,
+                          "train_subset": 64, "steps": 50 * (len(sharpness) - 1), "probes": "sharpness",
+                          "probe_every": 50})
     residuals = residual if isinstance(residual, list) else [residual] * len(sharpness)
     rows = [{**dict.fromkeys(PROBE_SCHEMAS["sharpness"].names), "trial_id": config.trial_id, "step": 50 * i,
              "sharpness": s, "residual": r, "iters": 20, "two_over_lr": 2 / lr, "eos_threshold": 2 / lr}
@@ -370,6 +371,17 @@ def test_c10_is_contradicted_where_the_sharpness_does_not_hover_at_the_limit(tmp
     _eos_trial(tmp_path, "batch", [10, 20, 30, 45, 80, 110, 120, 10, 5], ACC)
     c10 = _c10(tmp_path)
     assert c10.verdict == "contradicted" and c10.cases[0]["median_ratio"] > 2
+
+
+def test_c10_judges_full_batch_gradient_descent_only(tmp_path):
+    """Under minibatch SGD the sharpness probe measures the step's minibatch, and the claim there is C14's: a
+    results folder of SGD trials (sgd_eos) holds no C10 case, however the sharpness moves."""
+    _eos_trial(tmp_path, "batch", [10, 20, 30, 45, 80, 110, 120, 10, 5], ACC, batch_size=16)
+    c10 = _c10(tmp_path)
+    assert c10.verdict == "not enough data" and not c10.cases and "C14" in c10.summary
+    _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC, lr=0.05 * 1.0001)  # a full-batch trial beside it
+    c10 = _c10(tmp_path)
+    assert c10.verdict == "supported" and len(c10.cases) == 1
 
 
 def test_c10_needs_probes_with_a_small_residual_inside_the_window(tmp_path):
