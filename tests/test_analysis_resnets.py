@@ -324,6 +324,20 @@ def test_c9_best_or_matched_rates(tmp_path):
         claim(tmp_path, "C9", Thresholds(small_batch_compare="median"))
 
 
+def test_c9_needs_the_reference_to_train(tmp_path):
+    """A fall is measured from the largest statistics batch: where batch trained at no rate there (chance accuracy
+    at every ghost batch within the budget), the old rule read 'falls +0.000' as contradicted; now it is a budget
+    problem, never a verdict."""
+    for ghost in (2, 64):
+        for lr in (0.1, 0.4):
+            write_trial(tmp_path, "batch", lr, False, acc=0.1, status="completed", ghost_batch=ghost)
+    small_batch(tmp_path, {"group": FLAT})
+    c9 = claim(tmp_path, "C9")
+    (batch,) = [c for c in c9.cases if c["norm"] == "batch"]
+    assert batch["verdict"] == NO_DATA and "trains at no rate with statistics over 64 (budget)" in batch["why"]
+    assert c9.verdict == NO_DATA
+
+
 def test_c9_without_enough_data(tmp_path):
     # batch alone at two ghost batches: nothing to compare it with.
     only = claim(small_batch(tmp_path / "a", {"batch": FLAT}), "C9")
