@@ -15,6 +15,11 @@ what the probes cost at this width over the paper's protocol (15,000 steps, a pr
 
 The trials are cut to a few steps, small evaluation subsets and one learning rate per grid (`--set`), so it runs
 in minutes; everything else is the paper scale's configuration.
+
+Its other part is the fused path (bnsweep/fused.py, `bnsweep run --fuse K`) at smoke size on the same S3: a cohort
+of 2 VGG-11s at width 0.0625 on the CIFAR-10-format files, differing in lr and seed, recorded under their own prefix;
+each member's `trials` row and curve rows are read back from S3 and checked to be its own (one row, one curve row per
+step it trained).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from bnsweep.checkpoints import RAY_DIR
 from bnsweep.config import make_config
 from bnsweep.driver import run_sweep
 from bnsweep.estimate import trial_seconds
+from bnsweep.fused import run_cohort
 from bnsweep.schedule import measure_trial
+from bnsweep.schema import CURVES, TRIALS
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true"}
@@ -113,6 +120,34 @@ def sizes(results: str) -> dict[str, dict[str, int]]:
     return out
 
 
+FUSED_SMOKE = {"arch": "vgg11", "width": 0.0625, "dataset": "cifar10", "norm": "batch", "probe_every": 0,
+               "device": "cpu", "threads": 1}
+
+
+def fused_slice(results: str, data_root: str, steps: int, eval_examples: int, k: int = 2) -> str:
+    """The fused path at smoke size, recorded in `results`: a cohort of k trials differing in lr and seed, then each
+    member's trials row and curve rows read back from there. Returns the line to print; RuntimeError if a member's
+    records are missing or not its own."""
+    configs = [make_config({**FUSED_SMOKE, "steps": steps, "eval_every": steps, "eval_subset": eval_examples,
+                            "test_subset": eval_examples, "data_root": data_root, "lr": 0.1 / 2**i, "seed": i})
+               for i in range(k)]
+    started = time.perf_counter()
+    members = run_cohort(configs, results)
+    wall = time.perf_counter() - started
+    trials = records.read_table(results, TRIALS).to_pandas()
+    curves = records.read_table(results, CURVES).to_pandas()
+    for m in members:
+        mine = trials[trials.trial_id == m.config.trial_id]
+        steps_done = mine.steps_done.tolist()
+        rows = curves[curves.trial_id == m.config.trial_id]
+        if len(mine) != 1 or sorted(rows.step) != list(range(steps_done[0] if steps_done else 0)) or not len(rows):
+            raise RuntimeError(f"fused member {m.config.trial_id}: {len(mine)} trials rows, {len(rows)} curve rows "
+                               f"(steps done {steps_done}) read back from the results")
+    outcomes = ", ".join(f"{m.config.trial_id} {m.status}" for m in members)
+    return (f"fused: a cohort of {k} smoke-size VGG-11s, {steps} steps in {wall:.1f} s; each member's own trials row "
+            f"and {steps} curve rows on S3 ({outcomes})")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bnsweep.bench paper")
     p.add_argument("--steps", type=int, default=6, help="steps per trial (the paper runs 15,000)")
@@ -140,9 +175,12 @@ def main(argv: list[str]) -> int:
             wall = time.perf_counter() - started
             trials = records.read_table(results, records.TRIALS).to_pandas()
             by_trial = sizes(results)
+            fused = fused_slice(f"s3://bnsweep-bench/fused?endpoint_override={endpoint}&scheme=http", str(data_root),
+                                a.steps, a.eval_examples)
         print("\n".join(line for line in log.getvalue().splitlines() if line.startswith(("estimate", "arch", "vgg",
                                                                                           "dln"))))
         vgg = trials[trials.arch == "vgg16"]
+        print(fused)
         print(f"{len(trials)} trials in {wall:.0f} s: {({k: int(v) for k, v in trials.status.value_counts().items()})}")
         print(f"peak resident memory per worker: {trials.peak_rss_mb.max():.0f} MB (VGG-16 trials: "
               f"{vgg.peak_rss_mb.max():.0f} MB)")
