@@ -1,5 +1,6 @@
-"""`python -m bnsweep.bench paper`'s fused part (issue 21, item 5): a smoke-size fused cohort on moto's S3, each
-member's own `trials` row and curve rows read back from S3. (The VGG-16 part runs minutes: `make bench`, not here.)"""
+"""`python -m bnsweep.bench paper`'s fused part (issue 21, item 5): `bnsweep run --fuse 2` at smoke size on moto's S3,
+each member's own `trials` row and curve rows read back from S3, the cohort one Tune trial. (The VGG-16 part runs
+minutes: `python -m bnsweep.bench paper`, not here.)"""
 
 import pandas as pd
 
@@ -16,10 +17,10 @@ def test_bench_paper_runs_a_fused_cohort_with_each_members_records_on_s3(tmp_pat
     root = paper.write_cifar(tmp_path / "data", per_batch=64)
     with paper.moto_s3("bnsweep-bench", tmp_path / "moto.log") as (endpoint, _):
         results = f"s3://bnsweep-bench/fused?endpoint_override={endpoint}&scheme=http"
-        line = paper.fused_slice(results, str(root), steps=3, eval_examples=32)
+        line = paper.fused_slice(results, str(root), tmp_path, steps=3, eval_examples=32)
         trials = records.read_table(results, records.TRIALS).to_pandas()
         curves = records.read_table(results, "curves").to_pandas()
-    assert line.startswith("fused: a cohort of 2 smoke-size VGG-11s, 3 steps") and "on S3" in line
+    assert line.startswith("fused: bnsweep run --fuse 2, one cohort of 2 smoke-size VGG-11s, 3 steps") and "S3" in line
     assert len(trials) == 2 and trials.trial_id.nunique() == 2 and set(trials.lr) == {0.1, 0.05}
     assert (trials.status == "completed").all() and (trials.steps_done == 3).all()
     for trial_id in trials.trial_id:
