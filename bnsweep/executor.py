@@ -141,8 +141,9 @@ class Progress(Callback):
     start of the trial that takes its slot, so a line drawn at the end said `running 1` while two trials ran:
     the end's line waits for that start (at most SUCCESSOR_WAIT_S) and counts it."""
 
-    def __init__(self, total: int, estimate: Estimate | None, stream) -> None:
+    def __init__(self, total: int, estimate: Estimate | None, stream, sizes: dict[str, int] | None = None) -> None:
         self.total = total
+        self.sizes = sizes or {}  # a fused cohort's id -> its members (a trial alone: 1)
         self.counts = {"completed": 0, "diverged": 0, "failed": 0}
         self.running: set[str] = set()
         self.started = time.monotonic()
@@ -227,7 +228,7 @@ class Progress(Callback):
             self.estimate.requeue(trial.config[ID])
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.counts["failed"] += 1
+        self.counts["failed"] += self.sizes.get(trial.config[ID], 1)  # RecordFailures records each member
         self._ended(trial, 0.0)
 
     def __getstate__(self) -> dict:
@@ -451,7 +452,7 @@ class Executor:
         if self.fuse:
             param_space[COHORT] = tune.sample_from(partial(_members, units))
             resources = partial(_unit_request, units, self.resources)
-        progress = Progress(len(queue), estimate, self.stream)
+        progress = Progress(len(queue), estimate, self.stream, {i: len(u) for i, u in units.items() if len(u) > 1})
         callbacks: list[Callback] = [ForgetPickledErrors(), progress, ShowWarnings(),
                                      RecordFailures(results, units),
                                      JsonLoggerCallback(), CSVLoggerCallback()]

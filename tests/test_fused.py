@@ -223,3 +223,21 @@ def test_fuse_refuses_a_sweep_with_probes_naming_probe_every(tmp_path, capsys):
     assert err.count("\n") == 1 and not results.exists()
     with pytest.raises(BnsweepError, match="--fuse=0: out of range"):
         run_sweep(str(FUSE_SWEEP), scale="smoke", results=str(results), fuse=0, stream=io.StringIO())
+
+
+def test_a_crashing_cohort_is_retried_then_every_member_is_recorded_failed(tmp_path):
+    """faults_crash.yaml at two rates per grid: the broken cohort asks for a device no worker has, so it raises at
+    every start; Tune retries it (max_failures), then each member is recorded failed with the error, and the healthy
+    cohort completes. (The healthy grid is as large as the broken one so the driver's timing pass, which measures
+    the first of the costliest kinds, measures a healthy trial, as in tests/test_faults.py.)"""
+    results, out = tmp_path / "r", io.StringIO()
+    sweep = str(Path(__file__).resolve().parent / "sweeps" / "faults_crash.yaml")
+    run_sweep(sweep, scale="smoke", results=str(results), sets=["healthy.lr=[1e-6, 2e-6]", "broken.lr=[1e-6, 2e-6]"],
+              fuse=2, num_cpus=2, stream=out)
+    assert "fused: 4 trials in 2 cohorts of up to 2, 0 alone" in out.getvalue()
+    trials = pd.read_parquet(results / "trials").set_index("trial_id")
+    broken = trials[trials.device == "cuda:99"]
+    assert len(trials) == 4 and len(broken) == 2 and (broken.status == "failed").all()
+    assert broken.error.str.contains("'cuda:99' requested but no CUDA GPU is available").all()
+    assert (broken.attempt == 3).all()  # max_failures 2: three starts, each member's attempt marked at each
+    assert (trials[trials.device != "cuda:99"].status == "completed").all() and "failed 2" in out.getvalue()
