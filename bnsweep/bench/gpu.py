@@ -10,8 +10,8 @@ size (2026-12-05, 2-core AMD EPYC (KVM), shared with other work, torch 2.14.1; `
        fused 2    0.066               7.3       0.74
        fused 4    0.122               7.9       0.80
     best: 9.9 trials/CPU-hour (x 1.00 over 1 per CPU)
-(26 s in all. On one CPU thread a fused cohort saves no arithmetic, only the processes' contention; what it is for
-is a GPU that one small trial leaves mostly idle.)
+(26 s in all. On a CPU a fused cohort does its k trials' arithmetic on the trial's one thread; it is meant for a GPU
+that one small trial leaves mostly idle.)
 (A smoke-size trial is VGG-11 at width 0.0625 on Fashion-MNIST, counted as 15,000 steps: the CPU figure tests the
 bench, it says nothing about a GPU.)
 
@@ -23,7 +23,7 @@ sum of the k rates x 3600 / 15,000 (the paper's steps per trial; evaluations and
 is that over k = 1's. A fused row ("fused k") is one worker process training a Cohort of k such trials (lr 0.1, 0.05,
 ..., seeds 0..k-1), warmed up and timed the same way: its rate counts k trials per cohort step. The `best:` line is
 the best row, processes or fused.
-Default on a GPU: 100 timed steps after 20 warm-up steps per row, on a CPU, or with --smoke, the smoke-size trial at 3
+Default on a GPU: 100 timed steps after 20 warm-up steps per row; on a CPU, or with --smoke, the smoke-size trial at 3
 steps after 1. Device time, bounded: the process rows time 120 steps of 1+2+4+8 = 15 trials; a fused row's step is one
 step of its k trials (grouped kernels: at most the work of k separate steps), so the fused rows add 120 steps of
 2+4+8 = 14 trials, at most as much again. A VGG-16 step at batch 128 is ~120 GFLOP, 10-30 ms on an A10G or H100
