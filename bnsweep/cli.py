@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "or bf16; probes and evaluations stay fp32 [default: the sweep's, fp32]")
     run.add_argument("--deterministic", action="store_true", help="deterministic algorithms in every trial "
                      "(torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8; slower)")
+    run.add_argument("--fuse", type=_whole, default=None, metavar="K", help="train trials that differ only in lr "
+                     "and seed as fused cohorts of up to K, one model in one process per cohort (bnsweep/fused.py); "
+                     "the others run alone; probes must be off [default: no fusing]")
 
     sweeps = sub.add_parser("sweeps", help="list the sweeps with their grids and sizes per scale")
     sweeps.add_argument("--scale", default=None, help="only this scale")
@@ -199,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         scale=args.scale, results=args.results, address=args.address, sets=args.sets, seeds=args.seeds,
         dry_run=args.dry_run, verbose=args.verbose, data_root=args.data_root, num_cpus=args.num_cpus,
         command=resume_command(sys.argv[1:]), keep_checkpoints=args.keep_checkpoints, trackers=args.log,
-        precision=args.precision, deterministic=args.deterministic))
+        precision=args.precision, deterministic=args.deterministic, fuse=args.fuse))
     return 0
 
 

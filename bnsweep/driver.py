@@ -29,11 +29,12 @@ from typing import TextIO
 from bnsweep import lock, records
 from bnsweep.boundary import SearchPlan
 from bnsweep.checkpoints import prune_checkpoints
+from bnsweep.cohorts import MAX_COHORT
 from bnsweep.config import check_field
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import duration
 from bnsweep.plan import GridPlan, Plan, settled
-from bnsweep.rules import printable, show
+from bnsweep.rules import Number, check, printable, show
 from bnsweep.schedule import preflight
 from bnsweep.status import resume_command, resume_hint, summary_table, trial_line
 from bnsweep.sweep import Sweep, check_run_arguments, load, rough_cost
@@ -86,6 +87,7 @@ class RunOptions:
     trackers: tuple[str, ...] = ()
     precision: str | None = None  # every trial's training-step precision (bnsweep/numerics.py); None: the sweep's
     deterministic: bool = False  # every trial with deterministic algorithms
+    fuse: int | None = None  # train same-shaped trials in fused cohorts of up to this many (bnsweep/fused.py)
     stream: TextIO | None = None
 
     def __post_init__(self) -> None:  # lists from argparse or a notebook, held as tuples
@@ -112,6 +114,7 @@ def run_command(sweep: str, options: RunOptions | None = None, **changes) -> str
     words += ["--keep-checkpoints"] if o.keep_checkpoints else []
     words += ["--precision", str(o.precision)] if o.precision is not None else []
     words += ["--deterministic"] if o.deterministic else []
+    words += ["--fuse", str(o.fuse)] if o.fuse is not None else []
     for name in o.trackers:
         words += ["--log", name]
     return resume_command(words)
@@ -121,6 +124,19 @@ def numerics_sets(o: RunOptions) -> tuple[str, ...]:
     """--precision and --deterministic as the `--set`s they mean for every trial (checked here, named as flags)."""
     sets = (f"precision={check_field('precision', o.precision, '--precision')}",) if o.precision is not None else ()
     return sets + (("deterministic=true",) if o.deterministic else ())
+
+
+def check_fuse(fuse, sw: Sweep) -> int | None:
+    """--fuse K: a whole number from 1 to MAX_COHORT, and a sweep without probes (they hook one model: a probed
+    trial is never fused, and a sweep whose trials probe would fuse nothing)."""
+    if fuse is None:
+        return None
+    k = check(Number(int, 1, MAX_COHORT), fuse, "--fuse")
+    probed = next((c for c in sw.configs if c.probe_every), None)
+    if probed is not None:
+        raise BnsweepError(f"--fuse {k}: probes are not fused, and trial {probed.trial_id} has probe_every="
+                           f"{probed.probe_every}; add --set probe_every=0, or run without --fuse")
+    return k
 
 
 def run_sweep(sweep: str = "lr_grid", options: RunOptions | None = None, **changes) -> str:
@@ -139,8 +155,9 @@ def run_sweep(sweep: str = "lr_grid", options: RunOptions | None = None, **chang
     print(f"scale: {scale} ({why})", file=stream)
     sw = load(sweep, scale, o.sets + numerics_sets(o), o.seeds)
     check_sweep_name(sw)
+    fuse = check_fuse(o.fuse, sw)
     results = records.absolute(o.results or f"results/{sw.name}")
-    o = dataclasses.replace(o, scale=scale, results=results, address=address, stream=stream)
+    o = dataclasses.replace(o, scale=scale, results=results, address=address, stream=stream, fuse=fuse)
     if o.data_root:
         for c in sw.configs:
             c.data_root = o.data_root
@@ -177,7 +194,8 @@ def _run_plan(sw: Sweep, plan: Plan, o: RunOptions) -> None:
         from bnsweep.executor import Executor  # Ray is imported only when there is something to run
 
         with Executor(sw, results, address=o.address, verbose=o.verbose, num_cpus=o.num_cpus,
-                      keep_checkpoints=o.keep_checkpoints, trackers=list(o.trackers), stream=stream) as executor:
+                      keep_checkpoints=o.keep_checkpoints, trackers=list(o.trackers), fuse=o.fuse,
+                      stream=stream) as executor:
             while todo:
                 started = time.monotonic()
                 executor.run(todo)

@@ -3,9 +3,11 @@
 A round's Tuner grids over trial ids, and every identity option of each trial (lr, norm, arch, seed, ...) is in
 the config Tune sees, so Tune's own results (`ResultGrid.get_dataframe()`, its JSON and CSV logs) and the
 experiment trackers (`--log tensorboard|mlflow|wandb`, Tune's own integrations) show the real configuration.
-The Parquet records stay the record of truth; the trackers are views. Callbacks, each with one job: the progress
-line, the trials' warnings, the failure records of trials whose retries are spent, the checkpoint pruner, the
-trackers, and keeping Tune from unpickling trial errors out of the results location (which may be shared: nothing
+The Parquet records stay the record of truth; the trackers are views. With --fuse K (bnsweep/fused.py) a Tune
+trial is a cohort of up to K same-shaped trials, named by its first member's id (its config that member's; the other
+members' ids under COHORT), trained by one task as one model. Callbacks, each with one job: the progress line, the
+trials' warnings, the failure records of trials whose retries are spent, the checkpoint pruner, the trackers, and
+keeping Tune from unpickling trial errors out of the results location (which may be shared: nothing
 there runs code).
 """
 
@@ -30,12 +32,13 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from bnsweep import records
 from bnsweep.checkpoints import RAY_DIR, prune_checkpoints
+from bnsweep.cohorts import cohorts
 from bnsweep.config import FIELDS, TrialConfig
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import Estimate, duration
 from bnsweep.schedule import Timing, order
 from bnsweep.sweep import Sweep
-from bnsweep.worker import ID, count_attempts, train_trial
+from bnsweep.worker import COHORT, ID, count_attempts, train_trial
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 TRACKER_EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb"), "tensorboard": ("tensorboardX",
@@ -138,8 +141,9 @@ class Progress(Callback):
     start of the trial that takes its slot, so a line drawn at the end said `running 1` while two trials ran:
     the end's line waits for that start (at most SUCCESSOR_WAIT_S) and counts it."""
 
-    def __init__(self, total: int, estimate: Estimate | None, stream) -> None:
+    def __init__(self, total: int, estimate: Estimate | None, stream, sizes: dict[str, int] | None = None) -> None:
         self.total = total
+        self.sizes = sizes or {}  # a fused cohort's id -> its members (a trial alone: 1)
         self.counts = {"completed": 0, "diverged": 0, "failed": 0}
         self.running: set[str] = set()
         self.started = time.monotonic()
@@ -200,7 +204,10 @@ class Progress(Callback):
         fraction = result.get("step", steps) / max(steps, 1)
         if result.get("done"):
             status = result.get("status", "completed")
-            self.counts[status] = self.counts.get(status, 0) + 1
+            ended = ({s: result.get(f"members_{s}", 0) for s in self.counts} if result.get("members")
+                     else {status: 1})  # a fused cohort's members, each counted
+            for s, n in ended.items():
+                self.counts[s] = self.counts.get(s, 0) + n
             self._ended(trial, fraction)
             return
         if self.estimate is not None:
@@ -221,7 +228,7 @@ class Progress(Callback):
             self.estimate.requeue(trial.config[ID])
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.counts["failed"] += 1
+        self.counts["failed"] += self.sizes.get(trial.config[ID], 1)  # RecordFailures records each member
         self._ended(trial, 0.0)
 
     def __getstate__(self) -> dict:
@@ -247,16 +254,20 @@ class ShowWarnings(Callback):
 
 
 class RecordFailures(Callback):
-    """A trial whose retries are spent is recorded as failed, with its error, so the sweep goes on honestly."""
+    """A trial whose retries are spent is recorded as failed, with its error, so the sweep goes on honestly; a
+    fused cohort's members each, but those recorded already."""
 
-    def __init__(self, results: str, configs: dict[str, TrialConfig]) -> None:
-        self.results, self.configs = results, configs
+    def __init__(self, results: str, configs: dict[str, list[TrialConfig]]) -> None:
+        self.results, self.configs = results, configs  # Tune trial's id -> its trials (a cohort's members)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        config = self.configs[trial.config[ID]]
-        records.write_table(self.results, records.TRIALS, config.trial_id,
-                            records.failed_trials_table(config, trial_error(trial)[:2000],
-                                                count_attempts(self.results, config.trial_id)))
+        members = self.configs[trial.config[ID]]
+        done = records.finished_trial_ids(self.results) if len(members) > 1 else set()
+        for config in members:
+            if config.trial_id not in done:
+                records.write_table(self.results, records.TRIALS, config.trial_id,
+                                    records.failed_trials_table(config, trial_error(trial)[:2000],
+                                                                count_attempts(self.results, config.trial_id)))
 
 
 class ForgetPickledErrors(Callback):
@@ -317,16 +328,43 @@ def _option(identities: dict[str, dict[str, Any]], key: str, spec) -> Any:
     return identities[spec["config"][ID]].get(key, FIELDS[key].default)
 
 
+def _members(units: dict[str, list[TrialConfig]], spec) -> str:
+    """The other members of the cohort Tune is creating, comma-separated ("" for a trial alone)."""
+    return ",".join(c.trial_id for c in units[spec["config"][ID]][1:])
+
+
+def unit_resources(resources: dict[str, float], k: int) -> dict[str, float]:
+    """A fused cohort of k trials' resources: one trial's CPUs (one process, one stream of kernels: the data sit on
+    the device) and k trials' share of a GPU, at most one (its memory and compute are k trials', on one device), so
+    a cluster packs as many trials per GPU as it does unfused."""
+    return {**resources, **({"gpu": min(1.0, k * resources["gpu"])} if resources.get("gpu") else {})}
+
+
+def _unit_request(units: dict[str, list[TrialConfig]], resources: dict[str, float], config: dict):
+    """Tune's resource request of one of its trials: a cohort's (unit_resources) or one trial's."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    return resource_dict_to_pg_factory(unit_resources(resources, len(units[config[ID]])))
+
+
+def fused_estimate(estimate: Estimate, units: list[list[TrialConfig]], slots: int) -> Estimate:
+    """The estimate over Tune's trials when cohorts run as one: a cohort predicted as its members' sum (a fused
+    step does the work of k steps; on a GPU it takes less), on the slots cohorts leave."""
+    predicted = {u[0].trial_id: sum(estimate.predicted[c.trial_id] for c in u) for u in units}
+    return Estimate(predicted, max(1, slots), measured=estimate.measured)
+
+
 class Executor:
     """Runs rounds of trials on Ray for one sweep. A context manager: Ray is shut down on exit if started here."""
 
     def __init__(self, sw: Sweep, results: str, *, address: str | None = None, verbose: bool = False,
                  num_cpus: int | None = None, keep_checkpoints: bool = False, trackers: list[str] | None = None,
-                 stream=sys.stdout) -> None:
+                 fuse: int | None = None, stream=sys.stdout) -> None:
         self.sw, self.results, self.address, self.verbose = sw, results, address, verbose
         self.num_cpus, self.keep_checkpoints, self.stream = num_cpus, keep_checkpoints, stream
         self.trackers = check_trackers(trackers or [])
         self.started_here = False
+        self.fuse = fuse  # cohorts of up to this many same-shaped trials, each one Tune trial (None: no fusing)
         self.timing = Timing()
         self.resources = {k: v for k, v in sw.resources.items() if v}
 
@@ -385,26 +423,44 @@ class Executor:
               f"(measured in {measured:.1f}s: a few steps of each kind of trial)", file=self.stream)
         return queue, estimate
 
+    def _units(self, queue: list[TrialConfig], estimate: Estimate) -> tuple[dict[str, list[TrialConfig]], Estimate]:
+        """Tune's trials: each trial alone, or with --fuse the fused cohorts (bnsweep.fused.cohorts), by id."""
+        if not self.fuse:
+            return {c.trial_id: [c] for c in queue}, estimate
+        units = cohorts(queue, self.fuse)
+        fused = [u for u in units if len(u) > 1]
+        print(f"fused: {sum(map(len, fused))} trials in {len(fused)} cohort{'s' * (len(fused) != 1)} of up to "
+              f"{self.fuse}, {len(units) - len(fused)} alone", file=self.stream)
+        k = max(map(len, units))
+        estimate = fused_estimate(estimate, units, slots(unit_resources(self.resources, k)))
+        return {u[0].trial_id: u for u in units}, estimate
+
     def run(self, todo: list[TrialConfig]):
         """Run these trials (each records itself) in one Tuner; returns Tune's ResultGrid."""
         queue, estimate = self._queue(todo)
+        units, estimate = self._units(queue, estimate)
         sw, results = self.sw, self.results
         fs, root = records.filesystem(results)
-        identities = {c.trial_id: c.identity() for c in queue}
+        identities = {i: u[0].identity() for i, u in units.items()}
         keys = sorted({k for identity in identities.values() for k in identity})
         param_space = {ID: tune.grid_search(list(identities)),
                        **{k: tune.sample_from(partial(_option, identities, k)) for k in keys}}
         run = {"results": results, "sweep": sw.name, "checkpoint_every": sw.checkpoint_every,
-               "report_every": sw.report_every, "runtime": {c.trial_id: c.runtime() for c in queue}}
-        progress = Progress(len(queue), estimate, self.stream)
+               "report_every": sw.report_every, "runtime": {c.trial_id: c.runtime() for c in queue},
+               "cohorts": {i: {c.trial_id: c.identity() for c in u} for i, u in units.items() if len(u) > 1}}
+        resources: Any = self.resources
+        if self.fuse:
+            param_space[COHORT] = tune.sample_from(partial(_members, units))
+            resources = partial(_unit_request, units, self.resources)
+        progress = Progress(len(queue), estimate, self.stream, {i: len(u) for i, u in units.items() if len(u) > 1})
         callbacks: list[Callback] = [ForgetPickledErrors(), progress, ShowWarnings(),
-                                     RecordFailures(results, {c.trial_id: c for c in queue}),
+                                     RecordFailures(results, units),
                                      JsonLoggerCallback(), CSVLoggerCallback()]
         if not self.keep_checkpoints:
             callbacks.append(PruneCheckpoints(results, sw.name))
         callbacks += tracker_callbacks(self.trackers, sw.name)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(train_trial, run=run), self.resources),
+            tune.with_resources(tune.with_parameters(train_trial, run=run), resources),
             param_space=param_space,
             # reuse_actors: a worker trains one trial after another instead of importing torch anew for each.
             tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=lambda t: t.config[ID],

@@ -1,4 +1,5 @@
-"""What runs inside a Ray worker: the trainable, its attempt markers and the per-worker data cache.
+"""What runs inside a Ray worker: the trainable (of one trial, or of a fused cohort under --fuse), its attempt
+markers and the per-worker data cache.
 
 Tune reuses a worker process for trial after trial (`reuse_actors`), so a worker loads each data set once and
 hands a finished trial's memory back before the next. A trial's records are written before its last report:
@@ -28,6 +29,7 @@ from bnsweep.memory import purge_jemalloc, release_freed_memory
 ATTEMPTS = "_attempts"  # RESULTS/_attempts/<trial_id>/<uuid>: one empty file per start of a trial
 # The key of bnsweep's trial id in the config Tune sees (Tune's results carry a `trial_id` of Tune's own).
 ID = "bnsweep_trial_id"
+COHORT = "bnsweep_fused_with"  # with --fuse: the other members of the cohort a Tune trial is, comma-separated
 FINAL_METRICS = ("final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "wall_time_s")
 
 
@@ -91,12 +93,14 @@ def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
     `params` is Tune's config of the trial (its identity options and its id under ID); `run` holds what every trial of
     the round shares: results location, sweep name, checkpoint and report intervals, each trial's runtime
     options (device, threads: not part of its identity)."""
+    if params[ID] in run.get("cohorts", {}):
+        return train_cohort(params, run)
     import torch
     from ray import tune
 
     from bnsweep.trial import run_trial
 
-    config = trial_config(params, run["runtime"][params[ID]])
+    config = trial_config({k: v for k, v in params.items() if k != COHORT}, run["runtime"][params[ID]])
     results, trial_id = run["results"], config.trial_id
     attempt = mark_attempt(results, trial_id)
     warnings: list[str] = []  # for the driver's output, with the next report
@@ -129,6 +133,33 @@ def train_trial(params: dict[str, Any], run: dict[str, Any]) -> None:
                  "loss": final_loss if math.isfinite(final_loss) else float("nan"),
                  "status": outcome["status"], "trained": outcome["trained"], "done": True,
                  **{k: outcome[k] for k in FINAL_METRICS}, **pop_warnings(warnings)})
+
+
+def train_cohort(params: dict[str, Any], run: dict[str, Any]) -> None:
+    """Ray Tune function trainable of a fused cohort (`bnsweep run --fuse K`): its members not yet recorded are
+    trained as one model (bnsweep.fused.run_cohort), each writing the records it writes alone, with its own attempt
+    marker; one last report counts their outcomes (members_completed, ...). A cohort keeps no checkpoint: a retried
+    or resumed one starts over, without the members recorded by then."""
+    from ray import tune
+
+    from bnsweep.fused import run_cohort
+
+    results = run["results"]
+    recorded = records.finished_trial_ids(results)
+    configs = [trial_config({ID: trial_id, **identity}, run["runtime"][trial_id])
+               for trial_id, identity in run["cohorts"][params[ID]].items() if trial_id not in recorded]
+    attempts = {c.trial_id: mark_attempt(results, c.trial_id) for c in configs}
+    members = (run_cohort(configs, results, data=worker_data(configs[0]), catch=False, attempts=attempts)
+               if configs else [])
+    outcomes = [m.outcome() for m in members]
+    del members
+    release_memory()
+    statuses = [o["status"] for o in outcomes]
+    steps = max((o["steps_done"] for o in outcomes), default=0)
+    losses = [o["final_loss"] for o in outcomes if math.isfinite(o["final_loss"])]
+    tune.report({"step": steps, "timesteps_total": steps, "loss": min(losses, default=float("nan")),
+                 "status": "completed" if "completed" in statuses else (statuses or ["completed"])[0], "done": True,
+                 "members": len(statuses), **{f"members_{s}": statuses.count(s) for s in set(statuses)}})
 
 
 def resume_state(trial, checkpoint, results: str, sweep: str, attempt: int) -> dict | None:

@@ -15,7 +15,7 @@ ANALYSIS = PACKAGE.parent / "analysis"
 # placed here (the test fails on a module no layer names). A name not (yet) in the package is passed over.
 LAYERS = {
     "base": ["errors", "variants", "rules", "memory"],  # no torch, no Ray: what every layer reads
-    "config": ["config", "schema"],  # a trial's options and the tables' columns
+    "config": ["config", "schema", "cohorts"],  # a trial's options, the tables' columns, who may be fused
     "storage": ["records", "lock", "checkpoints"],  # the results directory
     "training": ["ghost", "norms", "data", "models", "optim", "losses", "dynamics", "curvature", "numerics", "probes",
                  "provenance", "trial", "fused"],  # torch: one trial (or a fused cohort), in one process

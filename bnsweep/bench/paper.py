@@ -15,6 +15,11 @@ what the probes cost at this width over the paper's protocol (15,000 steps, a pr
 
 The trials are cut to a few steps, small evaluation subsets and one learning rate per grid (`--set`), so it runs
 in minutes; everything else is the paper scale's configuration.
+
+Its other part is the fused path (bnsweep/fused.py) at smoke size on the same S3, as a user runs it: `bnsweep run
+--fuse 2` of two VGG-11s at width 0.0625 on the CIFAR-10-format files, differing in lr, recorded under their own
+prefix; each member's `trials` row and curve rows are read back from S3 and checked to be its own (one row, one curve
+row per step it trained), and the cohort to have been one Tune trial.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from bnsweep.config import make_config
 from bnsweep.driver import run_sweep
 from bnsweep.estimate import trial_seconds
 from bnsweep.schedule import measure_trial
+from bnsweep.schema import CURVES, TRIALS
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true"}
@@ -113,6 +119,49 @@ def sizes(results: str) -> dict[str, dict[str, int]]:
     return out
 
 
+FUSED_SWEEP = """# bench paper's fused part: smoke-size VGG-11s differing only in lr, one fused cohort (run --fuse)
+description: bench paper, fused cohort
+base: {{arch: vgg11, width: 0.0625, dataset: cifar10, norm: batch, probe_every: 0, steps: {steps}, eval_every: {steps},
+       eval_subset: {examples}, test_subset: {examples}}}
+grids:
+  vgg: {{lr: {rates}}}
+resources: {{cpu: 1, gpu: 0}}
+threads: 1
+scales:
+  smoke: {{}}
+"""
+
+
+def fused_slice(results: str, data_root: str, folder: Path, steps: int, eval_examples: int, k: int = 2) -> str:
+    """The fused path at smoke size, as a user runs it: `bnsweep run --fuse k` of k VGG-11s differing in lr (a sweep
+    file written to `folder`), recorded in `results`; then, read back from there, each member's own trials row and
+    curve rows, and one Tune trial for the cohort. Returns the line to print; RuntimeError if a member's records
+    are missing or not its own."""
+    rates = [0.1 / 2**i for i in range(k)]
+    sweep = folder / "fused.yaml"
+    sweep.write_text(FUSED_SWEEP.format(steps=steps, examples=eval_examples, rates=rates))
+    started = time.perf_counter()
+    run_sweep(str(sweep), scale="smoke", results=results, data_root=data_root, fuse=k, stream=io.StringIO())
+    wall = time.perf_counter() - started
+    trials = records.read_table(results, TRIALS).to_pandas()
+    curves = records.read_table(results, CURVES).to_pandas()
+    if sorted(trials.lr) != sorted(rates):
+        raise RuntimeError(f"fused cohort: trials rows for rates {sorted(trials.lr)}, expected {sorted(rates)}")
+    for row in trials.itertuples():
+        mine = curves[curves.trial_id == row.trial_id]
+        if sorted(mine.step) != list(range(row.steps_done)) or not len(mine):
+            raise RuntimeError(f"fused member {row.trial_id}: {len(mine)} curve rows for {row.steps_done} steps done, "
+                               "read back from the results")
+    fs, root = records.filesystem(results)
+    tune_trials = [i for i in fs.get_file_info(pafs.FileSelector(f"{root}/{RAY_DIR}/fused"))
+                   if i.type == pafs.FileType.Directory]
+    if len(tune_trials) != 1:
+        raise RuntimeError(f"fused cohort: {len(tune_trials)} Tune trials for {k} members, expected one")
+    outcomes = ", ".join(f"{t} {s}" for t, s in zip(trials.trial_id, trials.status, strict=True))
+    return (f"fused: bnsweep run --fuse {k}, one cohort of {k} smoke-size VGG-11s, {steps} steps, {wall:.0f} s with "
+            f"Ray's start; each member's own trials row and {steps} curve rows on S3 ({outcomes})")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bnsweep.bench paper")
     p.add_argument("--steps", type=int, default=6, help="steps per trial (the paper runs 15,000)")
@@ -140,9 +189,12 @@ def main(argv: list[str]) -> int:
             wall = time.perf_counter() - started
             trials = records.read_table(results, records.TRIALS).to_pandas()
             by_trial = sizes(results)
+            fused = fused_slice(f"s3://bnsweep-bench/fused?endpoint_override={endpoint}&scheme=http", str(data_root),
+                                tmp_path, a.steps, a.eval_examples)
         print("\n".join(line for line in log.getvalue().splitlines() if line.startswith(("estimate", "arch", "vgg",
                                                                                           "dln"))))
         vgg = trials[trials.arch == "vgg16"]
+        print(fused)
         print(f"{len(trials)} trials in {wall:.0f} s: {({k: int(v) for k, v in trials.status.value_counts().items()})}")
         print(f"peak resident memory per worker: {trials.peak_rss_mb.max():.0f} MB (VGG-16 trials: "
               f"{vgg.peak_rss_mb.max():.0f} MB)")
