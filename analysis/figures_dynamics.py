@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.aggregate import binned
 from analysis.claims import Thresholds
-from analysis.dynamics import eos_window_ends, growth_factor, with_config
+from analysis.dynamics import eos_window_ends, full_batch_ids, growth_factor, with_config
 from analysis.figures import H, MissingData, W, figure, log_axis, norm_color, norms_in, plain, table, y_enc
 from analysis.load import Results
 
@@ -39,7 +39,10 @@ def _lr_color(lrs: pd.Series) -> alt.Color:
         needs="the `sharpness` table (bnsweep run eos)", extra=True)
 def fig_edge_of_stability(results: Results) -> alt.TopLevelMixin:
     sharp = with_config(table(results, "sharpness"), results.trials, ["loss"])
-    sharp = _first_seed(sharp)
+    # Full-batch trials only, as C10 judges: under SGD the probe measures the step's minibatch (fig_batch_sharpness).
+    sharp = _first_seed(sharp[sharp["trial_id"].astype(str).isin(full_batch_ids(results.trials))])
+    if sharp.empty:
+        raise MissingData("needs sharpness probes of full-batch trials (bnsweep run eos)")
     curves = results["curves"] if results.has("curves") else None
     color = _lr_color(sharp["lr"])
     ends = eos_window_ends(curves, results.trials, Thresholds().eos_acc_goal)

@@ -215,6 +215,8 @@ def _optima_by_size(results: Results) -> pd.DataFrame:
                                       "critical"])
     several = out.groupby("setting")["batch_size"].transform("nunique") > 1 if len(out) else out["setting"]
     out = out[several.astype(bool)] if len(out) else out
+    both = out.groupby("setting")["norm"].transform("nunique") > 1 if len(out) else out["setting"]  # C8 compares them
+    out = out[both.astype(bool)] if len(out) else out
     if out.empty or "boundaries" in results.tables:
         raise MissingData("needs batch and skipinit on a rate grid at several batch sizes (bnsweep run optimal_lr)")
     return out

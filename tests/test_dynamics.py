@@ -379,9 +379,16 @@ def test_c10_judges_full_batch_gradient_descent_only(tmp_path):
     _eos_trial(tmp_path, "batch", [10, 20, 30, 45, 80, 110, 120, 10, 5], ACC, batch_size=16)
     c10 = _c10(tmp_path)
     assert c10.verdict == "not enough data" and not c10.cases and "C14" in c10.summary
+    import analysis
+    from analysis.commands import build_all
+
+    assert "fig_edge_of_stability" not in {d.figure.name for d in build_all(analysis.load(tmp_path))}
     _eos_trial(tmp_path, "batch", HOVER_THEN_VANISH, ACC, lr=0.05 * 1.0001)  # a full-batch trial beside it
     c10 = _c10(tmp_path)
     assert c10.verdict == "supported" and len(c10.cases) == 1
+    drawn = {d.figure.name: d for d in build_all(analysis.load(tmp_path))}["fig_edge_of_stability"]
+    rows = [r for data in drawn.spec["datasets"].values() for r in data if "trial_id" in r]
+    assert {r["trial_id"] for r in rows} == {c10.cases[0]["trial_id"]}
 
 
 def test_c10_needs_probes_with_a_small_residual_inside_the_window(tmp_path):
