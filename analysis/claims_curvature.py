@@ -123,7 +123,7 @@ def _sgd_course(df: pd.DataFrame, th) -> dict:
 
 def _sgd_case(case: dict, course: dict, th) -> dict:
     """Batch sharpness within the band around 2/lr, and full-batch sharpness below it (and below batch's)."""
-    label = f"batch {case['batch_size']:g} lr {case['lr']:g}"
+    label = f"{case['norm']} batch {case['batch_size']:g} lr {case['lr']:g}"
     out = {**case, **course}
     if math.isnan(course["reached_step"]) and course["starts_above"]:  # a catapult, then below for good
         return {**out, "verdict": NO_DATA,
@@ -159,7 +159,7 @@ def _gap_cases(cases: list[dict]) -> list[dict]:
         small, large = df.iloc[0], df.iloc[-1]
         case = {"setting": str(network), "norm": str(norm), "lr": float(lr), "seed": int(seed), "part": "gap",
                 "gap_by_batch": dict(zip(df["batch_size"].astype(int), df["gap"].astype(float), strict=True))}
-        label = f"lr {lr:g} batch {small['batch_size']:g} vs {large['batch_size']:g}"
+        label = f"{norm} lr {lr:g} batch {small['batch_size']:g} vs {large['batch_size']:g}"
         if math.isnan(small["gap"]) or math.isnan(large["gap"]):
             out.append({**case, "verdict": NO_DATA, "why": f"{label}: gap not measured at both batch sizes"})
             continue
@@ -187,7 +187,9 @@ def c14_stochastic_edge(ctx: Context) -> Claim:
                 "lr": float(first["lr"]), "batch_size": float(first["batch_size"]), "seed": int(first["seed"]),
                 "trial_id": tid, "part": "edge"}
         if status.get(tid) != "completed":
-            cases.append({**case, "verdict": NO_DATA, "gap": math.nan, "why": f"{status.get(tid, 'unknown')}"})
+            cases.append({**case, "verdict": NO_DATA, "gap": math.nan,
+                          "why": f"{case['norm']} batch {case['batch_size']:g} lr {case['lr']:g}: "
+                                 f"{status.get(tid, 'unknown')}"})
             continue
         cases.append(_sgd_case(case, _sgd_course(df, th), th))
     cases += _gap_cases(cases)
