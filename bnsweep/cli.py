@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("results", help="results directory or s3://... URI")
     figures.add_argument("--out", default=None, help="output directory [default: RESULTS/figures]")
 
-    check = sub.add_parser("check", help="check the claims C1..C12 (the paper's C1..C6, C7..C12 beyond it) "
+    check = sub.add_parser("check", help="check the claims C1..C14 (the paper's C1..C6, C7..C14 beyond it) "
                            "against a results directory",
                            description="Print a verdict per claim and write RESULTS/claims.json.")
     check.add_argument("results", help="results directory or s3://... URI")
