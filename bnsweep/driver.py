@@ -139,6 +139,17 @@ def check_fuse(fuse, sw: Sweep) -> int | None:
     return k
 
 
+def resolve_run(o: RunOptions):
+    """The checks every run makes before it loads anything (its arguments, the results location), then where its
+    output goes, the cluster address (--address or RAY_ADDRESS) and the scale with why: run_sweep's and a suite's."""
+    check_run_arguments(o.results, o.data_root, o.num_cpus)
+    if o.results is not None:
+        records.check_location(o.results, "--results")
+    address = o.address or os.environ.get("RAY_ADDRESS") or None
+    scale, why = choose_scale(o.scale, address)
+    return o.stream or sys.stdout, address, scale, why
+
+
 def run_sweep(sweep: str = "lr_grid", options: RunOptions | None = None, **changes) -> str:
     """Run (or continue) a sweep; returns the results location. The Python face of `bnsweep run`: pass a
     RunOptions, or its fields as keywords (`run_sweep("lr_grid", scale="cpu", seeds=3)`).
@@ -146,12 +157,7 @@ def run_sweep(sweep: str = "lr_grid", options: RunOptions | None = None, **chang
     `trackers` (tensorboard, mlflow, wandb) attach Ray Tune's integrations. The results directory is locked
     (bnsweep/lock.py) from before anything is written until the run ends."""
     o = options_of(options, changes)
-    stream = o.stream or sys.stdout
-    check_run_arguments(o.results, o.data_root, o.num_cpus)
-    if o.results is not None:
-        records.check_location(o.results, "--results")
-    address = o.address or os.environ.get("RAY_ADDRESS") or None
-    scale, why = choose_scale(o.scale, address)
+    stream, address, scale, why = resolve_run(o)
     print(f"scale: {scale} ({why})", file=stream)
     sw = load(sweep, scale, o.sets + numerics_sets(o), o.seeds)
     check_sweep_name(sw)

@@ -17,19 +17,18 @@ import io
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bnsweep import records, sweep
-from bnsweep.driver import RunOptions, choose_scale, make_plan, numerics_sets, options_of, run_command, run_sweep
+from bnsweep.driver import RunOptions, make_plan, numerics_sets, options_of, resolve_run, run_command, run_sweep
 from bnsweep.errors import BnsweepError
 from bnsweep.estimate import duration
 from bnsweep.rules import printable, show
 from bnsweep.status import resume_hint
-from bnsweep.sweep import Sweep, check_run_arguments, find, is_suite, load, read
+from bnsweep.sweep import Sweep, find, is_suite, load, read
 
 SUITE_KEYS = ("description", "suite")
 CLAIM = re.compile(r"C[1-9][0-9]*")
@@ -159,12 +158,7 @@ def run_suite(suite: str, options: RunOptions | None = None, **changes) -> str:
     if path is None:
         raise BnsweepError(f"{suite!r} is not a suite of sweeps")
     s = load_suite(path)
-    stream = o.stream or sys.stdout
-    check_run_arguments(o.results, o.data_root, o.num_cpus)
-    if o.results is not None:
-        records.check_location(o.results, "--results")
-    address = o.address or os.environ.get("RAY_ADDRESS") or None
-    scale, why = choose_scale(o.scale, address)
+    stream, address, scale, why = resolve_run(o)
     root = records.absolute(o.results or f"results/{s.name}")
     command = o.command or run_command(suite, o, scale=scale, results=root)
     # Every sweep at this scale, before anything runs.
